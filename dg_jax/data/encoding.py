@@ -1,0 +1,272 @@
+"""Model space: scaling, one-hot, auto-normalisation and generation flags, with exact inverses.
+
+Encoded layout (all float32):
+  attributes             [n, A]     one-hot blocks / scaled continuous values, in schema order
+  additional_attributes  [n, 2*Kc]  per continuous feature: (max+min)/2 in the feature's range,
+                                    (max-min)/2 in [0, 1] (empty without auto-normalisation)
+  features               [n, T, F]  per record: feature blocks, then the 2 generation-flag columns
+                                    ([1,0] continues, [0,1] ends here, [0,0] after the end)
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+from typing import Iterable
+
+import numpy as np
+
+from dg_jax.data.schema import DataError, Dataset, Variable
+
+ZERO_ONE = "zero_one"
+MINUS_ONE_ONE = "minus_one_one"
+NORMALIZATIONS = (ZERO_ONE, MINUS_ONE_ONE)
+# Per-series ranges are widened by this much so constant series stay finite (§4.2, original code).
+AUTO_NORM_EPS = 1e-4
+
+# One output head of a generator: activation in {"softmax", "sigmoid", "tanh"} and width.
+Head = collections.namedtuple("Head", "activation dim")
+FLAG_HEAD = Head("softmax", 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Schema:
+  """Fitted description of a dataset: variables with global ranges, T, and the normalisation choices."""
+  attribute_vars: tuple[Variable, ...]
+  feature_vars: tuple[Variable, ...]
+  max_length: int
+  normalization: str = ZERO_ONE
+  auto_normalize: bool = True
+
+  def __post_init__(self):
+    if self.normalization not in NORMALIZATIONS:
+      raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
+
+  @property
+  def _continuous_activation(self) -> str:
+    return "sigmoid" if self.normalization == ZERO_ONE else "tanh"
+
+  def _heads(self, variables) -> tuple[Head, ...]:
+    return tuple(Head("softmax", v.dim) if v.is_categorical else Head(self._continuous_activation, 1)
+                 for v in variables)
+
+  @property
+  def attribute_heads(self) -> tuple[Head, ...]:
+    return self._heads(self.attribute_vars)
+
+  @property
+  def additional_heads(self) -> tuple[Head, ...]:
+    if not self.auto_normalize:
+      return ()
+    return (Head(self._continuous_activation, 1), Head("sigmoid", 1)) * len(self.continuous_features)
+
+  @property
+  def feature_heads(self) -> tuple[Head, ...]:
+    """Heads of one record, generation flag last."""
+    return self._heads(self.feature_vars) + (FLAG_HEAD,)
+
+  @property
+  def continuous_features(self) -> tuple[int, ...]:
+    return tuple(i for i, v in enumerate(self.feature_vars) if not v.is_categorical)
+
+  @property
+  def attribute_dim(self) -> int:
+    return sum(h.dim for h in self.attribute_heads)
+
+  @property
+  def additional_dim(self) -> int:
+    return sum(h.dim for h in self.additional_heads)
+
+  @property
+  def feature_dim(self) -> int:
+    return sum(h.dim for h in self.feature_heads)
+
+  def to_json(self) -> str:
+    d = dataclasses.asdict(self)
+    return json.dumps(d, indent=1)
+
+  @classmethod
+  def from_json(cls, text: str) -> "Schema":
+    d = json.loads(text)
+    d["attribute_vars"] = tuple(Variable.from_dict(v) for v in d["attribute_vars"])
+    d["feature_vars"] = tuple(Variable.from_dict(v) for v in d["feature_vars"])
+    return cls(**d)
+
+
+@dataclasses.dataclass
+class Encoded:
+  attributes: np.ndarray
+  additional_attributes: np.ndarray
+  features: np.ndarray
+
+  @property
+  def num_samples(self) -> int:
+    return int(self.features.shape[0])
+
+
+def fit_schema(dataset: Dataset, normalization: str = ZERO_ONE, auto_normalize: bool = True,
+               log1p: Iterable[str] = ()) -> Schema:
+  """Global per-variable ranges (over valid steps only) of `dataset`; `log1p` names more variables to log."""
+  dataset = dataset.validate()
+  log1p = set(log1p)
+  known = {v.name for v in dataset.feature_vars + dataset.attribute_vars}
+  if log1p - known:
+    raise DataError(f"{dataset.source}: log1p names unknown variables {sorted(log1p - known)}")
+  valid = _valid_mask(dataset.lengths, dataset.max_length)
+
+  def fit(var: Variable, values: np.ndarray) -> Variable:
+    if var.is_categorical:
+      return var
+    var = dataclasses.replace(var, log1p=var.log1p or var.name in log1p)
+    if var.log1p and np.any(values < 0):
+      raise DataError(f"{dataset.source}: variable {var.name!r} uses log1p but has negative values")
+    t = _forward(var, values.astype(np.float64))
+    return dataclasses.replace(var, low=float(t.min()), high=float(t.max()))
+
+  features = tuple(fit(v, dataset.features[:, :, j][valid]) for j, v in enumerate(dataset.feature_vars))
+  attributes = tuple(fit(v, dataset.attributes[:, j]) for j, v in enumerate(dataset.attribute_vars))
+  return Schema(attributes, features, dataset.max_length, normalization, auto_normalize)
+
+
+def _forward(var: Variable, x: np.ndarray) -> np.ndarray:
+  return np.log1p(x) if var.log1p else x
+
+
+def _valid_mask(lengths: np.ndarray, t: int) -> np.ndarray:
+  return np.arange(t)[None, :] < np.asarray(lengths)[:, None]
+
+
+def _scale(var: Variable, x: np.ndarray, normalization: str) -> np.ndarray:
+  """Original units -> [0,1] or [-1,1] by the variable's global range."""
+  t = _forward(var, x.astype(np.float64))
+  width = var.high - var.low
+  u = (t - var.low) / width if width > 0 else t - var.low
+  return u if normalization == ZERO_ONE else 2 * u - 1
+
+
+def _unscale(var: Variable, y: np.ndarray, normalization: str) -> np.ndarray:
+  y = y.astype(np.float64)
+  u = y if normalization == ZERO_ONE else (y + 1) / 2
+  width = var.high - var.low
+  t = u * width + var.low if width > 0 else u + var.low
+  return np.expm1(t) if var.log1p else t
+
+
+def _one_hot(codes: np.ndarray, k: int) -> np.ndarray:
+  return np.eye(k, dtype=np.float32)[codes.astype(np.int64)]
+
+
+def _check_compatible(dataset: Dataset, schema: Schema) -> None:
+  src = dataset.source
+  for role, got, want in (("feature", dataset.feature_vars, schema.feature_vars),
+                          ("attribute", dataset.attribute_vars, schema.attribute_vars)):
+    if [v.name for v in got] != [v.name for v in want]:
+      raise DataError(f"{src}: {role} variables {[v.name for v in got]} do not match the schema's "
+                      f"{[v.name for v in want]}")
+    for g, w in zip(got, want):
+      if g.kind != w.kind:
+        raise DataError(f"{src}: {role} {g.name!r} is {g.kind} but the schema says {w.kind}")
+      if g.is_categorical and g.categories != w.categories:
+        unknown = sorted(set(g.categories) - set(w.categories))
+        raise DataError(f"{src}: {role} {g.name!r} has categories {list(g.categories)}, the schema has "
+                        f"{list(w.categories)}" + (f" (unknown: {unknown})" if unknown else ""))
+  if dataset.max_length > schema.max_length:
+    raise DataError(f"{src}: series of up to {dataset.max_length} steps are longer than the schema's "
+                    f"T = {schema.max_length}")
+
+
+def encode_attributes(attributes: np.ndarray, schema: Schema) -> np.ndarray:
+  """[n, m] attribute values (codes for categorical) -> [n, A] model-space attributes."""
+  cols = []
+  for j, var in enumerate(schema.attribute_vars):
+    x = attributes[:, j]
+    cols.append(_one_hot(x, var.dim) if var.is_categorical
+                else _scale(var, x, schema.normalization)[:, None].astype(np.float32))
+  return np.concatenate(cols, axis=1) if cols else np.zeros((len(attributes), 0), np.float32)
+
+
+def encode(dataset: Dataset, schema: Schema) -> Encoded:
+  dataset = dataset.validate()
+  _check_compatible(dataset, schema)
+  n, t = dataset.num_samples, schema.max_length
+  feats = np.zeros((n, t, dataset.features.shape[2]), np.float32)
+  feats[:, :dataset.max_length] = dataset.features  # zero-pad to the schema's T
+  valid = _valid_mask(dataset.lengths, t)
+
+  additional, cols = [], []
+  for j, var in enumerate(schema.feature_vars):
+    x = feats[:, :, j]
+    if var.is_categorical:
+      cols.append(_one_hot(x, var.dim) * valid[..., None])
+      continue
+    g = _scale(var, x, schema.normalization)
+    if schema.auto_normalize:
+      big = np.where(valid, g, -np.inf).max(axis=1) + AUTO_NORM_EPS
+      small = np.where(valid, g, np.inf).min(axis=1) - AUTO_NORM_EPS
+      additional += [(big + small) / 2, (big - small) / 2]
+      g = (g - small[:, None]) / (big - small)[:, None]
+      if schema.normalization == MINUS_ONE_ONE:
+        g = 2 * g - 1
+    cols.append((g * valid)[..., None].astype(np.float32))
+  cols.append(lengths_to_flags(dataset.lengths, t))
+  return Encoded(
+      attributes=encode_attributes(dataset.attributes, schema),
+      additional_attributes=(np.stack(additional, axis=1).astype(np.float32) if additional
+                             else np.zeros((n, 0), np.float32)),
+      features=np.concatenate(cols, axis=2))
+
+
+def lengths_to_flags(lengths: np.ndarray, t: int) -> np.ndarray:
+  """[n] lengths -> [n, T, 2] generation flags (Appendix B)."""
+  steps = np.arange(t)[None, :]
+  lengths = np.asarray(lengths)[:, None]
+  return np.stack([steps < lengths - 1, steps == lengths - 1], axis=-1).astype(np.float32)
+
+
+def flags_to_lengths(flags: np.ndarray) -> np.ndarray:
+  """[n, T, 2] flags (one-hot or soft) -> [n] lengths: up to and including the first "end",
+  or up to the first all-zero flag, or T."""
+  flags = np.asarray(flags)
+  n, t, _ = flags.shape
+  stop = (flags[..., 1] > flags[..., 0]) | (flags.sum(-1) <= 0)
+  first = np.where(stop.any(axis=1), stop.argmax(axis=1), t)
+  ends_here = np.take_along_axis(flags[..., 1] > flags[..., 0], np.minimum(first, t - 1)[:, None], 1)[:, 0]
+  return np.clip(np.where((first < t) & ends_here, first + 1, first), 1, t).astype(np.int64)
+
+
+def _split(x: np.ndarray, heads) -> list[np.ndarray]:
+  bounds = np.cumsum([h.dim for h in heads])[:-1]
+  return np.split(x, bounds, axis=-1)
+
+
+def decode_attributes(attributes: np.ndarray, schema: Schema) -> np.ndarray:
+  blocks = _split(np.asarray(attributes), schema.attribute_heads)
+  cols = [b.argmax(-1).astype(np.float64) if v.is_categorical else _unscale(v, b[:, 0], schema.normalization)
+          for v, b in zip(schema.attribute_vars, blocks)]
+  return np.stack(cols, axis=1) if cols else np.zeros((len(attributes), 0))
+
+
+def decode(encoded: Encoded, schema: Schema, source: str = "<generated>") -> Dataset:
+  """Model-space arrays (one-hot or soft) -> original units and labels, truncated at each series' length."""
+  feats = np.asarray(encoded.features)
+  n, t, f = feats.shape
+  if f != schema.feature_dim:
+    raise DataError(f"{source}: features have {f} columns per record, the schema expects {schema.feature_dim}")
+  blocks = _split(feats, schema.feature_heads)
+  lengths = flags_to_lengths(blocks[-1])
+  valid = _valid_mask(lengths, t)
+  additional = np.asarray(encoded.additional_attributes, np.float64)
+  out = np.zeros((n, t, len(schema.feature_vars)), np.float64)
+  for c, (j, var) in enumerate((j, v) for j, v in enumerate(schema.feature_vars) if not v.is_categorical):
+    y = blocks[j][..., 0].astype(np.float64)
+    if schema.auto_normalize:
+      x01 = y if schema.normalization == ZERO_ONE else (y + 1) / 2
+      mid, half = additional[:, 2 * c:2 * c + 1], additional[:, 2 * c + 1:2 * c + 2]
+      y = x01 * (2 * half) + (mid - half)
+    out[:, :, j] = _unscale(var, y, schema.normalization)
+  for j, var in enumerate(schema.feature_vars):
+    if var.is_categorical:
+      out[:, :, j] = blocks[j].argmax(-1)
+  out[~valid] = 0
+  return Dataset(out.astype(np.float32), lengths, decode_attributes(encoded.attributes, schema),
+                 schema.feature_vars, schema.attribute_vars, source)

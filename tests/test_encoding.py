@@ -1,0 +1,174 @@
+import dataclasses
+
+import numpy as np
+import pytest
+
+from dg_jax.data import encoding
+from dg_jax.data.npz_format import load_npz, save_npz
+from dg_jax.data.schema import DataError, Dataset, categorical, continuous
+
+
+def random_dataset(seed, n=40, t=30, variable_lengths=True) -> Dataset:
+  rng = np.random.default_rng(seed)
+  fvars = (continuous("bytes", log1p=True), categorical("state", ["up", "down", "idle"]), continuous("loss"))
+  avars = (categorical("isp", ["a", "b", "c", "d"]), continuous("rate"), categorical("tech", ["dsl", "fiber"]))
+  lengths = rng.integers(1, t + 1, n) if variable_lengths else np.full(n, t)
+  f = np.stack([rng.lognormal(3, 2, (n, t)), rng.integers(0, 3, (n, t)), rng.normal(0, 5, (n, t))], -1)
+  f[np.arange(t)[None, :] >= lengths[:, None]] = 0
+  a = np.stack([rng.integers(0, 4, n), rng.uniform(-3, 7, n), rng.integers(0, 2, n)], -1)
+  return Dataset(f.astype(np.float32), lengths, a, fvars, avars).validate()
+
+
+def assert_same(a: Dataset, b: Dataset, rtol=1e-4, atol=1e-4):
+  np.testing.assert_array_equal(a.lengths, b.lengths)
+  np.testing.assert_allclose(a.features, b.features, rtol=rtol, atol=atol)
+  np.testing.assert_allclose(a.attributes, b.attributes, rtol=rtol, atol=atol)
+  assert [v.name for v in a.feature_vars] == [v.name for v in b.feature_vars]
+  assert [v.categories for v in a.attribute_vars] == [v.categories for v in b.attribute_vars]
+
+
+@pytest.mark.parametrize("normalization", encoding.NORMALIZATIONS)
+@pytest.mark.parametrize("auto_normalize", [True, False])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_round_trip_random(seed, normalization, auto_normalize):
+  data = random_dataset(seed)
+  schema = encoding.fit_schema(data, normalization, auto_normalize)
+  enc = encoding.encode(data, schema)
+  assert enc.attributes.shape == (40, schema.attribute_dim) == (40, 4 + 1 + 2)
+  assert enc.additional_attributes.shape == (40, 4 if auto_normalize else 0)
+  assert enc.features.shape == (40, 30, schema.feature_dim) == (40, 30, 1 + 3 + 1 + 2)
+  lo = 0 if normalization == encoding.ZERO_ONE else -1
+  assert enc.features.min() >= lo - 1e-6 and enc.features.max() <= 1 + 1e-6
+  assert_same(encoding.decode(enc, schema), data, rtol=2e-4)
+
+
+def test_gen_flags_and_padding():
+  data = random_dataset(3)
+  enc = encoding.encode(data, encoding.fit_schema(data))
+  flags = enc.features[..., -2:]
+  for i, length in enumerate(data.lengths):
+    assert (flags[i, :length - 1] == [1, 0]).all()
+    np.testing.assert_array_equal(flags[i, length - 1], [0, 1])
+    assert not enc.features[i, length:].any()  # everything (flags too) is zero after the end
+  np.testing.assert_array_equal(encoding.flags_to_lengths(flags), data.lengths)
+
+
+def test_flags_to_lengths_soft_and_masked():
+  soft = np.array([[[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.8, 0.2]],   # ends at step 3
+                   [[0.9, 0.1], [0, 0], [0, 0], [0, 0]],                # masked after step 1
+                   [[0.6, 0.4]] * 4])                                   # never ends
+  np.testing.assert_array_equal(encoding.flags_to_lengths(soft), [3, 1, 4])
+
+
+def test_auto_normalization_values():
+  f = np.array([[[2.0], [4.0], [0.0]]], np.float32)  # length 2: the padding 0 must not count as the min
+  data = Dataset(f, np.array([2]), np.zeros((1, 0)), (continuous("x"),), ()).validate()
+  schema = encoding.fit_schema(data)
+  assert (schema.feature_vars[0].low, schema.feature_vars[0].high) == (2.0, 4.0)
+  enc = encoding.encode(data, schema)
+  eps = encoding.AUTO_NORM_EPS
+  np.testing.assert_allclose(enc.additional_attributes, [[0.5, 0.5 + eps]], rtol=1e-6)
+  np.testing.assert_allclose(enc.features[0, :2, 0], [eps / (1 + 2 * eps), (1 + eps) / (1 + 2 * eps)], rtol=1e-5)
+
+
+@pytest.mark.parametrize("normalization", encoding.NORMALIZATIONS)
+def test_degenerate_series_round_trip(normalization):
+  # constant series, single-step series, an all-zero series, and a feature constant over the whole dataset
+  f = np.zeros((4, 5, 2), np.float32)
+  f[0, :, 0] = 7.0
+  f[1, 0, 0] = 3.0
+  f[3, :3, 0] = [1, 2, 3]
+  f[:, :, 1] = 5.0
+  lengths = np.array([5, 1, 5, 3])
+  f[np.arange(5)[None] >= lengths[:, None]] = 0
+  data = Dataset(f, lengths, np.zeros((4, 0)), (continuous("x"), continuous("c")), ()).validate()
+  schema = encoding.fit_schema(data, normalization)
+  enc = encoding.encode(data, schema)
+  assert np.isfinite(enc.features).all() and np.isfinite(enc.additional_attributes).all()
+  assert_same(encoding.decode(enc, schema), data)
+
+
+def test_schema_json_round_trip():
+  data = random_dataset(0)
+  schema = encoding.fit_schema(data, encoding.MINUS_ONE_ONE)
+  assert encoding.Schema.from_json(schema.to_json()) == schema
+
+
+def test_log1p_config_and_negative_error():
+  data = random_dataset(0)
+  rates = data.attributes.copy()
+  rates[:, 1] = np.abs(rates[:, 1]) * 100
+  data = dataclasses.replace(data, attributes=rates)
+  schema = encoding.fit_schema(data, log1p=["rate"])
+  assert schema.attribute_vars[1].log1p and schema.attribute_vars[1].high == pytest.approx(np.log1p(rates[:, 1].max()))
+  assert_same(encoding.decode(encoding.encode(data, schema), schema), data)
+  rates[0, 1] = -1
+  with pytest.raises(DataError, match="'rate' uses log1p but has negative"):
+    encoding.fit_schema(dataclasses.replace(data, attributes=rates), log1p=["rate"])
+  with pytest.raises(DataError, match="unknown variables"):
+    encoding.fit_schema(data, log1p=["nope"])
+
+
+def test_encode_rejects_incompatible_data():
+  data = random_dataset(0)
+  schema = encoding.fit_schema(data)
+  other = dataclasses.replace(data, attribute_vars=(categorical("isp", ["a", "b", "c", "x"]),) +
+                              data.attribute_vars[1:], source="new.npz")
+  with pytest.raises(DataError, match=r"new.npz: attribute 'isp'.*unknown: \['x'\]"):
+    encoding.encode(other, schema)
+  longer = random_dataset(0, t=31)
+  with pytest.raises(DataError, match="longer than the schema's T = 30"):
+    encoding.encode(longer, schema)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d.features.__setitem__((0, 0, 0), np.nan), "feature 'bytes' has 1 NaN"),
+    (lambda d: d.attributes.__setitem__((0, 1), np.inf), "attribute 'rate' has 1 NaN or infinite"),
+    (lambda d: d.attributes.__setitem__((0, 0), 4), "attribute 'isp' has value 4.0 outside its 4 categories"),
+    (lambda d: d.features.__setitem__((0, 0, 1), 1.5), "feature 'state' has value 1.5 outside"),
+    (lambda d: d.lengths.__setitem__(0, 0), r"lengths must lie in \[1, T=30\]"),
+    (lambda d: d.lengths.__setitem__(0, 31), r"lengths must lie in \[1, T=30\]"),
+])
+def test_validation_errors(mutate, message):
+  data = dataclasses.replace(random_dataset(0), source="in.npz")
+  data.lengths[0] = 10
+  data.features[0, 10:] = 0
+  mutate(data)
+  with pytest.raises(DataError, match="in.npz: " + message):
+    data.validate()
+
+
+def test_validation_shape_and_padding_errors():
+  data = dataclasses.replace(random_dataset(0, variable_lengths=False), source="x.npz")
+  with pytest.raises(DataError, match="x.npz: attributes must have shape"):
+    dataclasses.replace(data, attributes=data.attributes[:5]).validate()
+  with pytest.raises(DataError, match="x.npz: the dataset is empty"):
+    data.subset(slice(0, 0)).validate()
+  with pytest.raises(DataError, match="x.npz: features have 3 columns but 2 feature"):
+    dataclasses.replace(data, feature_vars=data.feature_vars[:2]).validate()
+  short = data.lengths.copy()
+  short[2] = 4
+  with pytest.raises(DataError, match="x.npz: feature 'bytes' has non-zero values after the end of sample 2"):
+    dataclasses.replace(data, lengths=short).validate()
+
+
+def test_npz_round_trip(tmp_path):
+  data = random_dataset(5)
+  path = tmp_path / "d.npz"
+  save_npz(data, path)
+  back = load_npz(path)
+  assert_same(back, data, rtol=0, atol=0)
+  assert back.feature_vars[0].log1p and back.attribute_vars[0].categories == ("a", "b", "c", "d")
+  assert [p.name for p in tmp_path.iterdir()] == ["d.npz"]  # no temp files left behind
+
+
+def test_npz_errors(tmp_path):
+  with pytest.raises(DataError, match="no such file"):
+    load_npz(tmp_path / "missing.npz")
+  np.savez(tmp_path / "bad.npz", features=np.zeros((2, 3, 1)), lengths=np.array([3, 3]))
+  with pytest.raises(DataError, match=r"bad.npz: missing arrays \['attributes'"):
+    load_npz(tmp_path / "bad.npz")
+  np.savez(tmp_path / "kind.npz", features=np.zeros((2, 3, 1)), lengths=np.array([3, 3]),
+           attributes=np.zeros((2, 0)), feature_types=np.array(["ordinal"]), attribute_types=np.array([], str))
+  with pytest.raises(DataError, match="kind.npz: feature 'feature_0' has type 'ordinal'"):
+    load_npz(tmp_path / "kind.npz")
