@@ -1,0 +1,193 @@
+"""DoppelGANger networks (§4, Appendix B) as Flax Linen modules, used purely functionally.
+
+Generator: attribute MLP -> additional-attribute (min/max) MLP -> LSTM emitting S records per step.
+Critics: MLP on [flattened features incl. flags ++ attributes ++ additional attributes], and an
+auxiliary MLP on the metadata part [attributes ++ additional attributes].
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dg_jax.data.encoding import Head, Schema
+from dg_jax.settings import ModelConfig, resolve_sample_len
+
+
+def activate(logits: jax.Array, heads: Sequence[Head]) -> jax.Array:
+  """Per-head softmax / sigmoid / tanh over the last axis."""
+  out, start = [], 0
+  for h in heads:
+    x = logits[..., start:start + h.dim]
+    out.append({"softmax": jax.nn.softmax, "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh}[h.activation](x))
+    start += h.dim
+  return jnp.concatenate(out, axis=-1) if out else logits
+
+
+def discretize(values: jax.Array, heads: Sequence[Head]) -> jax.Array:
+  """Categorical blocks -> one-hot of their argmax; continuous values unchanged."""
+  out, start = [], 0
+  for h in heads:
+    x = values[..., start:start + h.dim]
+    out.append(jax.nn.one_hot(jnp.argmax(x, -1), h.dim, dtype=x.dtype) if h.activation == "softmax" else x)
+    start += h.dim
+  return jnp.concatenate(out, axis=-1) if out else values
+
+
+def keep_mask(flags: jax.Array) -> jax.Array:
+  """[B, L, 2] flags -> [B, L] 1 up to and including the first record whose argmax says "ends here"."""
+  ended = (flags[..., 1] > flags[..., 0]).astype(flags.dtype)
+  before = jnp.cumsum(ended, axis=1) - ended  # ends strictly before each record
+  return (before == 0).astype(flags.dtype)
+
+
+class MLP(nn.Module):
+  num_layers: int
+  num_units: int
+  out_dim: int
+
+  @nn.compact
+  def __call__(self, x):
+    for _ in range(self.num_layers):
+      x = nn.relu(nn.Dense(self.num_units)(x))
+    return nn.Dense(self.out_dim)(x)
+
+
+class FeatureLSTM(nn.Module):
+  """LSTM whose per-step input is [condition (constant) ++ noise_t].
+
+  Both input projections are computed for all steps before the loop, so each loop iteration is one
+  [B, H] x [H, 4H] matmul plus the gate arithmetic (the rollout is latency-bound, DESIGN.md).
+  """
+  num_units: int
+  unroll: int = 1
+
+  @nn.compact
+  def __call__(self, condition, noise, initial_state):
+    h_dim = self.num_units
+    x = nn.Dense(4 * h_dim, name="condition")(condition)[None] + \
+        nn.Dense(4 * h_dim, use_bias=False, name="noise")(noise)
+    w_hh = self.param("w_hh", nn.initializers.orthogonal(), (h_dim, 4 * h_dim))
+
+    def cell(carry, x_t):
+      h, c = carry
+      i, f, g, o = jnp.split(x_t + h @ w_hh, 4, axis=-1)
+      c = jax.nn.sigmoid(f + 1.0) * c + jax.nn.sigmoid(i) * jnp.tanh(g)  # +1: the usual forget bias
+      h = jax.nn.sigmoid(o) * jnp.tanh(c)
+      return (h, c), h
+
+    _, hs = jax.lax.scan(cell, initial_state, x, unroll=self.unroll)
+    return hs  # [R, B, H]
+
+
+class Generator(nn.Module):
+  schema: Schema
+  cfg: ModelConfig
+  unroll: int = 1
+
+  @property
+  def sample_len(self) -> int:
+    return resolve_sample_len(self.cfg.sample_len, self.schema.max_length)
+
+  def setup(self):
+    s, c = self.schema, self.cfg
+    self.attribute_mlp = MLP(c.attribute_num_layers, c.attribute_num_units, s.attribute_dim)
+    self.additional_mlp = MLP(c.additional_num_layers, c.additional_num_units, max(s.additional_dim, 1))
+    self.lstm = FeatureLSTM(c.feature_num_units, self.unroll)
+    self.heads = nn.Dense(self.sample_len * s.feature_dim)  # one head per position in the S-record chunk
+
+  def __call__(self, noise: dict, attributes: jax.Array | None = None, length: int | None = None):
+    """noise: from `sample_noise`. attributes: given (encoded) attributes for conditional generation.
+    length: force this many records (no flag masking); default: the schema's T with flag masking."""
+    s = self.schema
+    if attributes is None:
+      attributes = activate(self.attribute_mlp(noise["attribute"]), s.attribute_heads)
+    discrete = jax.lax.stop_gradient(discretize(attributes, s.attribute_heads))
+    additional = self.additional_mlp(jnp.concatenate([discrete, noise["additional"]], -1))
+    additional = activate(additional[:, :s.additional_dim], s.additional_heads)
+    condition = jnp.concatenate([discrete, additional], -1)
+    hs = self.lstm(condition, noise["feature"], (noise["initial_h"], noise["initial_c"]))
+    r, b, _ = hs.shape
+    records = self.heads(hs).reshape(r, b, self.sample_len, s.feature_dim)
+    records = jnp.swapaxes(records, 0, 1).reshape(b, r * self.sample_len, s.feature_dim)
+    features = activate(records, s.feature_heads)
+    if length is None:
+      features = features[:, :s.max_length]
+      features = features * jax.lax.stop_gradient(keep_mask(features[..., -2:]))[..., None]
+    else:
+      features = features[:, :length]
+    return dict(attributes=attributes, additional_attributes=additional, features=features)
+
+
+def num_rollout_steps(length: int, sample_len: int) -> int:
+  return math.ceil(length / sample_len)
+
+
+def sample_noise(key: jax.Array, batch_size: int, schema: Schema, cfg: ModelConfig,
+                 length: int | None = None) -> dict:
+  """All generator noise for `batch_size` samples of `length` records (default: T)."""
+  steps = num_rollout_steps(length or schema.max_length, resolve_sample_len(cfg.sample_len, schema.max_length))
+  k = jax.random.split(key, 5)
+  h = cfg.feature_num_units
+  init = (jax.random.normal if cfg.initial_state == "random" else lambda _, shape: jnp.zeros(shape))
+  return dict(attribute=jax.random.normal(k[0], (batch_size, cfg.attribute_noise_dim)),
+              additional=jax.random.normal(k[1], (batch_size, cfg.additional_noise_dim)),
+              feature=jax.random.normal(k[2], (steps, batch_size, cfg.feature_noise_dim)),
+              initial_h=init(k[3], (batch_size, h)), initial_c=init(k[4], (batch_size, h)))
+
+
+class Critic(nn.Module):
+  """MLP critic on packed rows: `pack` consecutive examples are concatenated (PacGAN)."""
+  num_layers: int
+  num_units: int
+  pack: int = 1
+
+  @nn.compact
+  def __call__(self, x):
+    x = x.reshape(x.shape[0] // self.pack, -1)
+    return MLP(self.num_layers, self.num_units, 1)(x)[:, 0]
+
+
+@dataclasses.dataclass(frozen=True)
+class DoppelGANger:
+  """The composed model: modules plus how samples are flattened for the critics."""
+  schema: Schema
+  cfg: ModelConfig
+  unroll: int = 1
+
+  @property
+  def generator(self) -> Generator:
+    return Generator(self.schema, self.cfg, self.unroll)
+
+  @property
+  def critic(self) -> Critic:
+    return Critic(self.cfg.critic_num_layers, self.cfg.critic_num_units, self.cfg.pack)
+
+  @property
+  def sample_len(self) -> int:
+    return resolve_sample_len(self.cfg.sample_len, self.schema.max_length)
+
+  @property
+  def meta_dim(self) -> int:
+    return self.schema.attribute_dim + self.schema.additional_dim
+
+  def flatten(self, sample: dict) -> jax.Array:
+    """[B, T*F + A + 2Kc] critic input; the metadata part is the last `meta_dim` columns."""
+    f = sample["features"]
+    return jnp.concatenate([f.reshape(f.shape[0], -1), sample["attributes"],
+                            sample["additional_attributes"]], axis=-1)
+
+  def init(self, key: jax.Array, batch_size: int = 2) -> dict:
+    batch_size = max(batch_size, self.cfg.pack)
+    kg, kc, ka, kn = jax.random.split(key, 4)
+    noise = sample_noise(kn, batch_size, self.schema, self.cfg)
+    g_params = self.generator.init(kg, noise)
+    x = self.flatten(self.generator.apply(g_params, noise))
+    params = dict(generator=g_params, critic=self.critic.init(kc, x))
+    if self.cfg.aux_critic:
+      params["aux_critic"] = self.critic.init(ka, x[:, x.shape[1] - self.meta_dim:])
+    return params

@@ -1,0 +1,125 @@
+"""The pure training step `(state, batches, key) -> (state, metrics)`.
+
+One step = `d_rounds` critic updates then `g_rounds` generator updates. Per-device work runs under
+`shard_map` over the batch, and gradients cross devices once per update (one `pmean` after the
+backward pass), never inside the LSTM's loop. The generator forward of the last critic round is
+reused for the generator update through `jax.vjp` (same fake samples, updated critic): one LSTM
+rollout per step instead of two. Several steps are fused into one compiled call with `lax.scan`.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import PartitionSpec as P
+
+from dg_jax import losses
+from dg_jax.models.doppelganger import DoppelGANger, sample_noise
+from dg_jax.settings import TrainConfig
+from dg_jax.sharding import DATA
+
+NOISE_SPECS = dict(attribute=P(DATA), additional=P(DATA), feature=P(None, DATA),
+                   initial_h=P(DATA), initial_c=P(DATA))
+
+
+def optimizer(tc: TrainConfig) -> optax.GradientTransformation:
+  return optax.adam(tc.learning_rate, b1=tc.beta1, b2=tc.beta2)
+
+
+def critic_params(params: dict) -> dict:
+  return {k: v for k, v in params.items() if k != "generator"}
+
+
+def init_state(model: DoppelGANger, tc: TrainConfig, seed: int) -> tuple[dict, jax.Array]:
+  """Fresh training state and the run's RNG key (split by purpose once from the seed)."""
+  init_key, run_key = jax.random.split(jax.random.key(seed))
+  params = model.init(init_key)
+  opt = optimizer(tc)
+  state = dict(params=params, g_opt=opt.init(params["generator"]), d_opt=opt.init(critic_params(params)),
+               step=jnp.zeros((), jnp.int32))
+  return state, run_key
+
+
+def critic_fns(model: DoppelGANger, d_params: dict):
+  """[(weight, score function on flattened samples)] for the critic and, if on, the auxiliary critic."""
+  critic = model.critic
+  fns = [(1.0, lambda x: critic.apply(d_params["critic"], x))]
+  if model.cfg.aux_critic:
+    meta = model.meta_dim
+    fns.append((model.cfg.aux_critic_weight, lambda x: critic.apply(d_params["aux_critic"], x[:, x.shape[1] - meta:])))
+  return fns
+
+
+def d_loss_fn(model: DoppelGANger, tc: TrainConfig, d_params, real, fake, t):
+  total, metrics = 0.0, {}
+  for (weight, fn), name in zip(critic_fns(model, d_params), ("", "aux_")):
+    loss, w = losses.critic_loss(fn, real, fake, t, tc.gp_weight, model.cfg.pack)
+    total = total + weight * loss
+    metrics[f"{name}w_distance"] = w
+  metrics["d_loss"] = total
+  return total, metrics
+
+
+def g_loss_fn(model: DoppelGANger, d_params, fake):
+  return sum(weight * losses.generator_loss(fn, fake) for weight, fn in critic_fns(model, d_params))
+
+
+def make_train_step(model: DoppelGANger, tc: TrainConfig, mesh):
+  """Returns the un-jitted multi-step function `(state, batches, key) -> (state, metrics)`.
+
+  key: the run's key; step i draws its noise from fold_in(key, i) on device.
+
+  batches: dict(features [k, B, T, F], attributes [k, B, A], additional_attributes [k, B, 2Kc]).
+  metrics: dict of [k] arrays.
+  """
+  gen, opt = model.generator, optimizer(tc)
+
+  def local_step(state, real_batch, noises, ts):
+    """Runs on each device's slice of the batch; gradients are averaged over devices."""
+    params = state["params"]
+    g_params, d_params = params["generator"], critic_params(params)
+    g_opt, d_opt = state["g_opt"], state["d_opt"]
+    real = model.flatten(real_batch)
+    pmean = functools.partial(jax.lax.pmean, axis_name=DATA)
+
+    def forward(noise):
+      return jax.vjp(lambda p: model.flatten(gen.apply(p, noise)), g_params)
+
+    for r in range(tc.d_rounds):
+      fake, pullback = forward(noises[r])
+      grads, metrics = jax.grad(functools.partial(d_loss_fn, model, tc), has_aux=True)(
+          d_params, real, jax.lax.stop_gradient(fake), ts[r])
+      updates, d_opt = opt.update(pmean(grads), d_opt, d_params)
+      d_params = optax.apply_updates(d_params, updates)
+    for r in range(tc.g_rounds):
+      if r > 0:
+        fake, pullback = forward(noises[tc.d_rounds + r - 1])
+      g_loss, d_fake = jax.value_and_grad(functools.partial(g_loss_fn, model, d_params))(fake)
+      (grads,) = pullback(d_fake)
+      updates, g_opt = opt.update(pmean(grads), g_opt, g_params)
+      g_params = optax.apply_updates(g_params, updates)
+    metrics = pmean(dict(metrics, g_loss=g_loss))
+    new_state = dict(state, params=dict(d_params, generator=g_params), g_opt=g_opt, d_opt=d_opt,
+                     step=state["step"] + 1)
+    return new_state, metrics
+
+  sharded_step = jax.shard_map(
+      local_step, mesh=mesh,
+      in_specs=(P(), P(DATA), [NOISE_SPECS] * (tc.d_rounds + tc.g_rounds - 1), [P(DATA)] * tc.d_rounds),
+      out_specs=(P(), P()))
+
+  def one_step(state, real_batch, run_key):
+    batch_size = real_batch["features"].shape[0]
+    key = jax.random.fold_in(run_key, state["step"])
+    keys = jax.random.split(key, 2 * tc.d_rounds + tc.g_rounds)
+    n_noise = tc.d_rounds + tc.g_rounds - 1
+    noises = [sample_noise(k, batch_size, model.schema, model.cfg) for k in keys[:n_noise]]
+    ts = [jax.random.uniform(k, (batch_size,)) for k in keys[n_noise:n_noise + tc.d_rounds]]
+    return sharded_step(state, real_batch, noises, ts)
+
+  def multi_step(state, batches, key):
+    return jax.lax.scan(functools.partial(one_step, run_key=key), state, batches)
+
+  return multi_step
