@@ -186,8 +186,8 @@ def load_dg_folder(path: str, split: str = "train", feature_names: Sequence[str]
   """Loads `data_{split}.npz` of a DoppelGANger folder into original units.
 
   Continuous columns are mapped back with data_{feature,attribute}_{min,max} when present (else they stay
-  in [0, 1] / [-1, 1]); one-hot blocks become codes with labels "0".."k-1". Names are feature_i /
-  attribute_i unless given here or stored by `save_dg_folder`.
+  in [0, 1] / [-1, 1]) and rounded to float32; one-hot blocks become codes with labels "0".."k-1". Names are
+  feature_i / attribute_i unless given here or stored by `save_dg_folder`.
   """
   path = os.fspath(path)
   npz = os.path.join(path, f"data_{split}.npz")
@@ -227,10 +227,12 @@ def load_dg_folder(path: str, split: str = "train", feature_names: Sequence[str]
   if stored is not None and attribute_names is None:
     avars = [(s, *rest) for s, (_, *rest) in zip(stored[1], avars)]
 
+  # The format is float32 throughout, so continuous attributes are rounded to float32 as well; this also
+  # makes load -> save -> load exact.
   features = _decode(f, valid, fvars, _scaling(arrays, "data_feature", kdim, fvars, npz), npz, "feature")
   attributes = _decode(a[:, None, :], np.ones((n, 1), bool), avars,
                        _scaling(arrays, "data_attribute", adim, avars, npz), npz, "attribute")[:, 0, :]
-  ds = Dataset(features.astype(np.float32), lengths, attributes, [v for v, *_ in fvars],
+  ds = Dataset(features.astype(np.float32), lengths, attributes.astype(np.float32), [v for v, *_ in fvars],
                [v for v, *_ in avars], source=npz)
   return ds.validate()
 
@@ -307,8 +309,9 @@ def save_dg_folder(dataset: Dataset, path: str, split: str = "train") -> None:
   """Writes `dataset` as a DoppelGANger folder: one-hot blocks, continuous columns scaled to [0, 1].
 
   data_{feature,attribute}_{min,max} hold the scaling (one entry per column; 0/1 for one-hot columns).
-  Scaled values are stored as float64 so that loading gives back the float32 values exactly. Our names and
-  labels go into an extra npz array that the original code ignores.
+  Scaled values are stored as float64 so that loading gives back float32 values exactly (continuous
+  attributes come back rounded to float32). Our names and labels go into an extra npz array that the
+  original code ignores.
   """
   ds = dataset.validate()
   path = os.fspath(path)

@@ -1,0 +1,68 @@
+"""DoppelGANger with the paper's hyperparameters (Appendix B), on the built-in demo dataset.
+
+Run:
+  python launch.py --config=configs/default.py --workdir=/tmp/dg_demo
+Train on your own data in the project's npz format:
+  python launch.py --config=configs/default.py --config.data.format=npz --config.data.path=F.npz --workdir=W
+"""
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+
+  c.data = ml_collections.ConfigDict()
+  c.data.format = "demo"            # demo | npz | dg (original DoppelGANger folder) | wwt | csv_long | gcut
+  c.data.path = ""                  # file or folder of the dataset (unused for demo)
+  c.data.split = "train"            # dg format: which data_<split>.npz to read
+  c.data.max_samples = 0            # random subsample of this many series (0 = all)
+  c.data.normalization = "zero_one"  # continuous values scaled to [0,1] ("zero_one") or [-1,1] ("minus_one_one")
+  c.data.auto_normalize = True      # per-series min/max as generated "additional attributes" (§4.2)
+  c.data.log1p = ""                 # comma-separated continuous variables to model as log1p(x)
+  c.data.id_column = "id"           # csv_long: series id column
+  c.data.time_column = ""           # csv_long: column to order records by ("" = file order)
+  c.data.attribute_columns = ""     # csv_long: comma-separated attribute columns
+  c.data.feature_columns = ""       # csv_long: comma-separated feature columns
+  c.data.events_path = ""           # gcut: glob of task_events files (data.path: task_usage files)
+  c.data.demo = ml_collections.ConfigDict()
+  c.data.demo.num_samples = 1000    # series in the demo dataset
+  c.data.demo.length = 550          # steps per series (daily: weekly and yearly cycles)
+  c.data.demo.seed = 0              # seed of the demo data (not of training)
+  c.data.demo.variable_lengths = False  # some series stop early
+
+  c.model = ml_collections.ConfigDict()
+  c.model.sample_len = 0            # S: records per LSTM step; 0 = automatic (T/S near 50, §4.4)
+  c.model.attribute_noise_dim = 5   # noise into the attribute MLP
+  c.model.additional_noise_dim = 5  # noise into the min/max MLP
+  c.model.feature_noise_dim = 5     # noise into the LSTM at every step
+  c.model.attribute_num_layers = 2  # hidden layers of the attribute MLP
+  c.model.attribute_num_units = 100
+  c.model.additional_num_layers = 2  # hidden layers of the min/max MLP
+  c.model.additional_num_units = 100
+  c.model.feature_num_units = 100   # LSTM units
+  c.model.initial_state = "random"  # LSTM initial state: "random" N(0,1) or "zero"
+  c.model.critic_num_layers = 4     # hidden layers of both critics
+  c.model.critic_num_units = 200
+  c.model.aux_critic = True         # auxiliary critic on the metadata (§4.3)
+  c.model.aux_critic_weight = 1.0   # alpha
+  c.model.pack = 1                  # PacGAN packing degree (1 = off)
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 100          # global batch, a multiple of the device count
+  c.train.num_steps = 100_000       # training steps (one step = d_rounds critic + g_rounds generator updates)
+  c.train.max_minutes = 0.0         # wall-clock budget in minutes; checkpoints and stops when spent (0 = none)
+  c.train.seed = 0                  # seeds parameters, noise and batch order
+  c.train.learning_rate = 1e-3      # Adam, both generator and critics
+  c.train.beta1 = 0.5
+  c.train.beta2 = 0.999
+  c.train.gp_weight = 10.0          # gradient-penalty weight lambda
+  c.train.d_rounds = 1              # critic updates per step
+  c.train.g_rounds = 1              # generator updates per step
+  c.train.steps_per_dispatch = 10   # steps fused into one compiled call (fewer host round trips)
+  c.train.log_every = 200           # progress line and metrics.jsonl row every this many steps
+  c.train.checkpoint_every = 2000   # checkpoint every this many steps (and at the end)
+  c.train.keep_checkpoints = 2      # checkpoints kept on disk
+
+  c.num_devices = 0                 # devices to train on (0 = all)
+  c.distributed = False             # call jax.distributed.initialize() (multi-host)
+  return c

@@ -1,0 +1,89 @@
+"""Orbax checkpoints of a training run, and the generator-only bundle that data holders share.
+
+A checkpoint holds params, optimizer states, step, the run's RNG key, the config and the schema.
+Orbax writes each step into a temporary folder and renames it when complete, so a run killed
+during a save keeps its last good checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import flax.serialization
+import jax
+import orbax.checkpoint as ocp
+
+from dg_jax.data.encoding import Schema
+from dg_jax.io_utils import atomic_path
+
+CHECKPOINT_DIR = "checkpoints"
+BUNDLE_FILES = ("generator.msgpack", "schema.json", "config.json")
+
+
+class Checkpointer:
+
+  def __init__(self, workdir: str, keep: int = 2):
+    self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, cleanup_tmp_directories=True))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: dict, key: jax.Array, config_json: str, schema: Schema) -> None:
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(dict(state, rng=jax.random.key_data(key))),
+        config=ocp.args.JsonSave(json.loads(config_json)),
+        schema=ocp.args.JsonSave(json.loads(schema.to_json()))))
+
+  def restore(self, abstract_state: dict, step: int | None = None):
+    """-> (state, key, config dict, schema) of `step` (default: the latest)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    abstract = dict(abstract_state, rng=jax.ShapeDtypeStruct((2,), jax.numpy.uint32))
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), config=ocp.args.JsonRestore(), schema=ocp.args.JsonRestore()))
+    state = dict(out["state"])
+    key = jax.random.wrap_key_data(state.pop("rng"))
+    return state, key, out["config"], Schema.from_json(json.dumps(out["schema"]))
+
+  def read_metadata(self, step: int | None = None) -> tuple[dict, Schema]:
+    """The config (as a dict) and schema of a checkpoint, without loading any arrays."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        config=ocp.args.JsonRestore(), schema=ocp.args.JsonRestore()))
+    return out["config"], Schema.from_json(json.dumps(out["schema"]))
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+def save_bundle(directory: str, generator_params, schema: Schema, config_json: str) -> None:
+  """Generator params + schema + config: enough to generate, with no critics and no training data."""
+  os.makedirs(directory, exist_ok=True)
+  contents = (flax.serialization.msgpack_serialize(jax.device_get(generator_params)),
+              schema.to_json().encode(), config_json.encode())
+  for name, data in zip(BUNDLE_FILES, contents):
+    with atomic_path(os.path.join(directory, name)) as tmp:
+      with open(tmp, "wb") as fh:
+        fh.write(data)
+
+
+def load_bundle(directory: str):
+  """-> (generator params, schema, config dict)."""
+  missing = [f for f in BUNDLE_FILES if not os.path.exists(os.path.join(directory, f))]
+  if missing:
+    raise FileNotFoundError(f"{directory}: not a generator bundle (missing {missing})")
+  with open(os.path.join(directory, BUNDLE_FILES[0]), "rb") as fh:
+    params = flax.serialization.msgpack_restore(fh.read())
+  with open(os.path.join(directory, BUNDLE_FILES[1])) as fh:
+    schema = Schema.from_json(fh.read())
+  with open(os.path.join(directory, BUNDLE_FILES[2])) as fh:
+    config = json.load(fh)
+  return params, schema, config

@@ -1,0 +1,49 @@
+"""Pick a loader by `config.data.format`."""
+from __future__ import annotations
+
+import glob
+
+import ml_collections
+import numpy as np
+
+from dg_jax.data.schema import DataError, Dataset
+
+FORMATS = ("demo", "npz", "dg", "wwt", "csv_long", "gcut")
+
+
+def _names(text: str) -> list[str]:
+  return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def load_dataset(dc: ml_collections.ConfigDict) -> Dataset:
+  fmt = dc.format
+  if fmt != "demo" and not dc.path:
+    raise DataError(f"config.data.path is empty; data.format={fmt!r} needs a file or folder")
+  if fmt == "demo":
+    from dg_jax.data.demo import make_demo
+    data = make_demo(dc.demo.num_samples, dc.demo.length, dc.demo.seed, dc.demo.variable_lengths)
+  elif fmt == "npz":
+    from dg_jax.data.npz_format import load_npz
+    data = load_npz(dc.path)
+  elif fmt == "dg":
+    from dg_jax.data.dg_format import load_dg_folder
+    data = load_dg_folder(dc.path, split=dc.split)
+  elif fmt == "wwt":
+    from dg_jax.data.wwt import load_wwt
+    data = load_wwt(dc.path)
+  elif fmt == "csv_long":
+    from dg_jax.data.frames import read_csv_long
+    data = read_csv_long(dc.path, id_column=dc.id_column, time_column=dc.time_column or None,
+                         attribute_columns=_names(dc.attribute_columns), feature_columns=_names(dc.feature_columns))
+  elif fmt == "gcut":
+    from dg_jax.data.gcut import load_gcut
+    usage, events = sorted(glob.glob(dc.path)), sorted(glob.glob(dc.events_path))
+    if not usage or not events:
+      raise DataError(f"gcut: no files match data.path={dc.path!r} or data.events_path={dc.events_path!r}")
+    data, _ = load_gcut(usage, events)
+  else:
+    raise DataError(f"unknown data.format {fmt!r}; expected one of {FORMATS}")
+  if dc.max_samples and data.num_samples > dc.max_samples:
+    keep = np.sort(np.random.default_rng(0).choice(data.num_samples, dc.max_samples, replace=False))
+    data = data.subset(keep)
+  return data.validate()

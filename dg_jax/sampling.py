@@ -1,0 +1,145 @@
+"""Generation: trained generator -> samples in model space -> original units -> files."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import logging
+
+from dg_jax.checkpoints import Checkpointer, load_bundle
+from dg_jax.data import encoding
+from dg_jax.data.schema import DataError, Dataset
+from dg_jax.models.doppelganger import DoppelGANger, sample_noise
+from dg_jax.settings import model_config, train_config
+from dg_jax.train_step import init_state
+
+log = logging.getLogger(__name__)
+
+
+def load_generator(workdir: str | None = None, bundle: str | None = None):
+  """-> (model, generator params, config) from a workdir's latest checkpoint or a generator bundle."""
+  if bundle:
+    params, schema, config = load_bundle(bundle)
+  else:
+    ckpt = Checkpointer(workdir)
+    if ckpt.latest_step() is None:
+      raise FileNotFoundError(f"{workdir}: no checkpoint to generate from (train first, or pass --bundle)")
+    config, schema = ckpt.read_metadata()
+    cfg = ml_collections.ConfigDict(config)
+    model = DoppelGANger(schema, model_config(cfg))
+    abstract = jax.eval_shape(lambda: init_state(model, train_config(cfg), 0)[0])
+    state, _, _, _ = ckpt.restore(abstract)
+    ckpt.close()
+    params = state["params"]["generator"]
+  config = ml_collections.ConfigDict(config)
+  return DoppelGANger(schema, model_config(config)), params, config
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def _generate_chunk(model: DoppelGANger, params, key, chunk_size: int, length: int | None, attributes=None):
+  noise = sample_noise(key, chunk_size, model.schema, model.cfg, length)
+  return model.generator.apply(params, noise, attributes, length)
+
+
+def generate_encoded(model: DoppelGANger, params, num_samples: int, seed: int = 0, chunk_size: int = 500,
+                     attributes: np.ndarray | None = None, length: int | None = None) -> encoding.Encoded:
+  """Model-space samples, drawn `chunk_size` at a time (chunk i uses fold_in(key(seed), i)).
+
+  attributes: encoded [num_samples, A] attributes to condition on (the attribute MLP is bypassed).
+  length: force this many records per series (may exceed the training T); default: the
+  generation flag decides each length.
+  """
+  if num_samples < 1:
+    raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+  if length is not None and length < 1:
+    raise ValueError(f"length must be >= 1, got {length}")
+  key = jax.random.key(seed)
+  parts = []
+  for i, start in enumerate(range(0, num_samples, chunk_size)):
+    cond = None
+    if attributes is not None:
+      cond = attributes[start:start + chunk_size]
+      cond = jnp.asarray(np.concatenate([cond, np.repeat(cond[-1:], chunk_size - len(cond), 0)]))
+    out = _generate_chunk(model, params, jax.random.fold_in(key, i), chunk_size, length, cond)
+    parts.append(jax.device_get(out))
+  out = {k: np.concatenate([p[k] for p in parts])[:num_samples] for k in parts[0]}
+  features = out["features"]
+  if length is not None:  # a forced length: the flags say "continue" up to the last record
+    features[..., -2:] = encoding.lengths_to_flags(np.full(num_samples, length), length)
+  return encoding.Encoded(out["attributes"], out["additional_attributes"], features)
+
+
+def generate(model: DoppelGANger, params, num_samples: int, seed: int = 0, attributes: Dataset | np.ndarray | None = None,
+             length: int | None = None, chunk_size: int = 500) -> Dataset:
+  """Samples in original units and labels. `attributes`: [n, m] rows (codes) to condition on."""
+  if attributes is not None:
+    attributes = encoding.encode_attributes(np.asarray(attributes, np.float64), model.schema)
+    num_samples = len(attributes)
+  enc = generate_encoded(model, params, num_samples, seed, chunk_size, attributes, length)
+  return encoding.decode(enc, model.schema, source=f"generated(seed={seed})")
+
+
+def parse_attribute_labels(items: list[str], schema: encoding.Schema, count: int) -> np.ndarray:
+  """["isp=a", "tech=fiber"] -> [count, m] codes; every attribute must be given."""
+  given = {}
+  for item in items:
+    name, sep, value = item.partition("=")
+    if not sep:
+      raise DataError(f"--attribute {item!r}: expected name=value")
+    given[name.strip()] = value.strip()
+  names = [v.name for v in schema.attribute_vars]
+  unknown = sorted(set(given) - set(names))
+  if unknown:
+    raise DataError(f"--attribute: unknown attributes {unknown}; the model has {names}")
+  missing = [n for n in names if n not in given]
+  if missing:
+    raise DataError(f"--attribute: conditional generation needs every attribute; missing {missing}")
+  row = []
+  for var in schema.attribute_vars:
+    value = given[var.name]
+    if var.is_categorical:
+      if value not in var.categories:
+        raise DataError(f"--attribute {var.name}={value!r}: unknown category; expected one of {list(var.categories)}")
+      row.append(var.categories.index(value))
+    else:
+      try:
+        row.append(float(value))
+      except ValueError:
+        raise DataError(f"--attribute {var.name}={value!r}: expected a number") from None
+  return np.tile(np.array(row, np.float64), (count, 1))
+
+
+def attributes_from_file(path: str, schema: encoding.Schema) -> np.ndarray:
+  """Attribute rows (codes) from an npz file in the project's format, matched to the schema by name and label."""
+  from dg_jax.data.npz_format import load_npz
+  data = load_npz(path)
+  names = [v.name for v in data.attribute_vars]
+  cols = []
+  for var in schema.attribute_vars:
+    if var.name not in names:
+      raise DataError(f"{path}: attribute {var.name!r} is missing (file has {names})")
+    j = names.index(var.name)
+    x = data.attributes[:, j]
+    if var.is_categorical:
+      labels = data.attribute_vars[j].categories
+      unknown = sorted(set(labels[int(c)] for c in np.unique(x)) - set(var.categories))
+      if unknown:
+        raise DataError(f"{path}: attribute {var.name!r} has categories {unknown} the model never saw")
+      x = np.array([var.categories.index(labels[int(c)]) for c in x], np.float64)
+    cols.append(x)
+  return np.stack(cols, axis=1)
+
+
+def write_outputs(dataset: Dataset, output: str, csv_output: str | None = None) -> None:
+  from dg_jax.data.npz_format import save_npz
+  save_npz(dataset, output)
+  log.info("wrote %d samples to %s", dataset.num_samples, output)
+  if csv_output:
+    from dg_jax.data.frames import write_csv_long
+    write_csv_long(dataset, csv_output)
+    log.info("wrote %s", csv_output)

@@ -1,0 +1,136 @@
+"""train_and_evaluate(config, workdir): the training loop around the pure step.
+
+Resumes from the workdir's latest checkpoint by default; batches are a function of the step, so a
+resumed run continues exactly where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import logging
+
+from dg_jax import sharding
+from dg_jax.checkpoints import Checkpointer
+from dg_jax.data import encoding
+from dg_jax.data.batching import BatchIterator
+from dg_jax.data.loaders import load_dataset
+from dg_jax.io_utils import atomic_path
+from dg_jax.models.doppelganger import DoppelGANger
+from dg_jax.settings import model_config, train_config
+from dg_jax.train_step import init_state, make_train_step
+
+log = logging.getLogger(__name__)
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.json"
+
+
+def fit_schema_from_config(dataset, config) -> encoding.Schema:
+  dc = config.data
+  return encoding.fit_schema(dataset, dc.normalization, dc.auto_normalize,
+                             [x.strip() for x in dc.log1p.split(",") if x.strip()])
+
+
+def batch_dict(features, attributes, additional):
+  return dict(features=features, attributes=attributes, additional_attributes=additional)
+
+
+def write_json(path: str, text: str) -> None:
+  with atomic_path(path) as tmp:
+    with open(tmp, "w") as fh:
+      fh.write(text)
+
+
+def _check_resumable(saved: dict, config: ml_collections.ConfigDict, workdir: str) -> None:
+  for section in ("model", "data"):
+    if saved.get(section) != json.loads(config[section].to_json()):
+      raise ValueError(f"{workdir} holds a run with a different config.{section}; "
+                       "use a new --workdir (or the same config) to resume")
+
+
+def _check_finite(metrics: dict, first_step: int) -> None:
+  for name, values in metrics.items():
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+      raise FloatingPointError(f"non-finite {name} ({values[bad[0]]}) at training step {first_step + bad[0] + 1}; "
+                               "the last good checkpoint is kept")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (or resumes) the run in `workdir`; returns the last step's metrics."""
+  if config.distributed:
+    jax.distributed.initialize()
+  tc, mc = train_config(config), model_config(config)
+  mesh = sharding.make_mesh(config.num_devices or None)
+  sharding.check_batch_size(tc.batch_size, mesh)
+  log.info("training on %s", sharding.describe(mesh))
+  os.makedirs(workdir, exist_ok=True)
+  ckpt = Checkpointer(workdir, tc.keep_checkpoints)
+
+  dataset = load_dataset(config.data)
+  resume_step = ckpt.latest_step()
+  if resume_step is not None:
+    saved_config, schema = ckpt.read_metadata(resume_step)  # encode exactly as the run began
+    _check_resumable(saved_config, config, workdir)
+  else:
+    schema = fit_schema_from_config(dataset, config)
+  encoded = encoding.encode(dataset, schema)
+  model = DoppelGANger(schema, mc)
+  log.info("data: %d series, T=%d, %d features, %d attributes; S=%d (%d LSTM steps)",
+               dataset.num_samples, schema.max_length, len(schema.feature_vars), len(schema.attribute_vars),
+               model.sample_len, -(-schema.max_length // model.sample_len))
+
+  state, key = init_state(model, tc, tc.seed)
+  if resume_step is not None:
+    state, key, _, _ = ckpt.restore(jax.eval_shape(lambda: state), resume_step)
+    log.info("resumed from step %d", resume_step)
+  config_json = config.to_json(indent=1)
+  write_json(os.path.join(workdir, CONFIG_FILE), config_json)
+  write_json(os.path.join(workdir, "schema.json"), schema.to_json())
+
+  state = sharding.replicate(state, mesh)
+  step_fn = jax.jit(make_train_step(model, tc, mesh), donate_argnums=0)
+  start = int(state["step"])
+  batches = BatchIterator([encoded.features, encoded.attributes, encoded.additional_attributes],
+                          tc.batch_size, tc.seed, start_step=start)
+  step, t_start, window = start, time.time(), (start, time.time())
+  deadline = t_start + 60 * tc.max_minutes if tc.max_minutes else None
+  last = {}
+  with open(os.path.join(workdir, METRICS_FILE), "a") as log_file:
+    while step < tc.num_steps:
+      k = tc.steps_per_dispatch if tc.num_steps - step >= tc.steps_per_dispatch else 1
+      state, metrics = step_fn(state, sharding.shard_batches(batch_dict(*batches.next(k)), mesh), key)
+      metrics = jax.device_get(metrics)
+      _check_finite(metrics, step)
+      step += k
+      last = {name: float(v[-1]) for name, v in metrics.items()}
+      out_of_time = deadline is not None and time.time() > deadline
+      if step // tc.log_every > (step - k) // tc.log_every or step == tc.num_steps or out_of_time:
+        now = time.time()
+        rate = (step - window[0]) / max(now - window[1], 1e-9)
+        window = (step, now)
+        eta = (tc.num_steps - step) / rate if rate > 0 else float("inf")
+        log.info("step %d/%d  %.2f steps/s  ETA %s  %s", step, tc.num_steps, rate, _duration(eta),
+                     "  ".join(f"{n}={v:.4g}" for n, v in sorted(last.items())))
+        log_file.write(json.dumps(dict(step=step, seconds=round(now - t_start, 3), steps_per_s=rate, **last)) + "\n")
+        log_file.flush()
+      if step // tc.checkpoint_every > (step - k) // tc.checkpoint_every or step == tc.num_steps or out_of_time:
+        ckpt.save(step, state, key, config_json, schema)
+      if out_of_time:
+        log.info("wall-clock budget of %.1f min spent at step %d; checkpointed", tc.max_minutes, step)
+        break
+  ckpt.wait()
+  ckpt.close()
+  return dict(last, step=step)
+
+
+def _duration(seconds: float) -> str:
+  if not np.isfinite(seconds):
+    return "?"
+  m, s = divmod(int(seconds), 60)
+  h, m = divmod(m, 60)
+  return f"{h}:{m:02d}:{s:02d}"
