@@ -30,6 +30,7 @@ import json
 import math
 import os
 import random
+import resource
 import sys
 import time
 import warnings
@@ -139,6 +140,26 @@ def build_model(d: dict, args, config: DGANConfig, feats: list, attrs: np.ndarra
   return DGAN(config, attribute_outputs=attribute_outputs, feature_outputs=feature_outputs)
 
 
+def _cpu_snapshot() -> tuple:
+  """(this process's CPU seconds, whole machine's busy CPU seconds or None) for load diagnostics."""
+  r = resource.getrusage(resource.RUSAGE_SELF)
+  busy = None
+  try:
+    with open("/proc/stat") as fh:
+      v = [int(x) for x in fh.readline().split()[1:]]
+    busy = (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait; guest is in user
+  except (OSError, ValueError, IndexError):
+    pass
+  return r.ru_utime + r.ru_stime, busy
+
+
+def _load_report(a: tuple, b: tuple, seconds: float) -> dict:
+  """Cores this process kept busy, and cores other processes kept busy, over an interval."""
+  own = (b[0] - a[0]) / seconds
+  other = None if a[1] is None or b[1] is None else max(0.0, (b[1] - a[1]) / seconds - own)
+  return {"own_busy_cores": own, "other_busy_cores": other}
+
+
 def time_generation(model: DGAN, n: int, batch_size: int) -> dict:
   """Times gretel's generate_numpy (network + inverse transforms to original units) and the
   network alone (DGAN._generate per batch, as gretel runs it: with autograd on)."""
@@ -216,7 +237,7 @@ def main(argv=None) -> dict:
   model = build_model(d, args, config, feats, attributes)
   batches_per_epoch = n // args.batch_size + (1 if n % args.batch_size > 1 else 0)  # gretel drops a last batch of 1
 
-  state = {"steps": 0, "t_start": None, "t_stop": None}
+  state = {"steps": 0, "t_start": None, "t_stop": None, "cpu_start": None, "cpu_stop": None}
   warmup = args.warmup if args.mode == "speed" else 0
   budget = args.minutes * 60.0
 
@@ -225,20 +246,20 @@ def main(argv=None) -> dict:
     now = time.perf_counter()
     if args.mode == "speed":
       if state["steps"] == warmup:
-        state["t_start"] = now
+        state["t_start"], state["cpu_start"] = now, _cpu_snapshot()
       elif state["steps"] == warmup + args.steps:
-        state["t_stop"] = now
+        state["t_stop"], state["cpu_stop"] = now, _cpu_snapshot()
         raise _Stop()
     else:
       if now - state["t_start"] >= budget:
-        state["t_stop"] = now
+        state["t_stop"], state["cpu_stop"] = now, _cpu_snapshot()
         raise _Stop()
 
   _log(f"{args.mode}: n={n} T={T} K={K} m={attributes.shape[1]} sample_len={args.sample_len} "
        f"batch={args.batch_size} threads={torch.get_num_threads()}")
   t_call = time.perf_counter()
   if args.mode == "train" or warmup == 0:
-    state["t_start"] = t_call
+    state["t_start"], state["cpu_start"] = t_call, _cpu_snapshot()
   try:
     model.train_numpy(feats, feature_types=None, attributes=attributes, attribute_types=None,
                       progress_callback=callback)
@@ -257,6 +278,9 @@ def main(argv=None) -> dict:
       "seconds": seconds, "train_steps_per_s": steps_timed / seconds if seconds > 0 else None,
       "setup_and_warmup_seconds": (state["t_start"] - t_call) if warmup else None,
       "epochs_done": state["steps"] / batches_per_epoch, "seed": args.seed,
+      # Load while training was timed: other_busy_cores well above 0 means the timing was shared.
+      **_load_report(state["cpu_start"], state["cpu_stop"], seconds),
+      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
       "config": {k: (v.name if hasattr(v, "name") else v) for k, v in config.to_dict().items() if k != "epochs"},
   }
   _log(f"trained {steps_timed} timed steps in {seconds:.2f}s")

@@ -53,11 +53,12 @@ def _check_resumable(saved: dict, config: ml_collections.ConfigDict, workdir: st
 
 
 def _check_finite(metrics: dict, first_step: int) -> None:
-  for name, values in metrics.items():
-    bad = np.flatnonzero(~np.isfinite(values))
-    if bad.size:
-      raise FloatingPointError(f"non-finite {name} ({values[bad[0]]}) at training step {first_step + bad[0] + 1}; "
-                               "the last good checkpoint is kept")
+  bad = {name: np.flatnonzero(~np.isfinite(v)) for name, v in metrics.items()}
+  bad = {name: idx[0] for name, idx in bad.items() if idx.size}
+  if bad:
+    name = min(bad, key=lambda n: (bad[n], n))
+    raise FloatingPointError(f"non-finite {name} ({metrics[name][bad[name]]}) at training step "
+                             f"{first_step + bad[name] + 1}; the last good checkpoint is kept")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -92,7 +93,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   write_json(os.path.join(workdir, CONFIG_FILE), config_json)
   write_json(os.path.join(workdir, "schema.json"), schema.to_json())
 
-  state = sharding.replicate(state, mesh)
+  state, key = sharding.replicate((state, key), mesh)
   step_fn = jax.jit(make_train_step(model, tc, mesh), donate_argnums=0)
   start = int(state["step"])
   batches = BatchIterator([encoded.features, encoded.attributes, encoded.additional_attributes],

@@ -1,0 +1,92 @@
+"""Model shapes and masks, and the WGAN-GP penalty against known answers."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dg_jax import losses
+from dg_jax.data import encoding
+from dg_jax.data.demo import make_demo
+from dg_jax.models.doppelganger import DoppelGANger, keep_mask, sample_noise
+from dg_jax.settings import ModelConfig, resolve_sample_len
+
+SMALL = ModelConfig(sample_len=4, attribute_num_units=8, additional_num_units=8, feature_num_units=8,
+                    critic_num_layers=1, critic_num_units=8)
+
+
+@pytest.fixture(scope="module")
+def schema():
+  return encoding.fit_schema(make_demo(num_samples=20, length=10, variable_lengths=True))
+
+
+def test_generator_shapes_ranges_and_padding(schema):
+  model = DoppelGANger(schema, SMALL)  # T=10 is not a multiple of S=4: 3 LSTM steps, cut to 10
+  params = model.init(jax.random.key(0))
+  noise = sample_noise(jax.random.key(1), 32, schema, SMALL)
+  assert noise["feature"].shape == (3, 32, SMALL.feature_noise_dim)
+  out = model.generator.apply(params["generator"], noise)
+  assert out["attributes"].shape == (32, schema.attribute_dim) == (32, 5)
+  assert out["additional_attributes"].shape == (32, schema.additional_dim) == (32, 4)
+  assert out["features"].shape == (32, 10, schema.feature_dim) == (32, 10, 4)
+  np.testing.assert_allclose(out["attributes"][:, :3].sum(-1), 1, rtol=1e-5)  # softmax blocks
+  assert (out["features"] >= 0).all() and (out["features"] <= 1).all()
+  assert model.flatten(out).shape == (32, 10 * 4 + 5 + 4)
+  # masking: every record after the first "end" is all zero (flags too); records up to it are kept
+  f = np.asarray(out["features"])
+  for i in range(32):
+    ends = np.flatnonzero(f[i, :, 3] > f[i, :, 2])
+    if ends.size and ends[0] < 9:
+      assert not f[i, ends[0] + 1:].any() and f[i, ends[0], 2:].sum() > 0.99
+
+
+def test_keep_mask_known_answer():
+  flags = jnp.array([[[.9, .1], [.2, .8], [.9, .1], [.1, .9]],
+                     [[.9, .1], [.9, .1], [.9, .1], [.9, .1]]])
+  np.testing.assert_array_equal(keep_mask(flags), [[1, 1, 0, 0], [1, 1, 1, 1]])
+
+
+def test_conditional_and_forced_length(schema):
+  model = DoppelGANger(schema, SMALL)
+  params = model.init(jax.random.key(0))["generator"]
+  given = jnp.asarray(encoding.encode_attributes(np.array([[2, 1]] * 6, float), schema))
+  out = model.generator.apply(params, sample_noise(jax.random.key(1), 6, schema, SMALL, 23), given, 23)
+  np.testing.assert_array_equal(out["attributes"], given)
+  assert out["features"].shape == (6, 23, 4)  # longer than the training T, no masking
+
+
+def test_sample_len_auto():
+  assert resolve_sample_len(0, 550) == 11 and resolve_sample_len(0, 56) == 1 and resolve_sample_len(0, 2497) == 50
+  assert resolve_sample_len(7, 550) == 7
+
+
+def test_gradient_penalty_linear_critic_closed_form():
+  # D(x) = w.x has gradient w everywhere: penalty (||w|| - 1)^2 whatever the inputs and t.
+  rng = np.random.default_rng(0)
+  w = jnp.asarray(rng.normal(size=12))
+  real, fake = jnp.asarray(rng.normal(size=(6, 12))), jnp.asarray(rng.normal(size=(6, 12)))
+  t = jnp.asarray(rng.uniform(size=6))
+  gp = losses.gradient_penalty(lambda x: x @ w, real, fake, t)
+  np.testing.assert_allclose(gp, (np.linalg.norm(w) - 1) ** 2, rtol=1e-5)
+  # PacGAN (pack=2): a critic row sees two examples; its gradient is [w1, w2] with w = w1 ++ w2 per example
+  packed = losses.gradient_penalty(lambda x: x.reshape(3, 24) @ jnp.concatenate([w, 2 * w]), real, fake, t, pack=2)
+  np.testing.assert_allclose(packed, (np.sqrt(5) * np.linalg.norm(w) - 1) ** 2, rtol=1e-5)
+
+
+def test_gradient_penalty_is_per_example_with_shared_t():
+  # D(x) = |x|^2 / 2 has gradient x_hat: the penalty is the mean of (||t_i real_i + (1-t_i) fake_i|| - 1)^2,
+  # not (batch-global norm - 1)^2, and one t_i is shared by all of example i's columns.
+  rng = np.random.default_rng(1)
+  real, fake = rng.normal(size=(5, 7)), 3 * rng.normal(size=(5, 7))
+  t = rng.uniform(size=5)
+  x_hat = t[:, None] * real + (1 - t[:, None]) * fake
+  want = np.mean((np.linalg.norm(x_hat, axis=1) - 1) ** 2)
+  got = losses.gradient_penalty(lambda x: 0.5 * jnp.sum(x * x, -1), jnp.asarray(real), jnp.asarray(fake), jnp.asarray(t))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  assert abs(want - (np.linalg.norm(x_hat) - 1) ** 2) > 1  # a batch-global norm would differ
+
+
+def test_critic_loss_sign():
+  real, fake = jnp.ones((4, 3)), jnp.zeros((4, 3))
+  loss, w = losses.critic_loss(lambda x: x.sum(-1), real, fake, jnp.full(4, .5), gp_weight=0.0)
+  assert float(w) == 3.0 and float(loss) == -3.0  # the critic lowers its loss by scoring real above fake
+  assert float(losses.generator_loss(lambda x: x.sum(-1), fake)) == 0.0

@@ -1,0 +1,149 @@
+"""The training step and loop: determinism, 1 vs 8 devices, exact resume, budgets, failures."""
+import json
+import os
+import re
+
+import jax
+import numpy as np
+import pytest
+
+from configs import tiny
+from dg_jax import sharding
+from dg_jax.checkpoints import Checkpointer
+from dg_jax.data import encoding
+from dg_jax.data.batching import BatchIterator
+from dg_jax.data.loaders import load_dataset
+from dg_jax.models.doppelganger import DoppelGANger
+from dg_jax.settings import model_config, train_config
+from dg_jax.train import batch_dict, fit_schema_from_config, train_and_evaluate
+from dg_jax.train_step import init_state, make_train_step
+
+
+def tiny_config(**train):
+  c = tiny.get_config()
+  c.train.update(train)
+  return c
+
+
+@pytest.fixture(scope="module")
+def setup():
+  c = tiny_config()
+  data = load_dataset(c.data)
+  schema = fit_schema_from_config(data, c)
+  enc = encoding.encode(data, schema)
+  model = DoppelGANger(schema, model_config(c))
+  batches = batch_dict(*BatchIterator([enc.features, enc.attributes, enc.additional_attributes], 16, 0).next(3))
+  return model, train_config(c), batches
+
+
+def run_steps(model, tc, batches, num_devices):
+  mesh = sharding.make_mesh(num_devices)
+  state, key = init_state(model, tc, 0)
+  step = jax.jit(make_train_step(model, tc, mesh))
+  state, metrics = step(sharding.replicate(state, mesh), sharding.shard_batches(batches, mesh), key)
+  return jax.device_get(state), jax.device_get(metrics)
+
+
+def test_one_vs_eight_devices_and_determinism(setup):
+  assert jax.device_count() == 8, "tests/conftest.py sets JAX_NUM_CPU_DEVICES=8"
+  model, tc, batches = setup
+  one, m1 = run_steps(model, tc, batches, 1)
+  eight, m8 = run_steps(model, tc, batches, 8)
+  again, _ = run_steps(model, tc, batches, 1)
+  assert int(one["step"]) == 3
+  jax.tree.map(np.testing.assert_array_equal, one, again)  # same seed, same run
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), one, eight)
+  for k in m1:
+    np.testing.assert_allclose(m1[k], m8[k], rtol=1e-3, atol=1e-4)
+  init, _ = init_state(model, tc, 0)
+  moved = jax.tree_util.tree_map_with_path(lambda p, a, b: (jax.tree_util.keystr(p), not np.allclose(a, b)),
+                                           init["params"], one["params"])
+  frozen = [p for p, m in jax.tree.leaves(moved, is_leaf=lambda x: isinstance(x, tuple)) if not m]
+  # a critic's output bias cancels in E[D(real)] - E[D(fake)] and in its gradients: it never moves
+  assert frozen == ["['aux_critic']['params']['MLP_0']['Dense_2']['bias']",
+                    "['critic']['params']['MLP_0']['Dense_2']['bias']"], frozen
+
+
+def _while_depths(hlo: str) -> dict:
+  """HLO computation name -> how many while loops enclose it (ENTRY = 0)."""
+  comps, name = {}, None
+  for line in hlo.splitlines():
+    m = re.match(r"^(ENTRY )?%?([\w.\-]+) .*\{$", line)
+    if m:
+      name = m.group(2)
+      comps[name] = dict(entry=bool(m.group(1)), text=[])
+    elif name:
+      comps[name]["text"].append(line)
+  depth = {n: 0 for n, c in comps.items() if c["entry"]}
+  todo = list(depth)
+  while todo:
+    n = todo.pop()
+    for kind, callee in re.findall(r"(body|condition|calls|to_apply)=%?([\w.\-]+)", "\n".join(comps[n]["text"])):
+      d = depth[n] + (kind == "body")
+      if callee in comps and depth.get(callee, -1) < d:
+        depth[callee] = d
+        todo.append(callee)
+  return {n: (depth.get(n, 0), "\n".join(c["text"])) for n, c in comps.items()}
+
+
+def test_gradients_cross_devices_outside_the_lstm_loops(setup):
+  model, tc, batches = setup
+  mesh = sharding.make_mesh(8)
+  state, key = init_state(model, tc, 0)
+  hlo = jax.jit(make_train_step(model, tc, mesh)).lower(
+      sharding.replicate(state, mesh), sharding.shard_batches(batches, mesh), key).compile().as_text()
+  with_reduce = {n: d for n, (d, text) in _while_depths(hlo).items() if "all-reduce" in text}
+  assert with_reduce, "the 8-device step must average gradients"
+  # depth 1 = the loop over fused training steps; the LSTM rollouts and their backward passes are deeper
+  assert max(with_reduce.values()) == 1, with_reduce
+
+
+def checkpoint_params(workdir):
+  ckpt = Checkpointer(workdir)
+  config, schema = ckpt.read_metadata()
+  import ml_collections
+  cfg = ml_collections.ConfigDict(config)
+  model = DoppelGANger(schema, model_config(cfg))
+  abstract = jax.eval_shape(lambda: init_state(model, train_config(cfg), 0)[0])
+  state, key, _, _ = ckpt.restore(abstract)
+  ckpt.close()
+  return jax.device_get(state)
+
+
+def test_resume_is_exact(tmp_path):
+  straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+  train_and_evaluate(tiny_config(num_steps=20), straight)
+  train_and_evaluate(tiny_config(num_steps=10), split)
+  assert Checkpointer(split).latest_step() == 10
+  train_and_evaluate(tiny_config(num_steps=20), split)
+  a, b = checkpoint_params(straight), checkpoint_params(split)
+  assert int(a["step"]) == int(b["step"]) == 20
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), a, b)
+  rows = [json.loads(line) for line in open(os.path.join(split, "metrics.jsonl"))]
+  assert [r["step"] for r in rows] == [10, 10, 20] or [r["step"] for r in rows] == [10, 20]
+  assert {"d_loss", "g_loss", "w_distance", "steps_per_s"} <= set(rows[-1])
+
+
+def test_resume_refuses_a_different_model(tmp_path):
+  train_and_evaluate(tiny_config(num_steps=5, checkpoint_every=5), str(tmp_path))
+  c = tiny_config(num_steps=10)
+  c.model.feature_num_units = 12
+  with pytest.raises(ValueError, match="different config.model"):
+    train_and_evaluate(c, str(tmp_path))
+
+
+def test_wall_clock_budget_checkpoints(tmp_path):
+  out = train_and_evaluate(tiny_config(num_steps=10_000, max_minutes=1e-4), str(tmp_path))
+  assert 0 < out["step"] < 10_000
+  assert Checkpointer(str(tmp_path)).latest_step() == out["step"]
+
+
+def test_non_finite_loss_names_the_step(tmp_path):
+  with pytest.raises(FloatingPointError, match="non-finite d_loss .* at training step 1;"):
+    train_and_evaluate(tiny_config(gp_weight=float("nan")), str(tmp_path))
+  assert Checkpointer(str(tmp_path)).latest_step() is None  # nothing bad was saved
+
+
+def test_batch_must_divide_over_devices(tmp_path):
+  with pytest.raises(ValueError, match="batch_size=12 must be a multiple of the 8 devices"):
+    train_and_evaluate(tiny_config(batch_size=12), str(tmp_path))
