@@ -36,12 +36,15 @@ class Checkpointer:
         config=ocp.args.JsonSave(json.loads(config_json)),
         schema=ocp.args.JsonSave(json.loads(schema.to_json()))))
 
-  def restore(self, abstract_state: dict, step: int | None = None):
-    """-> (state, key, config dict, schema) of `step` (default: the latest)."""
+  def restore(self, abstract_state: dict, step: int | None = None, sharding: jax.sharding.Sharding | None = None):
+    """-> (state, key, config dict, schema) of `step` (default: the latest), placed with `sharding`
+    (default: the first local device), whatever device layout the checkpoint was saved from."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = dict(abstract_state, rng=jax.ShapeDtypeStruct((2,), jax.numpy.uint32))
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract)
     out = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), config=ocp.args.JsonRestore(), schema=ocp.args.JsonRestore()))
     state = dict(out["state"])

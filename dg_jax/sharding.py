@@ -25,8 +25,12 @@ def check_batch_size(batch_size: int, mesh) -> None:
     raise ValueError(f"train.batch_size={batch_size} must be a multiple of the {n} devices in use")
 
 
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
 def replicate(tree, mesh):
-  return jax.device_put(tree, NamedSharding(mesh, P()))
+  return jax.device_put(tree, replicated(mesh))
 
 
 def shard_batches(arrays, mesh, stacked: bool = True):

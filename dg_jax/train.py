@@ -87,7 +87,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   state, key = init_state(model, tc, tc.seed)
   if resume_step is not None:
-    state, key, _, _ = ckpt.restore(jax.eval_shape(lambda: state), resume_step)
+    state, key, _, _ = ckpt.restore(jax.eval_shape(lambda: state), resume_step, sharding.replicated(mesh))
     log.info("resumed from step %d", resume_step)
   config_json = config.to_json(indent=1)
   write_json(os.path.join(workdir, CONFIG_FILE), config_json)
