@@ -85,6 +85,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   args = p.parse_args(argv)
   if args.mode == "train" and not args.output:
     p.error("--mode train needs --output")
+  if args.output and args.num_generate == 0:
+    p.error("--output needs --num-generate > 0")
+  if args.steps < 1 or args.warmup < 0 or args.minutes <= 0 or args.sample_len < 1 or args.batch_size < 2:
+    p.error("need --steps >= 1, --warmup >= 0, --minutes > 0, --sample-len >= 1, --batch-size >= 2")
   if args.num_generate is None:
     args.num_generate = -1  # resolved once n is known
   return args
@@ -165,9 +169,10 @@ def time_generation(model: DGAN, n: int, batch_size: int) -> dict:
   network alone (DGAN._generate per batch, as gretel runs it: with autograd on)."""
   model.config.batch_size = batch_size
   model.generate_numpy(batch_size)  # warm-up
-  t0 = time.perf_counter()
+  c0, t0 = _cpu_snapshot(), time.perf_counter()
   attrs, feats = model.generate_numpy(n)
   t_full = time.perf_counter() - t0
+  load = _load_report(c0, _cpu_snapshot(), t_full)
   nb = math.ceil(n / batch_size)
   t0 = time.perf_counter()
   for _ in range(nb):
@@ -177,6 +182,7 @@ def time_generation(model: DGAN, n: int, batch_size: int) -> dict:
       "generate_samples": n, "generate_batch_size": batch_size, "generate_seconds": t_full,
       "generate_samples_per_s": n / t_full, "generate_net_seconds": t_net,
       "generate_net_samples_per_s": nb * batch_size / t_net, "_attrs": attrs, "_feats": feats,
+      "generate_own_busy_cores": load["own_busy_cores"], "generate_other_busy_cores": load["other_busy_cores"],
   }
 
 
@@ -201,7 +207,9 @@ def to_npz_arrays(d: dict, attrs, feats) -> dict:
 
 def main(argv=None) -> dict:
   args = parse_args(argv)
-  warnings.filterwarnings("ignore")  # CPU torch: pin_memory / cuda.amp deprecation noise from gretel's loop
+  for category in (UserWarning, FutureWarning, DeprecationWarning):
+    # CPU torch: pin_memory / torch.cuda.amp deprecation noise from gretel's loop, every batch.
+    warnings.filterwarnings("ignore", category=category)
   torch.set_num_threads(args.threads)
   try:
     torch.set_num_interop_threads(args.threads)
@@ -298,8 +306,6 @@ def main(argv=None) -> dict:
         np.savez(fh, **arrays)
       os.replace(tmp, out)
       result["output"] = out
-  elif args.output:
-    raise SystemExit("--output needs --num-generate > 0")
   print(json.dumps(result), flush=True)
   return result
 
