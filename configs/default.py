@@ -12,9 +12,12 @@ def get_config():
   c = ml_collections.ConfigDict()
 
   c.data = ml_collections.ConfigDict()
-  c.data.format = "demo"            # demo | npz | dg (original DoppelGANger folder) | wwt | csv_long | gcut
+  c.data.format = "auto"            # auto (demo without a path, npz for *.npz, dg for a DoppelGANger folder)
+                                    # | demo | npz | dg | wwt | csv_long | gcut
   c.data.path = ""                  # file or folder of the dataset (unused for demo)
   c.data.split = "train"            # dg format: which data_<split>.npz to read
+  c.data.feature_names = ""         # dg format: comma-separated names of the features (default feature_<i>)
+  c.data.attribute_names = ""       # dg format: comma-separated names of the attributes
   c.data.max_samples = 0            # random subsample of this many series (0 = all)
   c.data.normalization = "zero_one"  # continuous values scaled to [0,1] ("zero_one") or [-1,1] ("minus_one_one")
   c.data.auto_normalize = True      # per-series min/max as generated "additional attributes" (§4.2)
@@ -64,5 +67,7 @@ def get_config():
   c.train.keep_checkpoints = 2      # checkpoints kept on disk
 
   c.num_devices = 0                 # devices to train on (0 = all)
+  c.cpu_devices = 0                 # on CPU: virtual devices to split the batch over (0 = one per core);
+                                    # JAX_NUM_CPU_DEVICES, when set, wins
   c.distributed = False             # call jax.distributed.initialize() (multi-host)
   return c

@@ -16,4 +16,6 @@ def get_config():
   c = default.get_config()
   c.data.format = "dg"
   c.data.path = os.path.normpath(os.path.join(SHARED_DATA, "mba"))
+  c.data.feature_names = "traffic_byte_counter,ping_loss_rate"
+  c.data.attribute_names = "ISP,technology,state"
   return c

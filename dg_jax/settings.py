@@ -51,6 +51,11 @@ class TrainConfig:
   checkpoint_every: int = 1000
   keep_checkpoints: int = 2
 
+  def __post_init__(self):
+    for name in ("batch_size", "d_rounds", "g_rounds", "steps_per_dispatch", "log_every", "checkpoint_every"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+
 
 def resolve_sample_len(requested: int, max_length: int) -> int:
   if requested > 0:

@@ -19,10 +19,13 @@ def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
   return jax.make_mesh((len(devices),), (DATA,), (jax.sharding.AxisType.Auto,), devices=devices)
 
 
-def check_batch_size(batch_size: int, mesh) -> None:
+def check_batch_size(batch_size: int, mesh, pack: int = 1) -> None:
   n = mesh.devices.size
   if batch_size % n:
     raise ValueError(f"train.batch_size={batch_size} must be a multiple of the {n} devices in use")
+  if (batch_size // n) % pack:
+    raise ValueError(f"each device's share of the batch ({batch_size // n}) must be a multiple of "
+                     f"model.pack={pack}")
 
 
 def replicated(mesh) -> NamedSharding:

@@ -67,7 +67,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     jax.distributed.initialize()
   tc, mc = train_config(config), model_config(config)
   mesh = sharding.make_mesh(config.num_devices or None)
-  sharding.check_batch_size(tc.batch_size, mesh)
+  sharding.check_batch_size(tc.batch_size, mesh, mc.pack)
   log.info("training on %s", sharding.describe(mesh))
   os.makedirs(workdir, exist_ok=True)
   ckpt = Checkpointer(workdir, tc.keep_checkpoints)

@@ -56,3 +56,29 @@ def test_total_w1_by_category():
   synth = dataset([[1, 1], [2, 2], [11, 11]], [0, 0, 1])
   assert metrics.total_w1_by_category(real, synth, 0, 0) == {"a": 0.0, "b": pytest.approx(2.0)}
   assert metrics.total_w1_by_category(real, dataset([[1, 1]], [0]), 0, 0) == {"a": pytest.approx(1.0)}
+
+
+def two_feature(features, lengths=None):
+  features = np.asarray(features, np.float32)
+  n, t, _ = features.shape
+  return Dataset(features, np.full(n, t) if lengths is None else np.asarray(lengths), np.zeros((n, 1)),
+                 (continuous("x"), continuous("y")), (categorical("c", ["a", "b"]),))
+
+
+def test_midrange_pearson_and_evaluate():
+  f = np.zeros((2, 4, 2), np.float32)
+  f[0, :, 0] = [1, 5, 3, 2]
+  f[0, :, 1] = [2, 10, 6, 4]     # y = 2x: correlation 1
+  f[1, :2, 0] = [4, 8]
+  f[1, :2, 1] = [1, 0]           # correlation -1 over its 2 valid steps
+  d = two_feature(f, lengths=[4, 2])
+  np.testing.assert_allclose(metrics.series_midranges(d, 0), [3, 6])
+  np.testing.assert_allclose(metrics.series_pearson(d, 0, 1), [1, -1])
+  scores = metrics.evaluate(d, d)
+  assert set(scores) == {"autocorrelation_mse/x", "autocorrelation_mse/y", "midrange_w1/x", "midrange_w1/y",
+                         "jsd/c", "length_w1", "pearson_w1/x,y"}
+  assert all(v == 0 for v in scores.values())
+  shifted = two_feature(f + np.where(np.arange(4)[None, :, None] < np.array([4, 2])[:, None, None], 10, 0),
+                        lengths=[4, 2])
+  assert metrics.evaluate(d, shifted)["midrange_w1/x"] == pytest.approx(10)  # a shift by 10 moves it by 10
+  assert metrics.evaluate(d, shifted)["pearson_w1/x,y"] == pytest.approx(0)   # correlation is shift-invariant

@@ -124,6 +124,17 @@ def test_resume_is_exact(tmp_path):
   assert {"d_loss", "g_loss", "w_distance", "steps_per_s"} <= set(rows[-1])
 
 
+def test_interrupted_save_keeps_the_last_good_checkpoint(tmp_path):
+  train_and_evaluate(tiny_config(num_steps=10), str(tmp_path))
+  # a save killed half-way leaves Orbax's temporary folder, never a step folder
+  partial = tmp_path / "checkpoints" / "20.orbax-checkpoint-tmp"
+  (partial / "state").mkdir(parents=True)
+  (partial / "state" / "junk").write_bytes(b"half a file")
+  assert Checkpointer(str(tmp_path)).latest_step() == 10
+  out = train_and_evaluate(tiny_config(num_steps=20), str(tmp_path))
+  assert out["step"] == 20 and Checkpointer(str(tmp_path)).latest_step() == 20
+
+
 def test_resume_refuses_a_different_model(tmp_path):
   train_and_evaluate(tiny_config(num_steps=5, checkpoint_every=5), str(tmp_path))
   c = tiny_config(num_steps=10)
@@ -147,3 +158,16 @@ def test_non_finite_loss_names_the_step(tmp_path):
 def test_batch_must_divide_over_devices(tmp_path):
   with pytest.raises(ValueError, match="batch_size=12 must be a multiple of the 8 devices"):
     train_and_evaluate(tiny_config(batch_size=12), str(tmp_path))
+
+
+def test_options_pack_no_aux_rounds_zero_state(setup):
+  base, _, batches = setup
+  import dataclasses
+  cfg = dataclasses.replace(base.cfg, pack=2, aux_critic=False, initial_state="zero")
+  model = DoppelGANger(base.schema, cfg)
+  tc = dataclasses.replace(train_config(tiny_config()), d_rounds=2, g_rounds=2)
+  state, metrics = run_steps(model, tc, batches, 8)
+  assert "aux_critic" not in state["params"] and "aux_w_distance" not in metrics
+  assert int(state["step"]) == 3 and all(np.isfinite(v).all() for v in metrics.values())
+  with pytest.raises(ValueError, match="must be a multiple of model.pack=3"):
+    sharding.check_batch_size(16, sharding.make_mesh(8), pack=3)

@@ -2,21 +2,35 @@
 from __future__ import annotations
 
 import glob
+import os
 
 import ml_collections
 import numpy as np
 
 from dg_jax.data.schema import DataError, Dataset
 
-FORMATS = ("demo", "npz", "dg", "wwt", "csv_long", "gcut")
+FORMATS = ("auto", "demo", "npz", "dg", "wwt", "csv_long", "gcut")
 
 
 def _names(text: str) -> list[str]:
   return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def resolve_format(fmt: str, path: str) -> str:
+  """"auto": demo without a path, npz for *.npz, dg for a folder holding data_<split>.npz."""
+  if fmt != "auto":
+    return fmt
+  if not path:
+    return "demo"
+  if path.endswith(".npz"):
+    return "npz"
+  if os.path.isdir(path) and glob.glob(os.path.join(path, "data_*.npz")):
+    return "dg"
+  raise DataError(f"{path}: cannot tell its format; set config.data.format to one of {FORMATS[1:]}")
+
+
 def load_dataset(dc: ml_collections.ConfigDict) -> Dataset:
-  fmt = dc.format
+  fmt = resolve_format(dc.format, dc.path)
   if fmt != "demo" and not dc.path:
     raise DataError(f"config.data.path is empty; data.format={fmt!r} needs a file or folder")
   if fmt == "demo":
@@ -27,7 +41,8 @@ def load_dataset(dc: ml_collections.ConfigDict) -> Dataset:
     data = load_npz(dc.path)
   elif fmt == "dg":
     from dg_jax.data.dg_format import load_dg_folder
-    data = load_dg_folder(dc.path, split=dc.split)
+    data = load_dg_folder(dc.path, split=dc.split, feature_names=_names(dc.feature_names) or None,
+                          attribute_names=_names(dc.attribute_names) or None)
   elif fmt == "wwt":
     from dg_jax.data.wwt import load_wwt
     data = load_wwt(dc.path)

@@ -84,3 +84,44 @@ def total_w1_by_category(real: Dataset, synthetic: Dataset, feature: int, attrib
     if r.size and s.size:
       out[label] = wasserstein1(r, s)
   return out
+
+
+def series_midranges(data: Dataset, feature: int) -> np.ndarray:
+  """Per series (max+min)/2 of a feature over its valid steps (Figure 6)."""
+  valid = np.arange(data.max_length)[None, :] < data.lengths[:, None]
+  x = data.features[:, :, feature].astype(np.float64)
+  return (np.where(valid, x, -np.inf).max(1) + np.where(valid, x, np.inf).min(1)) / 2
+
+
+def series_pearson(data: Dataset, a: int, b: int) -> np.ndarray:
+  """Per series Pearson correlation of features a and b over valid steps; series where either is
+  constant are left out (Figure 8)."""
+  out = []
+  for i in range(data.num_samples):
+    x = data.features[i, :data.lengths[i], a].astype(np.float64)
+    y = data.features[i, :data.lengths[i], b].astype(np.float64)
+    if x.std() > 0 and y.std() > 0:
+      out.append(np.corrcoef(x, y)[0, 1])
+  return np.array(out)
+
+
+def evaluate(real: Dataset, synthetic: Dataset) -> dict[str, float]:
+  """The distribution and temporal metrics, flat keys `<metric>/<variable>` (lower is closer)."""
+  out = {}
+  for j, var in enumerate(real.feature_vars):
+    if var.is_categorical:
+      continue
+    out[f"autocorrelation_mse/{var.name}"] = autocorrelation_mse(real, synthetic, j)
+    out[f"midrange_w1/{var.name}"] = wasserstein1(series_midranges(real, j), series_midranges(synthetic, j))
+  for j, var in enumerate(real.attribute_vars):
+    if var.is_categorical:
+      out[f"jsd/{var.name}"] = attribute_jsd(real, synthetic, j)
+    else:
+      out[f"w1/{var.name}"] = wasserstein1(real.attributes[:, j], synthetic.attributes[:, j])
+  out["length_w1"] = wasserstein1(real.lengths, synthetic.lengths)
+  continuous = [j for j, v in enumerate(real.feature_vars) if not v.is_categorical]
+  for x, a in enumerate(continuous):
+    for b in continuous[x + 1:]:
+      name = f"{real.feature_vars[a].name},{real.feature_vars[b].name}"
+      out[f"pearson_w1/{name}"] = wasserstein1(series_pearson(real, a, b), series_pearson(synthetic, a, b))
+  return out
