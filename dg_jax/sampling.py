@@ -6,49 +6,62 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 import ml_collections
 import numpy as np
 import logging
 
+from dg_jax import sharding
 from dg_jax.checkpoints import Checkpointer, load_bundle
 from dg_jax.data import encoding
 from dg_jax.data.schema import DataError, Dataset
 from dg_jax.models.doppelganger import DoppelGANger, sample_noise
 from dg_jax.settings import model_config, train_config
-from dg_jax.train_step import init_state
+from dg_jax.sharding import DATA
+from dg_jax.train_step import NOISE_SPECS, init_state
 
 log = logging.getLogger(__name__)
 
 
+def restore_run(workdir: str):
+  """-> (model, training state, config) of a workdir's latest checkpoint."""
+  ckpt = Checkpointer(workdir)
+  if ckpt.latest_step() is None:
+    raise FileNotFoundError(f"{workdir}: no checkpoint to generate from (train first, or pass --bundle)")
+  config, schema = ckpt.read_metadata()
+  config = ml_collections.ConfigDict(config)
+  model = DoppelGANger(schema, model_config(config))
+  state, _, _, _ = ckpt.restore(jax.eval_shape(lambda: init_state(model, train_config(config), 0)[0]))
+  ckpt.close()
+  return model, state, config
+
+
 def load_generator(workdir: str | None = None, bundle: str | None = None):
   """-> (model, generator params, config) from a workdir's latest checkpoint or a generator bundle."""
-  if bundle:
-    params, schema, config = load_bundle(bundle)
-  else:
-    ckpt = Checkpointer(workdir)
-    if ckpt.latest_step() is None:
-      raise FileNotFoundError(f"{workdir}: no checkpoint to generate from (train first, or pass --bundle)")
-    config, schema = ckpt.read_metadata()
-    cfg = ml_collections.ConfigDict(config)
-    model = DoppelGANger(schema, model_config(cfg))
-    abstract = jax.eval_shape(lambda: init_state(model, train_config(cfg), 0)[0])
-    state, _, _, _ = ckpt.restore(abstract)
-    ckpt.close()
-    params = state["params"]["generator"]
+  if not bundle:
+    model, state, config = restore_run(workdir)
+    return model, state["params"]["generator"], config
+  params, schema, config = load_bundle(bundle)
   config = ml_collections.ConfigDict(config)
   return DoppelGANger(schema, model_config(config)), params, config
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4))
-def _generate_chunk(model: DoppelGANger, params, key, chunk_size: int, length: int | None, attributes=None):
-  noise = sample_noise(key, chunk_size, model.schema, model.cfg, length)
-  return model.generator.apply(params, noise, attributes, length)
+@functools.lru_cache(maxsize=8)
+def _chunk_generator(model: DoppelGANger, chunk_size: int, length: int | None, conditional: bool, mesh):
+  """Jitted (params, key[, attributes]) -> one chunk, split over the mesh's devices (one per core on CPU)."""
+  specs = (P(), NOISE_SPECS) + ((P(DATA),) if conditional else ())
+  body = jax.shard_map(lambda p, noise, *attrs: model.generator.apply(p, noise, *attrs, length=length),
+                       mesh=mesh, in_specs=specs, out_specs=P(DATA), check_vma=False)
+
+  def chunk(params, key, *attributes):
+    return body(params, sample_noise(key, chunk_size, model.schema, model.cfg, length), *attributes)
+  return jax.jit(chunk)
 
 
 def generate_encoded(model: DoppelGANger, params, num_samples: int, seed: int = 0, chunk_size: int = 500,
                      attributes: np.ndarray | None = None, length: int | None = None) -> encoding.Encoded:
-  """Model-space samples, drawn `chunk_size` at a time (chunk i uses fold_in(key(seed), i)).
+  """Model-space samples, drawn `chunk_size` at a time (chunk i uses fold_in(key(seed), i); the chunk
+  size is rounded up to a multiple of the device count).
 
   attributes: encoded [num_samples, A] attributes to condition on (the attribute MLP is bypassed).
   length: force this many records per series (may exceed the training T); default: the
@@ -58,15 +71,18 @@ def generate_encoded(model: DoppelGANger, params, num_samples: int, seed: int = 
     raise ValueError(f"num_samples must be >= 1, got {num_samples}")
   if length is not None and length < 1:
     raise ValueError(f"length must be >= 1, got {length}")
+  mesh = sharding.make_mesh()
+  chunk_size = -(-chunk_size // mesh.devices.size) * mesh.devices.size
+  fn = _chunk_generator(model, chunk_size, length, attributes is not None, mesh)
+  params = sharding.replicate(params, mesh)
   key = jax.random.key(seed)
   parts = []
   for i, start in enumerate(range(0, num_samples, chunk_size)):
-    cond = None
+    cond = ()
     if attributes is not None:
-      cond = attributes[start:start + chunk_size]
-      cond = jnp.asarray(np.concatenate([cond, np.repeat(cond[-1:], chunk_size - len(cond), 0)]))
-    out = _generate_chunk(model, params, jax.random.fold_in(key, i), chunk_size, length, cond)
-    parts.append(jax.device_get(out))
+      rows = attributes[start:start + chunk_size]
+      cond = (np.concatenate([rows, np.repeat(rows[-1:], chunk_size - len(rows), 0)]).astype(np.float32),)
+    parts.append(jax.device_get(fn(params, jax.random.fold_in(key, i), *cond)))
   out = {k: np.concatenate([p[k] for p in parts])[:num_samples] for k in parts[0]}
   features = out["features"]
   if length is not None:  # a forced length: the flags say "continue" up to the last record

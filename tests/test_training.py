@@ -15,6 +15,7 @@ from dg_jax.data.batching import BatchIterator
 from dg_jax.data.loaders import load_dataset
 from dg_jax.models.doppelganger import DoppelGANger
 from dg_jax.settings import model_config, train_config
+from dg_jax.sampling import restore_run
 from dg_jax.train import batch_dict, fit_schema_from_config, train_and_evaluate
 from dg_jax.train_step import init_state, make_train_step
 
@@ -99,15 +100,7 @@ def test_gradients_cross_devices_outside_the_lstm_loops(setup):
 
 
 def checkpoint_params(workdir):
-  ckpt = Checkpointer(workdir)
-  config, schema = ckpt.read_metadata()
-  import ml_collections
-  cfg = ml_collections.ConfigDict(config)
-  model = DoppelGANger(schema, model_config(cfg))
-  abstract = jax.eval_shape(lambda: init_state(model, train_config(cfg), 0)[0])
-  state, key, _, _ = ckpt.restore(abstract)
-  ckpt.close()
-  return jax.device_get(state)
+  return jax.device_get(restore_run(workdir)[1])
 
 
 def test_resume_is_exact(tmp_path):
