@@ -82,8 +82,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   encoded = encoding.encode(dataset, schema)
   model = DoppelGANger(schema, mc)
   log.info("data: %d series, T=%d, %d features, %d attributes; S=%d (%d LSTM steps)",
-               dataset.num_samples, schema.max_length, len(schema.feature_vars), len(schema.attribute_vars),
-               model.sample_len, -(-schema.max_length // model.sample_len))
+           dataset.num_samples, schema.max_length, len(schema.feature_vars), len(schema.attribute_vars),
+           model.sample_len, -(-schema.max_length // model.sample_len))
 
   state, key = init_state(model, tc, tc.seed)
   if resume_step is not None:
@@ -116,7 +116,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         window = (step, now)
         eta = (tc.num_steps - step) / rate if rate > 0 else float("inf")
         log.info("step %d/%d  %.2f steps/s  ETA %s  %s", step, tc.num_steps, rate, _duration(eta),
-                     "  ".join(f"{n}={v:.4g}" for n, v in sorted(last.items())))
+                 "  ".join(f"{n}={v:.4g}" for n, v in sorted(last.items())))
         log_file.write(json.dumps(dict(step=step, seconds=round(now - t_start, 3), steps_per_s=rate, **last)) + "\n")
         log_file.flush()
       if step // tc.checkpoint_every > (step - k) // tc.checkpoint_every or step == tc.num_steps or out_of_time:
