@@ -15,7 +15,7 @@ import os
 import re
 import time
 
-from common import ROOT, SHARED_DATA, launch
+from common import SHARED_DATA, launch
 from gretel_env import run_in_gretel
 
 from dg_jax.data.dg_format import MBA_ATTRIBUTE_NAMES, MBA_FEATURE_NAMES, load_dg_folder

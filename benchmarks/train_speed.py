@@ -56,7 +56,6 @@ def dg_jax_worker(path: str, sample_len: int, steps: int, num_generate: int) -> 
   import time
   import jax
   jax.config.update("jax_num_cpu_devices", os.cpu_count())
-  import numpy as np
   from dg_jax import sharding
   from dg_jax.data import encoding
   from dg_jax.data.batching import BatchIterator

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import functools
-import json
-import os
 
 import jax
 from jax.sharding import PartitionSpec as P
