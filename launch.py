@@ -5,6 +5,9 @@
   python launch.py --mode=export --workdir=W --bundle=B                    # generator-only bundle to share
   python launch.py --mode=generate --bundle=B --num_samples=N --output=F.npz
   python launch.py --mode=retrain_attributes --workdir=W --attributes_file=A.npz --bundle=B
+  python launch.py --config=configs/baselines.py:ar --workdir=W                # a baseline (hmm|ar|rnn|naive_gan)
+  python launch.py --mode=evaluate --real=R.npz --synthetic=S.npz [--synthetic=S2.npz] --out=DIR
+  python launch.py --mode=sweep --config=configs/mba.py --workdir=W --sample_lens=1,2,4,8   # S ablation
 Any config field can be overridden: --config.train.num_steps=1000 --config.data.path=F.npz ...
 """
 import logging as std_logging
@@ -15,7 +18,7 @@ from ml_collections import config_flags
 
 import dg_jax  # noqa: F401  (sets XLA's CPU flags before JAX starts)
 
-MODES = ("train", "generate", "export", "retrain_attributes")
+MODES = ("train", "generate", "export", "retrain_attributes", "evaluate", "sweep")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py); needed to train.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, config, metrics.jsonl.")
 _MODE = flags.DEFINE_enum("mode", "train", MODES, "What to do.")
@@ -29,6 +32,13 @@ _ATTRIBUTES_FILE = flags.DEFINE_string(
 _ATTRIBUTE = flags.DEFINE_multi_string("attribute", [], "generate: condition on name=label (repeat per attribute).")
 _BUNDLE = flags.DEFINE_string("bundle", None, "Generator bundle folder (export: written; generate: read).")
 _RETRAIN_STEPS = flags.DEFINE_integer("retrain_steps", 2000, "retrain_attributes: training steps.")
+_REAL = flags.DEFINE_string("real", None, "evaluate: the real data (npz).")
+_SYNTHETIC = flags.DEFINE_multi_string("synthetic", [], "evaluate: synthetic data (npz); repeat to compare sets.")
+_TRAIN = flags.DEFINE_string("train", None, "evaluate: training data (npz) for the nearest-neighbour plot "
+                             "(default: --real).")
+_OUT = flags.DEFINE_string("out", None, "evaluate: report folder (metrics.json, report.md, PNGs).")
+_SAMPLE_LENS = flags.DEFINE_string("sample_lens", "1,2,5,10,25,50", "sweep: the S values to train, comma-separated "
+                                   "(values above T are an error).")
 
 
 def _configure_cpu_devices(config) -> None:
@@ -44,26 +54,28 @@ def _configure_cpu_devices(config) -> None:
   jax.config.update("jax_num_cpu_devices", n)
 
 
-def main(argv):
-  del argv
-  # Libraries (Orbax above all) log at INFO through absl; keep their chatter out of the progress log.
-  logging.set_verbosity(logging.WARNING)
-  std_logging.getLogger("dg_jax").setLevel(std_logging.INFO)
-  from dg_jax import sampling
-
-  mode = _MODE.value
-  if mode == "train":
-    if _CONFIG.value is None or not _WORKDIR.value:
-      raise app.UsageError("--mode=train needs --config and --workdir")
-    _configure_cpu_devices(_CONFIG.value)
+def _train():
+  if _CONFIG.value is None or not _WORKDIR.value:
+    raise app.UsageError("--mode=train needs --config and --workdir")
+  _configure_cpu_devices(_CONFIG.value)
+  if "baseline" in _CONFIG.value:
+    from dg_jax.baselines import train_baseline
+    train_baseline(_CONFIG.value, _WORKDIR.value)
+  else:
     from dg_jax.train import train_and_evaluate
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    return
-  if not _WORKDIR.value and not (_BUNDLE.value and mode == "generate"):
-    raise app.UsageError(f"--mode={mode} needs --workdir" + (" or --bundle" if mode == "generate" else ""))
-  if mode == "generate":
-    if not _OUTPUT.value:
-      raise app.UsageError("--mode=generate needs --output=F.npz")
+
+
+def _generate():
+  from dg_jax import sampling
+  if not _OUTPUT.value:
+    raise app.UsageError("--mode=generate needs --output=F.npz")
+  from dg_jax.baselines import is_baseline_run, load_baseline
+  if _WORKDIR.value and is_baseline_run(_WORKDIR.value):
+    if _ATTRIBUTES_FILE.value or _ATTRIBUTE.value or _LENGTH.value:
+      raise app.UsageError("baselines generate unconditionally: drop --attributes_file/--attribute/--length")
+    data = load_baseline(_WORKDIR.value).generate(_NUM_SAMPLES.value, _SEED.value)
+  else:
     model, params, _ = sampling.load_generator(None if _BUNDLE.value else _WORKDIR.value, _BUNDLE.value)
     attributes = None
     if _ATTRIBUTES_FILE.value:
@@ -71,19 +83,52 @@ def main(argv):
     elif _ATTRIBUTE.value:
       attributes = sampling.parse_attribute_labels(_ATTRIBUTE.value, model.schema, _NUM_SAMPLES.value)
     data = sampling.generate(model, params, _NUM_SAMPLES.value, _SEED.value, attributes, _LENGTH.value)
-    sampling.write_outputs(data, _OUTPUT.value, _CSV_OUTPUT.value)
-  elif mode == "export":
-    if not _BUNDLE.value:
-      raise app.UsageError("--mode=export needs --bundle=FOLDER")
-    from dg_jax.checkpoints import save_bundle
-    model, params, config = sampling.load_generator(_WORKDIR.value)
-    save_bundle(_BUNDLE.value, params, model.schema, config.to_json(indent=1))
-    std_logging.getLogger("dg_jax").info("exported the generator to %s", _BUNDLE.value)
-  elif mode == "retrain_attributes":
-    if not (_ATTRIBUTES_FILE.value and _BUNDLE.value):
-      raise app.UsageError("--mode=retrain_attributes needs --attributes_file and --bundle (the output)")
-    from dg_jax.retrain import retrain_attributes_cli
-    retrain_attributes_cli(_WORKDIR.value, _ATTRIBUTES_FILE.value, _BUNDLE.value, _RETRAIN_STEPS.value, _SEED.value)
+  sampling.write_outputs(data, _OUTPUT.value, _CSV_OUTPUT.value)
+
+
+def _export():
+  from dg_jax import sampling
+  from dg_jax.checkpoints import save_bundle
+  if not _BUNDLE.value:
+    raise app.UsageError("--mode=export needs --bundle=FOLDER")
+  model, params, config = sampling.load_generator(_WORKDIR.value)
+  save_bundle(_BUNDLE.value, params, model.schema, config.to_json(indent=1))
+  std_logging.getLogger("dg_jax").info("exported the generator to %s", _BUNDLE.value)
+
+
+def _retrain_attributes():
+  from dg_jax.retrain import retrain_attributes_cli
+  if not (_ATTRIBUTES_FILE.value and _BUNDLE.value):
+    raise app.UsageError("--mode=retrain_attributes needs --attributes_file and --bundle (the output)")
+  retrain_attributes_cli(_WORKDIR.value, _ATTRIBUTES_FILE.value, _BUNDLE.value, _RETRAIN_STEPS.value, _SEED.value)
+
+
+def _evaluate():
+  from dg_jax.evaluation.report import evaluate_files
+  if not (_REAL.value and _SYNTHETIC.value and _OUT.value):
+    raise app.UsageError("--mode=evaluate needs --real=R.npz, --synthetic=S.npz (repeatable) and --out=DIR")
+  evaluate_files(_REAL.value, _SYNTHETIC.value, _OUT.value, train_path=_TRAIN.value)
+  std_logging.getLogger("dg_jax").info("wrote metrics.json and report.md to %s", _OUT.value)
+
+
+def _sweep():
+  from dg_jax.sweep import parse_sample_lens, run_sweep
+  if _CONFIG.value is None or not _WORKDIR.value:
+    raise app.UsageError("--mode=sweep needs --config and --workdir")
+  _configure_cpu_devices(_CONFIG.value)
+  run_sweep(_CONFIG.value, _WORKDIR.value, parse_sample_lens(_SAMPLE_LENS.value), _NUM_SAMPLES.value, _SEED.value)
+
+
+def main(argv):
+  del argv
+  # Libraries (Orbax above all) log at INFO through absl; keep their chatter out of the progress log.
+  logging.set_verbosity(logging.WARNING)
+  std_logging.getLogger("dg_jax").setLevel(std_logging.INFO)
+  mode = _MODE.value
+  if mode not in ("train", "sweep", "evaluate") and not _WORKDIR.value and not (_BUNDLE.value and mode == "generate"):
+    raise app.UsageError(f"--mode={mode} needs --workdir" + (" or --bundle" if mode == "generate" else ""))
+  dict(train=_train, generate=_generate, export=_export, retrain_attributes=_retrain_attributes,
+       evaluate=_evaluate, sweep=_sweep)[mode]()
 
 
 if __name__ == "__main__":

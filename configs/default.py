@@ -66,6 +66,13 @@ def get_config():
   c.train.checkpoint_every = 2000   # checkpoint every this many steps (and at the end)
   c.train.keep_checkpoints = 2      # checkpoints kept on disk
 
+  c.privacy = ml_collections.ConfigDict()  # DP-SGD on the critics (dg_jax/privacy.py)
+  c.privacy.enabled = False         # train with differential privacy (batches then drawn independently per step)
+  c.privacy.l2_clip = 1.0           # L2 bound on each example's critic gradient
+  c.privacy.noise_multiplier = 0.0  # Gaussian noise std / l2_clip; 0 = calibrate to target_epsilon before training
+  c.privacy.target_epsilon = 0.0    # epsilon budget: training stops before exceeding it (0 = none)
+  c.privacy.delta = 0.0             # delta of (epsilon, delta)-DP; 0 = 1 / (10 n) for n training series
+
   c.num_devices = 0                 # devices to train on (0 = all)
   c.cpu_devices = 0                 # on CPU: virtual devices to split the batch over (0 = one per core);
                                     # JAX_NUM_CPU_DEVICES, when set, wins

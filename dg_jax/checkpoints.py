@@ -14,7 +14,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from dg_jax.data.encoding import Schema
-from dg_jax.io_utils import atomic_path
+from dg_jax.io_utils import write_files
 
 CHECKPOINT_DIR = "checkpoints"
 BUNDLE_FILES = ("generator.msgpack", "schema.json", "config.json")
@@ -69,13 +69,9 @@ class Checkpointer:
 
 def save_bundle(directory: str, generator_params, schema: Schema, config_json: str) -> None:
   """Generator params + schema + config: enough to generate, with no critics and no training data."""
-  os.makedirs(directory, exist_ok=True)
   contents = (flax.serialization.msgpack_serialize(jax.device_get(generator_params)),
               schema.to_json().encode(), config_json.encode())
-  for name, data in zip(BUNDLE_FILES, contents):
-    with atomic_path(os.path.join(directory, name)) as tmp:
-      with open(tmp, "wb") as fh:
-        fh.write(data)
+  write_files(directory, dict(zip(BUNDLE_FILES, contents)))
 
 
 def load_bundle(directory: str):

@@ -57,6 +57,25 @@ class TrainConfig:
         raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
 
 
+@dataclasses.dataclass(frozen=True)
+class PrivacyConfig:
+  """DP-SGD on the critics (dg_jax/privacy.py says what is private and how it is accounted)."""
+  enabled: bool = False
+  l2_clip: float = 1.0                  # L2 bound on each example's critic gradient
+  noise_multiplier: float = 0.0         # noise std / l2_clip; 0 = calibrate it to target_epsilon
+  target_epsilon: float = 0.0           # epsilon budget; 0 = none (use noise_multiplier)
+  delta: float = 0.0                    # 0 = 1 / (10 n) for n training series
+
+  def __post_init__(self):
+    if not self.l2_clip > 0:
+      raise ValueError(f"privacy.l2_clip must be > 0, got {self.l2_clip}")
+    for name in ("noise_multiplier", "target_epsilon"):
+      if not getattr(self, name) >= 0:
+        raise ValueError(f"privacy.{name} must be >= 0, got {getattr(self, name)}")
+    if not 0 <= self.delta < 1:
+      raise ValueError(f"privacy.delta must be in [0, 1), got {self.delta}")
+
+
 def resolve_sample_len(requested: int, max_length: int) -> int:
   if requested > 0:
     return requested
@@ -77,3 +96,19 @@ def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
 
 def train_config(config: ml_collections.ConfigDict) -> TrainConfig:
   return _fields(TrainConfig, config.train)
+
+
+def privacy_config(config: ml_collections.ConfigDict) -> PrivacyConfig:
+  """The privacy section (disabled when absent, as in configs saved before it existed).
+
+  An enabled one needs a noise multiplier or an epsilon target, and no PacGAN packing: with
+  pack > 1 a critic row mixes several real examples, so one example's gradient is not its own.
+  """
+  pc = _fields(PrivacyConfig, config.privacy) if "privacy" in config else PrivacyConfig()
+  if pc.enabled:
+    if pc.noise_multiplier == 0 and pc.target_epsilon == 0:
+      raise ValueError("privacy.enabled needs privacy.noise_multiplier > 0 or privacy.target_epsilon > 0")
+    if config.model.pack != 1:
+      raise ValueError(f"privacy.enabled needs model.pack=1 (got {config.model.pack}): a packed critic row "
+                       "mixes several real examples, so per-example clipping would not bound one example")
+  return pc

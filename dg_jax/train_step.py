@@ -5,6 +5,10 @@ One step = `d_rounds` critic updates then `g_rounds` generator updates. Per-devi
 backward pass), never inside the LSTM's loop. The generator forward of the last critic round is
 reused for the generator update through `jax.vjp` (same fake samples, updated critic): one LSTM
 rollout per step instead of two. Several steps are fused into one compiled call with `lax.scan`.
+
+With privacy on, the critic gradient is DP-SGD's instead (dg_jax/privacy.py): per-example gradients
+(vmap over one-example losses), each clipped, summed, one psum, one shared noise draw, divided by
+the global batch. The generator update is unchanged: it never reads real data.
 """
 from __future__ import annotations
 
@@ -15,11 +19,12 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
-from dg_jax import losses
+from dg_jax import losses, privacy
 from dg_jax.models.doppelganger import DoppelGANger, sample_noise
-from dg_jax.settings import TrainConfig
+from dg_jax.settings import PrivacyConfig, TrainConfig
 from dg_jax.sharding import DATA
 
+DP_NOISE_STREAM = 0x5eed  # fold_in tag of the DP noise keys, apart from the step's other keys
 NOISE_SPECS = dict(attribute=P(DATA), additional=P(DATA), feature=P(None, DATA),
                    initial_h=P(DATA), initial_c=P(DATA))
 
@@ -66,17 +71,34 @@ def g_loss_fn(model: DoppelGANger, d_params, fake):
   return sum(weight * losses.generator_loss(fn, fake) for weight, fn in critic_fns(model, d_params))
 
 
-def make_train_step(model: DoppelGANger, tc: TrainConfig, mesh):
+def private_critic_grads(model: DoppelGANger, tc: TrainConfig, pc: PrivacyConfig, d_params, real, fake, t,
+                         key, batch_size: int):
+  """DP-SGD critic gradient on this device's examples (inside shard_map); batch_size is global.
+
+  Example i's loss is d_loss_fn on the one-example batch (real_i, fake_i, t_i), so its gradient
+  depends on example i alone; the metrics are the means of the per-example ones, i.e. the batch's.
+  """
+  def example_loss(p, r, f, ti):
+    return d_loss_fn(model, tc, p, r[None], f[None], ti[None])
+  grads, metrics, clipped = privacy.private_grad(example_loss, d_params, (real, fake, t), pc.l2_clip,
+                                                 pc.noise_multiplier, key, batch_size, DATA)
+  metrics = jax.tree.map(jnp.mean, metrics)
+  return grads, dict(metrics, clipped_fraction=clipped / batch_size)
+
+
+def make_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfig | None = None):
   """Returns the un-jitted multi-step function `(state, batches, key) -> (state, metrics)`.
 
   key: the run's key; step i draws its noise from fold_in(key, i) on device.
+  pc: an enabled, resolved privacy config (privacy.resolve) for DP-SGD critics; None or disabled = off.
 
   batches: dict(features [k, B, T, F], attributes [k, B, A], additional_attributes [k, B, 2Kc]).
   metrics: dict of [k] arrays.
   """
   gen, opt = model.generator, optimizer(tc)
+  dp = pc is not None and pc.enabled
 
-  def local_step(state, real_batch, noises, ts):
+  def local_step(state, real_batch, noises, ts, dp_keys):
     """Runs on each device's slice of the batch; gradients are averaged over devices."""
     params = state["params"]
     g_params, d_params = params["generator"], critic_params(params)
@@ -89,9 +111,14 @@ def make_train_step(model: DoppelGANger, tc: TrainConfig, mesh):
 
     for r in range(tc.d_rounds):
       fake, pullback = forward(noises[r])
-      grads, metrics = jax.grad(functools.partial(d_loss_fn, model, tc), has_aux=True)(
-          d_params, real, jax.lax.stop_gradient(fake), ts[r])
-      updates, d_opt = opt.update(pmean(grads), d_opt, d_params)
+      if dp:
+        grads, metrics = private_critic_grads(model, tc, pc, d_params, real, jax.lax.stop_gradient(fake), ts[r],
+                                              dp_keys[r], real.shape[0] * mesh.shape[DATA])
+      else:
+        grads, metrics = jax.grad(functools.partial(d_loss_fn, model, tc), has_aux=True)(
+            d_params, real, jax.lax.stop_gradient(fake), ts[r])
+        grads = pmean(grads)
+      updates, d_opt = opt.update(grads, d_opt, d_params)
       d_params = optax.apply_updates(d_params, updates)
     for r in range(tc.g_rounds):
       if r > 0:
@@ -107,7 +134,8 @@ def make_train_step(model: DoppelGANger, tc: TrainConfig, mesh):
 
   sharded_step = jax.shard_map(
       local_step, mesh=mesh,
-      in_specs=(P(), P(DATA), [NOISE_SPECS] * (tc.d_rounds + tc.g_rounds - 1), [P(DATA)] * tc.d_rounds),
+      in_specs=(P(), P(DATA), [NOISE_SPECS] * (tc.d_rounds + tc.g_rounds - 1), [P(DATA)] * tc.d_rounds,
+                [P()] * (tc.d_rounds if dp else 0)),
       out_specs=(P(), P()),
       # Unchecked: with replication checking on, gradients of replicated params are psum'd
       # implicitly at every use, inside the LSTM's backward loop; here the one pmean does it.
@@ -120,7 +148,9 @@ def make_train_step(model: DoppelGANger, tc: TrainConfig, mesh):
     n_noise = tc.d_rounds + tc.g_rounds - 1
     noises = [sample_noise(k, batch_size, model.schema, model.cfg) for k in keys[:n_noise]]
     ts = [jax.random.uniform(k, (batch_size,)) for k in keys[n_noise:n_noise + tc.d_rounds]]
-    return sharded_step(state, real_batch, noises, ts)
+    # replicated: every device adds the same draw to the psum'd gradient, i.e. noise once per update
+    dp_keys = list(jax.random.split(jax.random.fold_in(key, DP_NOISE_STREAM), tc.d_rounds)) if dp else []
+    return sharded_step(state, real_batch, noises, ts, dp_keys)
 
   def multi_step(state, batches, key):
     return jax.lax.scan(functools.partial(one_step, run_key=key), state, batches)

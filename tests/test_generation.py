@@ -78,15 +78,7 @@ def test_bundle_round_trip(trained, tmp_path):
     load_bundle(str(tmp_path / "nope"))
 
 
-def cli(*args, devices=1):
-  env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices), PYTHONPATH=ROOT)
-  result = subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return result.stderr
-
-
-def test_cli_end_to_end_on_eight_devices(tmp_path):
+def test_cli_end_to_end_on_eight_devices(tmp_path, cli):
   w, out = str(tmp_path / "w"), str(tmp_path / "gen.npz")
   log = cli("--config=configs/tiny.py", f"--workdir={w}", "--config.train.num_steps=10", devices=8)
   assert "8 device(s)" in log and "step 10/10" in log and "steps/s" in log and "ETA" in log

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from dg_jax.data.schema import Dataset, categorical, continuous
-from dg_jax.evaluation import metrics
+from dg_jax.evaluation import memorisation, metrics
 
 
 def dataset(features, attributes, lengths=None):
@@ -82,3 +82,114 @@ def test_midrange_pearson_and_evaluate():
                         lengths=[4, 2])
   assert metrics.evaluate(d, shifted)["midrange_w1/x"] == pytest.approx(10)  # a shift by 10 moves it by 10
   assert metrics.evaluate(d, shifted)["pearson_w1/x,y"] == pytest.approx(0)   # correlation is shift-invariant
+
+
+def mixed(n=30, t=12, seed=0):
+  """Variable-length random walks with a continuous and a categorical attribute."""
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(1, t + 1, n)
+  f = np.cumsum(rng.normal(size=(n, t, 2)), axis=1).astype(np.float32)
+  f[np.arange(t)[None, :] >= lengths[:, None]] = 0
+  f[0, :lengths[0], 0] = 0.1  # a constant series, whose mean is not exact in floating point
+  attrs = np.stack([rng.integers(0, 2, n), rng.uniform(0, 5, n)], axis=1)
+  return Dataset(f, lengths, attrs, (continuous("x"), continuous("y")),
+                 (categorical("c", ["a", "b"]), continuous("size")))
+
+
+def test_mean_autocorrelation_is_the_mean_of_the_series_acfs():
+  d = mixed()
+  for j in range(2):
+    total, count = np.zeros(d.max_length), np.zeros(d.max_length)
+    for i in range(d.num_samples):
+      acf = metrics.series_autocorrelation(d.features[i, :d.lengths[i], j], d.max_length - 1)
+      if acf is not None:
+        total[:len(acf)] += acf
+        count[:len(acf)] += 1
+    want = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    np.testing.assert_allclose(metrics.mean_autocorrelation(d, j, chunk=7), want, rtol=1e-9, atol=1e-12)
+  assert metrics.series_autocorrelation(d.features[0, :d.lengths[0], 0], 3) is None
+
+
+def test_evaluate_keys_and_known_shifts():
+  d = mixed()
+  scores = metrics.evaluate(d, d, total_by="c")
+  want = {"autocorrelation_mse/x", "autocorrelation_mse/y", "midrange_w1/x", "midrange_w1/y", "pearson_w1/x,y",
+          "length_w1", "jsd/c", "w1/size", "total_w1/x/c=a", "total_w1/x/c=b", "total_w1/y/c=a", "total_w1/y/c=b"}
+  assert set(scores) == want and all(v == 0 for v in scores.values())
+  assert set(metrics.evaluate(d, d)) == {k for k in want if not k.startswith("total_w1/")}
+
+  bigger = Dataset(d.features, d.lengths, d.attributes + [0, 1.5], d.feature_vars, d.attribute_vars)
+  assert metrics.evaluate(d, bigger)["w1/size"] == pytest.approx(1.5)  # a shift by c moves W1 by c
+
+  # Three more (zero) records at the end of every series: every length grows by 3.
+  t = d.max_length
+  longer = np.zeros((d.num_samples, t + 3, 2), np.float32)
+  longer[:, :t] = d.features
+  shifted = Dataset(longer, d.lengths + 3, d.attributes, d.feature_vars, d.attribute_vars)
+  assert metrics.evaluate(d, shifted)["length_w1"] == pytest.approx(3)
+
+  # Doubling the second feature of category b's series moves its totals, not category a's.
+  f = d.features.copy()
+  b = d.attributes[:, 0] == 1
+  f[b, :, 1] *= 2
+  scaled = Dataset(f, d.lengths, d.attributes, d.feature_vars, d.attribute_vars)
+  scores = metrics.evaluate(d, scaled, total_by=["c"])
+  assert scores["total_w1/y/c=a"] == 0 and scores["total_w1/x/c=b"] == 0
+  totals = d.features[b, :, 1].astype(np.float64).sum(1)
+  assert scores["total_w1/y/c=b"] == pytest.approx(metrics.wasserstein1(totals, 2 * totals))
+
+
+def test_evaluate_rejects_bad_requests():
+  d = mixed()
+  with pytest.raises(ValueError, match="unknown attribute 'tech'"):
+    metrics.evaluate(d, d, total_by="tech")
+  with pytest.raises(ValueError, match="'size' is continuous"):
+    metrics.evaluate(d, d, total_by="size")
+  other = Dataset(d.features, d.lengths, d.attributes, (continuous("x"), continuous("z")), d.attribute_vars)
+  with pytest.raises(ValueError, match=r"feature variables \['x', 'z'\] do not match"):
+    metrics.evaluate(d, other)
+
+
+def constant_series(values, t=2):
+  """Series that hold one value each over t steps: squared distance between two is t * difference^2."""
+  values = np.asarray(values, np.float32)
+  return Dataset(np.repeat(values[:, None, None], t, axis=1), np.full(len(values), t), np.zeros((len(values), 1)),
+                 (continuous("x"),), (categorical("c", ["a", "b"]),))
+
+
+def test_nearest_neighbours_known_answers():
+  train = constant_series([0, 10, 20])
+  idx, dist = memorisation.nearest_neighbours(train, constant_series([20, 1, 14, 10]), scale=False)
+  np.testing.assert_array_equal(idx, [2, 0, 1, 1])
+  np.testing.assert_array_equal(dist, [0, 2, 32, 0])  # 2 steps * (difference)^2
+  rng = np.random.default_rng(0)
+  a, b = mixed(40, seed=1), mixed(25, seed=2)
+  b.features[7] = a.features[13]  # a copy of a training series
+  idx, dist = memorisation.nearest_neighbours(a, b, chunk=4, scale=False)
+  brute = ((b.features.reshape(25, 1, -1).astype(np.float64) - a.features.reshape(1, 40, -1)) ** 2).sum(-1)
+  np.testing.assert_array_equal(idx, brute.argmin(1))
+  np.testing.assert_allclose(dist, brute.min(1), rtol=1e-9)
+  assert idx[7] == 13 and dist[7] == 0
+  only_y, _ = memorisation.nearest_neighbours(a, b, features=[1])
+  assert only_y[7] == 13
+  # scale=True: a feature's units no longer matter.
+  big_a, big_b = (Dataset(d.features * np.float32([1, 1000]), d.lengths, d.attributes, d.feature_vars,
+                          d.attribute_vars) for d in (a, b))
+  scaled = memorisation.nearest_neighbours(a, b, scale=True)
+  for want, got in zip(scaled, memorisation.nearest_neighbours(big_a, big_b, scale=True)):
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+  assert not np.array_equal(memorisation.nearest_neighbours(big_a, big_b, scale=False)[0], scaled[0])
+  with pytest.raises(ValueError, match=r"have shape \[T, K\] = \[12, 2\]"):
+    memorisation.nearest_neighbours(a, constant_series(rng.normal(size=3)))
+
+
+def test_memorisation_summary_known_answers():
+  train, held_out = constant_series([0, 10, 20]), constant_series([1, 11])  # held-out NN distances: 2, 2
+  s = memorisation.memorisation_summary(train, constant_series([0, 10, 23]), held_out, scale=False)  # 0, 0, 18
+  assert s == {"memorisation/synthetic_median": 0.0, "memorisation/held_out_median": 2.0,
+               "memorisation/median_ratio": 0.0, "memorisation/closer_fraction": pytest.approx(2 / 3),
+               "memorisation/exact_copy_fraction": pytest.approx(2 / 3),
+               "memorisation/distance_w1": pytest.approx(2 / 3 * 2 + 1 / 3 * 16)}
+  fresh = memorisation.memorisation_summary(train, constant_series([21, 9]), held_out, scale=False)  # 2, 2: like held-out
+  assert fresh["memorisation/median_ratio"] == 1 and fresh["memorisation/closer_fraction"] == 0
+  assert fresh["memorisation/distance_w1"] == 0

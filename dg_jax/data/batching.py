@@ -1,4 +1,10 @@
-"""Host-side batches: shuffled without replacement within each epoch, fixed size, resumable by step."""
+"""Host-side batches of fixed size, a pure function of (seed, step) so that resume is exact.
+
+Two samplings: "epochs" (shuffled without replacement within each epoch, the default) and
+"independent" (each step a uniform sample of B of the n rows without replacement, drawn
+independently of every other step): the sampling that DP-SGD's accountant assumes
+(dg_jax/privacy.py).
+"""
 from __future__ import annotations
 
 from typing import Sequence
@@ -6,15 +12,22 @@ from typing import Sequence
 import numpy as np
 
 
+SAMPLINGS = ("epochs", "independent")
+
+
 class BatchIterator:
   """Yields tuples of `batch_size` rows of `arrays`.
 
-  The rows of step k are positions [k*B, (k+1)*B) of an endless stream made of one permutation of
-  all n samples per epoch (seeded by (seed, epoch)), so a run resumed at step k sees exactly the
-  batches it would have seen, and a batch may straddle two epochs (or several, if n < B).
+  sampling="epochs": the rows of step k are positions [k*B, (k+1)*B) of an endless stream made of
+  one permutation of all n samples per epoch (seeded by (seed, epoch)), so a batch may straddle
+  two epochs (or several, if n < B).
+  sampling="independent": the rows of step k are B distinct rows drawn uniformly (seeded by
+  (seed, step)), whatever earlier steps drew; needs B <= n.
+  Either way a run resumed at step k sees exactly the batches it would have seen.
   """
 
-  def __init__(self, arrays: Sequence[np.ndarray], batch_size: int, seed: int, start_step: int = 0):
+  def __init__(self, arrays: Sequence[np.ndarray], batch_size: int, seed: int, start_step: int = 0,
+               sampling: str = "epochs"):
     n = len(arrays[0])
     if n == 0:
       raise ValueError("cannot batch an empty dataset")
@@ -22,7 +35,13 @@ class BatchIterator:
       raise ValueError(f"arrays have different numbers of rows: {[len(a) for a in arrays]}")
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if sampling not in SAMPLINGS:
+      raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+    if sampling == "independent" and batch_size > n:
+      raise ValueError(f"independent sampling draws batch_size={batch_size} distinct rows, "
+                       f"but the dataset has only {n}")
     self.arrays, self.batch_size, self.seed, self.step = tuple(arrays), batch_size, seed, start_step
+    self.sampling = sampling
     self._epoch, self._perm = -1, None
 
   def _permutation(self, epoch: int) -> np.ndarray:
@@ -32,6 +51,9 @@ class BatchIterator:
 
   def indices(self, step: int) -> np.ndarray:
     n = len(self.arrays[0])
+    if self.sampling == "independent":
+      # the trailing 1 keeps these seeds apart from the epoch streams' (seed, epoch)
+      return np.random.default_rng([self.seed, step, 1]).choice(n, self.batch_size, replace=False)
     positions = np.arange(step * self.batch_size, (step + 1) * self.batch_size)
     out = np.empty(self.batch_size, np.int64)
     for epoch in np.unique(positions // n):

@@ -1,31 +1,80 @@
-"""Fidelity metrics of §5 (the ones the model benchmark needs), pure functions of two datasets."""
+"""Fidelity metrics of §5: pure functions of a real and a synthetic Dataset (original units).
+
+`evaluate(real, synthetic)` returns these flat keys (lower is closer for every one):
+
+| key                                      | what                                                         | paper           |
+|------------------------------------------|--------------------------------------------------------------|-----------------|
+| `autocorrelation_mse/<feature>`          | MSE of the mean autocorrelation curves, lags 1.. both define | Fig 1, Table 3  |
+| `midrange_w1/<feature>`                  | W1 of the per-series (max+min)/2 over valid steps            | Fig 6           |
+| `pearson_w1/<a>,<b>`                     | W1 of the per-series Pearson correlation of a and b          | Fig 8           |
+| `length_w1`                              | W1 of the series lengths                                     | Fig 9, 18       |
+| `jsd/<attribute>`                        | base-2 Jensen-Shannon divergence of its histogram, in [0, 1] | Fig 10, 19      |
+| `w1/<attribute>`                         | W1 of a continuous attribute                                 |                 |
+| `total_w1/<feature>/<attribute>=<label>` | W1 of per-series totals within a category (with `total_by`)  | Table 2, Fig 20 |
+
+Features: the continuous ones (categorical features get no feature keys); pairs `<a>,<b>` in schema
+order. W1 is the 1-D Wasserstein-1 distance between empirical distributions, in the variable's units.
+A key whose statistic is undefined on one side (e.g. every series constant) holds NaN.
+Memorisation (`memorisation/...`), downstream tasks (`downstream/...`) and membership inference live
+in memorisation.py, downstream.py and membership.py.
+"""
 from __future__ import annotations
+
+from typing import Sequence
 
 import numpy as np
 
-from dg_jax.data.schema import Dataset
+from dg_jax.data.schema import DataError, Dataset
 
 
 def series_autocorrelation(x: np.ndarray, max_lag: int) -> np.ndarray | None:
   """Sample autocorrelation of one series at lags 0..max_lag (as statsmodels' acf); None if constant."""
-  x = np.asarray(x, np.float64) - np.mean(x)
-  denom = np.dot(x, x)
-  if denom <= 0:
+  x = np.asarray(x, np.float64)
+  if x.size == 0 or np.all(x == x[0]):
     return None
+  x = x - np.mean(x)
+  denom = np.dot(x, x)
   lags = min(max_lag, len(x) - 1)
   return np.array([np.dot(x[:len(x) - k], x[k:]) / denom for k in range(lags + 1)])
 
 
-def mean_autocorrelation(data: Dataset, feature: int) -> np.ndarray:
-  """[T] mean over series of the autocorrelation at lags 0..T-1 (each over its valid steps);
-  NaN where no series is long enough."""
+def _valid(data: Dataset) -> np.ndarray:
+  """[n, T] True on each series' valid steps."""
+  return np.arange(data.max_length)[None, :] < np.asarray(data.lengths)[:, None]
+
+
+def feature_scaling(data: Dataset) -> tuple[np.ndarray, np.ndarray]:
+  """Per feature mean and std ([K] each) over valid steps (std 1 for a constant feature)."""
+  x = data.features[_valid(data)].astype(np.float64)  # [valid steps, K]
+  std = x.std(0)
+  return x.mean(0), np.where(std > 0, std, 1.0)
+
+
+def _centred(data: Dataset, feature: int, rows: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+  """A feature with each series' mean over its valid steps removed (0 after the end), and [n] True for
+  series that are not constant."""
+  x = data.features[rows, :, feature].astype(np.float64)
+  valid = _valid(data)[rows]
+  hi, lo = np.where(valid, x, -np.inf).max(1), np.where(valid, x, np.inf).min(1)
+  mean = np.where(valid, x, 0).sum(1) / valid.sum(1)
+  return np.where(valid, x - mean[:, None], 0.0), hi > lo
+
+
+def mean_autocorrelation(data: Dataset, feature: int, chunk: int = 1024) -> np.ndarray:
+  """[T] mean over series of the autocorrelation at lags 0..T-1 (each over its valid steps, as
+  `series_autocorrelation`; constant series skipped); NaN where no series is long enough.
+  Vectorised with an FFT over `chunk` series at a time."""
   t = data.max_length
   total, count = np.zeros(t), np.zeros(t)
-  for i in range(data.num_samples):
-    acf = series_autocorrelation(data.features[i, :data.lengths[i], feature], t - 1)
-    if acf is not None:
-      total[:len(acf)] += acf
-      count[:len(acf)] += 1
+  for start in range(0, data.num_samples, chunk):
+    rows = slice(start, start + chunk)
+    x, varying = _centred(data, feature, rows)
+    spectrum = np.fft.rfft(x, n=2 * t)
+    lagged = np.fft.irfft(spectrum * np.conj(spectrum), n=2 * t)[:, :t]  # sum_i x_i x_{i+k}, no wrap-around
+    denom = np.sum(x * x, axis=1)
+    ok = (np.arange(t)[None, :] < np.asarray(data.lengths[rows])[:, None]) & varying[:, None]
+    total += np.where(ok, lagged / np.where(varying, denom, 1)[:, None], 0).sum(0)
+    count += ok.sum(0)
   with np.errstate(invalid="ignore"):
     return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
@@ -88,7 +137,7 @@ def total_w1_by_category(real: Dataset, synthetic: Dataset, feature: int, attrib
 
 def series_midranges(data: Dataset, feature: int) -> np.ndarray:
   """Per series (max+min)/2 of a feature over its valid steps (Figure 6)."""
-  valid = np.arange(data.max_length)[None, :] < data.lengths[:, None]
+  valid = _valid(data)
   x = data.features[:, :, feature].astype(np.float64)
   return (np.where(valid, x, -np.inf).max(1) + np.where(valid, x, np.inf).min(1)) / 2
 
@@ -96,23 +145,52 @@ def series_midranges(data: Dataset, feature: int) -> np.ndarray:
 def series_pearson(data: Dataset, a: int, b: int) -> np.ndarray:
   """Per series Pearson correlation of features a and b over valid steps; series where either is
   constant are left out (Figure 8)."""
+  x, x_ok = _centred(data, a)
+  y, y_ok = _centred(data, b)
+  ok = x_ok & y_ok
+  x, y = x[ok], y[ok]
+  r = np.sum(x * y, 1) / np.sqrt(np.sum(x * x, 1) * np.sum(y * y, 1))
+  return np.clip(r, -1.0, 1.0)
+
+
+def _check_comparable(real: Dataset, synthetic: Dataset) -> None:
+  for role, r, s in (("feature", real.feature_vars, synthetic.feature_vars),
+                     ("attribute", real.attribute_vars, synthetic.attribute_vars)):
+    if [(v.name, v.kind, v.categories) for v in r] != [(v.name, v.kind, v.categories) for v in s]:
+      raise DataError(f"{synthetic.source}: {role} variables {[v.name for v in s]} do not match the real data's "
+                      f"({real.source}) {[v.name for v in r]} (names, kinds and categories must agree)")
+
+
+def _categorical_attributes(data: Dataset, names: str | Sequence[str] | None) -> list[int]:
+  """Indices of the named categorical attributes (one name or several; None: none)."""
+  names = [names] if isinstance(names, str) else list(names or ())
+  known = [v.name for v in data.attribute_vars]
   out = []
-  for i in range(data.num_samples):
-    x = data.features[i, :data.lengths[i], a].astype(np.float64)
-    y = data.features[i, :data.lengths[i], b].astype(np.float64)
-    if x.std() > 0 and y.std() > 0:
-      out.append(np.corrcoef(x, y)[0, 1])
-  return np.array(out)
+  for name in names:
+    if name not in known:
+      raise DataError(f"{data.source}: unknown attribute {name!r} for per-category totals; attributes are {known}")
+    if not data.attribute_vars[known.index(name)].is_categorical:
+      raise DataError(f"{data.source}: attribute {name!r} is continuous; per-category totals need a categorical one")
+    out.append(known.index(name))
+  return out
 
 
-def evaluate(real: Dataset, synthetic: Dataset) -> dict[str, float]:
-  """The distribution and temporal metrics, flat keys `<metric>/<variable>` (lower is closer)."""
+def evaluate(real: Dataset, synthetic: Dataset, total_by: str | Sequence[str] | None = None) -> dict[str, float]:
+  """The distribution and temporal metrics, flat keys `<metric>/<variable>` (lower is closer; the
+  module docstring lists them). total_by: categorical attribute name(s) whose categories split the
+  per-series totals of each continuous feature (`total_w1/<feature>/<attribute>=<label>`)."""
+  _check_comparable(real, synthetic)
+  by = _categorical_attributes(real, total_by)
   out = {}
   for j, var in enumerate(real.feature_vars):
     if var.is_categorical:
       continue
     out[f"autocorrelation_mse/{var.name}"] = autocorrelation_mse(real, synthetic, j)
     out[f"midrange_w1/{var.name}"] = wasserstein1(series_midranges(real, j), series_midranges(synthetic, j))
+    for a in by:
+      attr = real.attribute_vars[a].name
+      for label, w1 in total_w1_by_category(real, synthetic, j, a).items():
+        out[f"total_w1/{var.name}/{attr}={label}"] = w1
   for j, var in enumerate(real.attribute_vars):
     if var.is_categorical:
       out[f"jsd/{var.name}"] = attribute_jsd(real, synthetic, j)

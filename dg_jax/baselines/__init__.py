@@ -1,0 +1,74 @@
+"""The paper's four general baselines (§5.1.2, Appendix B) behind DoppelGANger's interface:
+`Baseline.fit(data, config)`, `.generate(num_samples, seed)`, `.save(folder)`, `.load(folder)`.
+
+A baseline run's workdir holds config.json, metrics.jsonl (neural ones) and the fitted model in
+baseline/ (see common.py). Configs: configs/baselines.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+
+from dg_jax.baselines.ar import ARBaseline
+from dg_jax.baselines.common import MODEL_FILE, Baseline, log
+from dg_jax.baselines.hmm import HMMBaseline
+from dg_jax.baselines.naive_gan import NaiveGANBaseline
+from dg_jax.baselines.rnn import RNNBaseline
+from dg_jax.data.loaders import load_dataset
+from dg_jax.io_utils import write_text
+from dg_jax.train import CONFIG_FILE, METRICS_FILE
+
+BASELINES = {"hmm": HMMBaseline, "ar": ARBaseline, "rnn": RNNBaseline, "naive_gan": NaiveGANBaseline}
+MODEL_DIR = "baseline"  # the fitted model's folder inside a run's workdir
+
+
+def is_baseline_run(workdir: str) -> bool:
+  """Whether `workdir` holds a trained baseline (or is a saved baseline folder)."""
+  return os.path.exists(os.path.join(_model_folder(workdir), MODEL_FILE))
+
+
+def _model_folder(path: str) -> str:
+  return path if os.path.exists(os.path.join(path, MODEL_FILE)) else os.path.join(path, MODEL_DIR)
+
+
+def load_baseline(path: str) -> Baseline:
+  """The baseline in a run's workdir, or in a folder written by `Baseline.save`."""
+  folder = _model_folder(path)
+  if not is_baseline_run(path):
+    raise FileNotFoundError(f"{path}: no trained baseline here (train one with configs/baselines.py)")
+  with open(os.path.join(folder, MODEL_FILE)) as fh:
+    name = json.load(fh).get("name")
+  if name not in BASELINES:
+    raise ValueError(f"{folder}: unknown baseline {name!r}; expected one of {sorted(BASELINES)}")
+  return BASELINES[name].load(folder)
+
+
+def train_baseline(config: ml_collections.ConfigDict, workdir: str) -> Baseline:
+  """Fits config.baseline.name on config.data and saves it into `workdir`. Baselines train in one
+  go (no checkpoints); a workdir that already holds the same finished run is returned as is."""
+  if "baseline" not in config:
+    raise ValueError("the config has no baseline section; use configs/baselines.py:<name>")
+  name = config.baseline.name
+  if name not in BASELINES:
+    raise ValueError(f"config.baseline.name={name!r}; expected one of {sorted(BASELINES)}")
+  config_json = config.to_json(indent=1)
+  if is_baseline_run(workdir):
+    model = load_baseline(workdir)
+    if json.loads(model.config.to_json()) != json.loads(config_json):
+      raise ValueError(f"{workdir} holds a different baseline run; use a new --workdir")
+    log.info("%s: %s is already trained", workdir, name)
+    return model
+  if os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+    raise ValueError(f"{workdir} holds another (non-baseline) run; use a new --workdir")
+  data = load_dataset(config.data)
+  log.info("%s on %d series, T=%d, %d features, %d attributes", name, data.num_samples, data.max_length,
+           len(data.feature_vars), len(data.attribute_vars))
+  model = BASELINES[name].fit(data, config)
+  if model.history:
+    write_text(os.path.join(workdir, METRICS_FILE), "".join(json.dumps(row) + "\n" for row in model.history))
+  model.save(os.path.join(workdir, MODEL_DIR))  # its presence marks a finished run
+  write_text(os.path.join(workdir, CONFIG_FILE), config_json)
+  log.info("saved the %s baseline to %s", name, os.path.join(workdir, MODEL_DIR))
+  return model

@@ -1,0 +1,226 @@
+"""DP-SGD critics: exact per-example clipping, one noise draw per update, accounting, budgets, resume."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import dp_accounting
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from configs import tiny
+from dg_jax import privacy, sharding
+from dg_jax.data import encoding
+from dg_jax.data.batching import BatchIterator
+from dg_jax.data.loaders import load_dataset
+from dg_jax.models.doppelganger import DoppelGANger
+from dg_jax.sampling import restore_run
+from dg_jax.settings import PrivacyConfig, model_config, privacy_config, train_config
+from dg_jax.sharding import DATA
+from dg_jax.train import batch_dict, fit_schema_from_config, train_and_evaluate
+from dg_jax.train_step import init_state, make_train_step
+from tests.test_training import _while_depths
+
+
+def linear_loss(params, x):
+  """A loss whose gradient is the example itself: per-example gradients are known exactly."""
+  loss = sum(jnp.sum(p * v) for p, v in zip(jax.tree.leaves(params), jax.tree.leaves(x)))
+  return loss, loss
+
+
+def private_grad(examples, l2_clip, noise_multiplier, num_devices, seed=0):
+  """privacy.private_grad of linear_loss over a mesh of num_devices, examples split over the devices."""
+  mesh = sharding.make_mesh(num_devices)
+  batch = jax.tree.leaves(examples)[0].shape[0]
+  params = jax.tree.map(lambda v: jnp.zeros(v.shape[1:]), examples)
+  fn = jax.shard_map(
+      lambda p, x, k: privacy.private_grad(linear_loss, p, (x,), l2_clip, noise_multiplier, k, batch, DATA),
+      mesh=mesh, in_specs=(P(), P(DATA), P()), out_specs=(P(), P(DATA), P()), check_vma=False)
+  grad, _, clipped = jax.device_get(jax.jit(fn)(params, examples, jax.random.key(seed)))
+  return grad, clipped
+
+
+def test_per_example_clipping_is_exact_and_noise_is_drawn_once():
+  rng = np.random.default_rng(0)
+  grads = dict(w=rng.normal(size=(8, 3, 2)).astype(np.float32), b=rng.normal(size=(8, 5)).astype(np.float32))
+  huge = jax.tree.map(lambda g: g.copy(), grads)
+  huge["w"][3] *= 1e6  # one example with an enormous gradient
+  clip = 1.5
+  flat = np.concatenate([huge["w"].reshape(8, -1), huge["b"]], axis=1)
+  scale = np.minimum(1.0, clip / np.linalg.norm(flat, axis=1))
+  want = {k: np.tensordot(scale, v, axes=1) / 8 for k, v in huge.items()}
+  got, clipped = private_grad(huge, clip, 0.0, 8)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
+  assert clipped == int((scale < 1).sum()) and clipped >= 1
+  # replacing example 3's gradient by a huge one moves the sum of clipped gradients by at most 2 * clip
+  base, _ = private_grad(grads, clip, 0.0, 8)
+  moved = np.sqrt(sum(np.sum((8 * (got[k] - base[k])) ** 2) for k in got))
+  assert 0 < moved <= 2 * clip + 1e-5
+  # noise: std noise_multiplier * clip on the sum, the same single draw whatever the device count
+  zeros = dict(x=np.zeros((8, 20_000), np.float32))
+  one, _ = private_grad(zeros, clip, 2.0, 1, seed=3)
+  eight, _ = private_grad(zeros, clip, 2.0, 8, seed=3)
+  np.testing.assert_allclose(one["x"], eight["x"], rtol=1e-6)
+  assert abs(np.std(8 * one["x"]) / (2.0 * clip) - 1) < 0.03
+
+
+@pytest.fixture(scope="module")
+def setup():
+  c = tiny.get_config()
+  data = load_dataset(c.data)
+  schema = fit_schema_from_config(data, c)
+  enc = encoding.encode(data, schema)
+  model = DoppelGANger(schema, model_config(c))
+  batches = batch_dict(*BatchIterator([enc.features, enc.attributes, enc.additional_attributes], 16, 0,
+                                      sampling="independent").next(3))
+  return model, train_config(c), batches
+
+
+def run_steps(model, tc, batches, num_devices, pc=None):
+  """3 training steps; -> (state, metrics, compiled HLO text)."""
+  mesh = sharding.make_mesh(num_devices)
+  state, key = init_state(model, tc, 0)
+  args = (sharding.replicate(state, mesh), sharding.shard_batches(batches, mesh), key)
+  compiled = jax.jit(make_train_step(model, tc, mesh, pc)).lower(*args).compile()
+  state, metrics = compiled(*args)
+  return jax.device_get(state), jax.device_get(metrics), compiled.as_text()
+
+
+def test_dp_step_without_noise_or_clipping_is_ordinary_training_on_1_or_8_devices(setup):
+  model, tc, batches = setup
+  no_op = PrivacyConfig(enabled=True, l2_clip=1e9, noise_multiplier=0.0)
+  plain, m_plain, _ = run_steps(model, tc, batches, 1)
+  one, m_one, _ = run_steps(model, tc, batches, 1, no_op)
+  eight, m_eight, hlo = run_steps(model, tc, batches, 8, no_op)
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)  # noqa: E731
+  jax.tree.map(close, plain, one)
+  jax.tree.map(close, one, eight)
+  for name in m_plain:
+    close(m_plain[name], m_one[name])
+    close(m_one[name], m_eight[name])
+  np.testing.assert_array_equal(m_one["clipped_fraction"], 0.0)
+  # per-example clipping happens before the one cross-device sum, and never inside the LSTM's loops
+  with_reduce = {n: d for n, (d, text) in _while_depths(hlo).items() if "all-reduce" in text}
+  assert with_reduce and max(with_reduce.values()) == 1, with_reduce
+
+
+def rdp_epsilon(event, delta):
+  acc = dp_accounting.rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+  return acc.compose(event).get_epsilon(delta)
+
+
+def test_accountant_matches_dp_accounting():
+  n, b, sigma, steps, delta = 1000, 100, 1.5, 300, 1e-5
+  acc = privacy.Accountant(n, b, sigma, delta, rounds=2)
+  direct = dp_accounting.SelfComposedDpEvent(dp_accounting.SampledWithoutReplacementDpEvent(
+      n, b, dp_accounting.GaussianDpEvent(sigma / 2 / np.sqrt(2))), steps)
+  assert acc.epsilon(steps) == pytest.approx(rdp_epsilon(direct, delta), rel=1e-6)
+  assert acc.epsilon(0) == 0 and acc.epsilon(steps // 2) < acc.epsilon(steps)
+  # full batches (no subsampling): T steps of a Gaussian of std sigma*clip on a sum whose
+  # replace-one sensitivity is 2*clip = one Gaussian of noise multiplier sigma / (2 sqrt(T))
+  sigma, steps = 8.0, 4
+  full = privacy.Accountant(n, n, sigma, delta)
+  gaussian = dp_accounting.GaussianDpEvent(sigma / 2 / np.sqrt(steps))
+  assert full.epsilon(steps) == pytest.approx(rdp_epsilon(gaussian, delta), rel=1e-6)
+  # RDP bounds the exact Gaussian epsilon (about 2 here) from above, not by much;
+  # sampling 1 in 10 amplifies privacy
+  exact = dp_accounting.get_epsilon_gaussian(sigma / 2 / np.sqrt(steps), delta)
+  assert 1.9 < exact <= full.epsilon(steps) <= 1.15 * exact
+  assert privacy.Accountant(n, b, sigma, delta).epsilon(steps) < full.epsilon(steps) / 3
+
+
+def test_noise_calibration_and_budget_steps():
+  n, b, steps, target = 500, 50, 200, 4.0
+  pc = privacy.resolve(PrivacyConfig(enabled=True, target_epsilon=target), n, b, 1, steps)
+  sigma, delta = pc.noise_multiplier, pc.delta
+  assert delta == privacy.default_delta(n) == 1 / (10 * n)
+  acc = privacy.Accountant(n, b, sigma, delta)
+  assert 0.98 * target <= acc.epsilon(steps) <= target  # calibrated: spends the budget, not more
+  assert privacy.Accountant(n, b, sigma - 0.01, delta).epsilon(steps) > target
+  half = acc.epsilon(steps // 2)
+  assert acc.max_steps(half, steps) == steps // 2  # the last step within a budget, exactly
+  assert acc.max_steps(target, steps) == steps and acc.max_steps(1e-9, steps) == 0
+  with pytest.raises(ValueError, match="allows almost no noise"):
+    privacy.calibrate_noise(n, b, 1, steps, 1e9, delta)
+
+
+def test_config_errors():
+  c = tiny.get_config()
+  assert privacy_config(c) == PrivacyConfig()
+  c.privacy.enabled = True
+  with pytest.raises(ValueError, match="noise_multiplier > 0 or privacy.target_epsilon > 0"):
+    privacy_config(c)
+  c.privacy.noise_multiplier = 1.0
+  c.model.pack = 2
+  with pytest.raises(ValueError, match="model.pack=1"):
+    privacy_config(c)
+  with pytest.raises(ValueError, match="privacy.l2_clip must be > 0"):
+    PrivacyConfig(l2_clip=0.0)
+  with pytest.raises(ValueError, match="privacy.delta must be in"):
+    PrivacyConfig(delta=1.0)
+  pc = PrivacyConfig(enabled=True, noise_multiplier=1.0)
+  with pytest.raises(ValueError, match="not below 1/n"):
+    privacy.resolve(dataclasses.replace(pc, delta=0.01), 100, 10, 1, 10)
+  with pytest.raises(ValueError, match="batch_size=200 exceeds the 100"):
+    privacy.resolve(pc, 100, 200, 1, 10)
+
+
+def test_independent_sampling():
+  x = np.arange(20)
+  it = BatchIterator([x, -x], batch_size=5, seed=1, sampling="independent")
+  batches = [it.next() for _ in range(400)]
+  assert all(len(set(b[0])) == 5 and (b[1] == -b[0]).all() for b in batches)  # without replacement
+  resumed = BatchIterator([x], 5, seed=1, start_step=7, sampling="independent").next(2)[0]
+  np.testing.assert_array_equal(resumed, [batches[7][0], batches[8][0]])
+  # every row is in a batch with probability B/n = 1/4, whatever earlier batches held
+  counts = np.bincount(np.concatenate([b[0] for b in batches]), minlength=20)
+  assert np.all(np.abs(counts / 400 - 0.25) < 0.1)
+  first_epoch = np.concatenate([b[0] for b in batches[:4]])
+  assert len(set(first_epoch)) < 20  # not an epoch-wise shuffle
+  with pytest.raises(ValueError, match="batch_size=30 distinct rows, but the dataset has only 20"):
+    BatchIterator([x], 30, 0, sampling="independent")
+  with pytest.raises(ValueError, match="sampling must be one of"):
+    BatchIterator([x], 3, 0, sampling="poisson")
+
+
+def private_config(num_steps, noise=1.0, target=0.0):
+  c = tiny.get_config()
+  c.num_devices = 1
+  c.train.update(num_steps=num_steps, steps_per_dispatch=5, log_every=5, checkpoint_every=5)
+  c.privacy.update(enabled=True, noise_multiplier=noise, target_epsilon=target)
+  return c
+
+
+def test_resume_keeps_the_spent_budget_and_stops_within_it(tmp_path):
+  n, b = 64, 16  # configs/tiny.py
+  budget = privacy.Accountant(n, b, 1.0, privacy.default_delta(n)).epsilon(10)
+  straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+  a = train_and_evaluate(private_config(10, target=budget), straight)
+  first = train_and_evaluate(private_config(5, target=budget), split)
+  assert first["step"] == 5 and first["epsilon"] < budget
+  # asked for 15 steps, it stops at 10: the 11th would spend more than the budget
+  b_out = train_and_evaluate(private_config(15, target=budget), split)
+  assert a["step"] == b_out["step"] == 10
+  assert a["epsilon"] == b_out["epsilon"] == pytest.approx(budget)
+  pa, pb = (jax.device_get(restore_run(w)[1]) for w in (straight, split))
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), pa, pb)
+  rows = [json.loads(line) for line in open(os.path.join(split, "metrics.jsonl"))]
+  assert [r["step"] for r in rows] == [5, 10] and rows[-1]["epsilon"] == pytest.approx(budget)
+  assert 0 <= rows[-1]["clipped_fraction"] <= 1
+  saved = json.load(open(os.path.join(split, "config.json")))["privacy"]
+  assert saved["delta"] == privacy.default_delta(n) and saved["noise_multiplier"] == 1.0
+  # the accounting assumes fixed settings: a resume that changes them, or drops privacy, is refused
+  with pytest.raises(ValueError, match="trained with privacy settings"):
+    train_and_evaluate(private_config(15, noise=2.0, target=budget), split)
+  plain = private_config(15)
+  plain.privacy.enabled = False
+  with pytest.raises(ValueError, match="trained with privacy settings"):
+    train_and_evaluate(plain, split)
+  bigger = private_config(15, target=budget)
+  bigger.train.batch_size = 32
+  with pytest.raises(ValueError, match="private run with train.batch_size=16"):
+    train_and_evaluate(bigger, split)
