@@ -72,6 +72,8 @@ def get_config():
   c.privacy.noise_multiplier = 0.0  # Gaussian noise std / l2_clip; 0 = calibrate to target_epsilon before training
   c.privacy.target_epsilon = 0.0    # epsilon budget: training stops before exceeding it (0 = none)
   c.privacy.delta = 0.0             # delta of (epsilon, delta)-DP; 0 = 1 / (10 n) for n training series
+  c.privacy.secret_seed = True      # draw train.seed from the OS's secure randomness (known noise voids the
+                                    # guarantee); kept in the workdir for resume, left out of bundles
 
   c.num_devices = 0                 # devices to train on (0 = all)
   c.cpu_devices = 0                 # on CPU: virtual devices to split the batch over (0 = one per core);

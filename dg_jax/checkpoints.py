@@ -1,6 +1,7 @@
 """Orbax checkpoints of a training run, and the generator-only bundle that data holders share.
 
-A checkpoint holds params, optimizer states, step, the run's RNG key, the config and the schema.
+A checkpoint holds params, optimizer states, step, the run's RNG key, the config and the schema,
+and for a private run the privacy spent so far (epsilon, delta, steps).
 Orbax writes each step into a temporary folder and renames it when complete, so a run killed
 during a save keeps its last good checkpoint.
 """
@@ -18,6 +19,7 @@ from dg_jax.io_utils import write_files
 
 CHECKPOINT_DIR = "checkpoints"
 BUNDLE_FILES = ("generator.msgpack", "schema.json", "config.json")
+PRIVACY_ITEM = "privacy"
 
 
 class Checkpointer:
@@ -30,11 +32,13 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, state: dict, key: jax.Array, config_json: str, schema: Schema) -> None:
+  def save(self, step: int, state: dict, key: jax.Array, config_json: str, schema: Schema,
+           privacy_spent: dict | None = None) -> None:
+    extra = {PRIVACY_ITEM: ocp.args.JsonSave(privacy_spent)} if privacy_spent else {}
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(dict(state, rng=jax.random.key_data(key))),
         config=ocp.args.JsonSave(json.loads(config_json)),
-        schema=ocp.args.JsonSave(json.loads(schema.to_json()))))
+        schema=ocp.args.JsonSave(json.loads(schema.to_json())), **extra))
 
   def restore(self, abstract_state: dict, step: int | None = None, sharding: jax.sharding.Sharding | None = None):
     """-> (state, key, config dict, schema) of `step` (default: the latest), placed with `sharding`
@@ -60,6 +64,13 @@ class Checkpointer:
         config=ocp.args.JsonRestore(), schema=ocp.args.JsonRestore()))
     return out["config"], Schema.from_json(json.dumps(out["schema"]))
 
+  def read_privacy_spent(self, step: int | None = None) -> dict | None:
+    """A private run's epsilon, delta and steps at a checkpoint (None for a non-private run)."""
+    step = self.latest_step() if step is None else step
+    if step is None or not os.path.isdir(os.path.join(self.directory, str(step), PRIVACY_ITEM)):
+      return None
+    return self.manager.restore(step, args=ocp.args.Composite(**{PRIVACY_ITEM: ocp.args.JsonRestore()}))[PRIVACY_ITEM]
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
 
@@ -68,7 +79,12 @@ class Checkpointer:
 
 
 def save_bundle(directory: str, generator_params, schema: Schema, config_json: str) -> None:
-  """Generator params + schema + config: enough to generate, with no critics and no training data."""
+  """Generator params + schema + config: enough to generate, with no critics and no training data.
+  A private run's config leaves out train.seed, from which its batches and noise derive."""
+  config = json.loads(config_json)
+  if config.get("privacy", {}).get("enabled"):
+    config["train"].pop("seed", None)
+  config_json = json.dumps(config, indent=1)
   contents = (flax.serialization.msgpack_serialize(jax.device_get(generator_params)),
               schema.to_json().encode(), config_json.encode())
   write_files(directory, dict(zip(BUNDLE_FILES, contents)))

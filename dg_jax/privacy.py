@@ -4,9 +4,12 @@ What is private. Only the critics (critic and auxiliary critic) read real data; 
 with DP-SGD (Abadi et al. 2016). The generator's updates read only the critics' parameters and its
 own noise, so the generator, the artefact a data holder shares, is post-processing of DP outputs
 and inherits their guarantee. The unit of privacy is one series (features, attributes and
-additional attributes together). Not covered: the losses logged on real batches (metrics.jsonl) and
-the schema fitted from the data (each variable's range and categories, saved with checkpoints and
-bundles); both stay with the data holder, or give the schema from public knowledge.
+additional attributes together). Not covered: what metrics.jsonl logs of real batches (losses,
+clipped_fraction) and the schema fitted from the data (each variable's range and categories, saved
+with checkpoints and bundles); both stay with the data holder, or give the schema from public
+knowledge. The batches and the noise are pseudo-random functions of train.seed: the guarantee
+assumes the seed is secret, so by default (privacy.secret_seed) a private run draws it from the OS's
+secure randomness, keeps it in the workdir (for resume) and leaves it out of bundles.
 
 Per-example gradients. The critic loss of real example i is
   D(fake_i) - D(real_i) + lambda * GP(t_i, real_i, fake_i)  (+ alpha * the same for the aux critic),
@@ -89,11 +92,18 @@ class Accountant:
         self.num_examples, self.batch_size, dp_accounting.SelfComposedDpEvent(gaussian, self.rounds))
     return dp_accounting.SelfComposedDpEvent(step, steps)
 
-  @functools.lru_cache(maxsize=64)
+  @functools.cached_property
+  def _one_step(self) -> dp_accounting.rdp.RdpAccountant:
+    return new_rdp_accountant().compose(self.event(1))
+
   def epsilon(self, steps: int) -> float:
+    """What composing self.event(steps) gives: `steps` times one step's RDP (computed once: the
+    slow part, about a second) converted to epsilon at delta."""
     if steps == 0:
       return 0.0
-    return float(new_rdp_accountant().compose(self.event(steps)).get_epsilon(self.delta))
+    one = self._one_step
+    return float(dp_accounting.rdp.rdp_privacy_accountant.compute_epsilon(one.orders, steps * one.rdp,
+                                                                          self.delta)[0])
 
   def max_steps(self, target_epsilon: float, limit: int) -> int:
     """The most steps, up to `limit`, that spend at most target_epsilon (epsilon grows with steps)."""

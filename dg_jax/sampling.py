@@ -28,6 +28,9 @@ def restore_run(workdir: str):
     raise FileNotFoundError(f"{workdir}: no checkpoint to generate from (train first, or pass --bundle)")
   config, schema = ckpt.read_metadata()
   config = ml_collections.ConfigDict(config)
+  spent = ckpt.read_privacy_spent()
+  if spent:  # travels into exported bundles: what a data user may rely on
+    config.privacy_spent = spent
   model = DoppelGANger(schema, model_config(config))
   state, _, _, _ = ckpt.restore(jax.eval_shape(lambda: init_state(model, train_config(config), 0)[0]))
   ckpt.close()

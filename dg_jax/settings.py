@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import ml_collections
 
@@ -65,13 +66,15 @@ class PrivacyConfig:
   noise_multiplier: float = 0.0         # noise std / l2_clip; 0 = calibrate it to target_epsilon
   target_epsilon: float = 0.0           # epsilon budget; 0 = none (use noise_multiplier)
   delta: float = 0.0                    # 0 = 1 / (10 n) for n training series
+  secret_seed: bool = True              # train.seed drawn from the OS's secure randomness
 
   def __post_init__(self):
-    if not self.l2_clip > 0:
-      raise ValueError(f"privacy.l2_clip must be > 0, got {self.l2_clip}")
-    for name in ("noise_multiplier", "target_epsilon"):
-      if not getattr(self, name) >= 0:
-        raise ValueError(f"privacy.{name} must be >= 0, got {getattr(self, name)}")
+    if not 0 < self.l2_clip < math.inf:  # an infinite clip would turn the noise into NaN
+      raise ValueError(f"privacy.l2_clip must be finite and > 0, got {self.l2_clip}")
+    if not 0 <= self.noise_multiplier < math.inf:
+      raise ValueError(f"privacy.noise_multiplier must be finite and >= 0, got {self.noise_multiplier}")
+    if not self.target_epsilon >= 0:
+      raise ValueError(f"privacy.target_epsilon must be >= 0, got {self.target_epsilon}")
     if not 0 <= self.delta < 1:
       raise ValueError(f"privacy.delta must be in [0, 1), got {self.delta}")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import secrets
 import time
 
 import jax
@@ -68,9 +69,11 @@ def _resolve_privacy(pc: PrivacyConfig, tc: TrainConfig, saved: dict | None, num
 def _privacy_budget(pc: PrivacyConfig, tc: TrainConfig, num_examples: int) -> tuple[privacy.Accountant, int]:
   """The run's accountant, and the step to stop at so as not to exceed privacy.target_epsilon."""
   accountant = privacy.accountant(pc, num_examples, tc.batch_size, tc.d_rounds)
+  seed = ("a secret seed (privacy.secret_seed; kept in the workdir, never in bundles)" if pc.secret_seed else
+          f"train.seed={tc.seed}, which the guarantee assumes secret (privacy.secret_seed=False)")
   log.info("privacy: DP-SGD critics, noise multiplier %.4g, clip %.4g, batches of %d of %d series "
-           "sampled without replacement; delta=%.3g", pc.noise_multiplier, pc.l2_clip, tc.batch_size,
-           num_examples, pc.delta)
+           "sampled without replacement; delta=%.3g; batches and noise from %s", pc.noise_multiplier,
+           pc.l2_clip, tc.batch_size, num_examples, pc.delta, seed)
   end = accountant.max_steps(pc.target_epsilon, tc.num_steps) if pc.target_epsilon else tc.num_steps
   if end < tc.num_steps:
     log.warning("privacy budget: epsilon=%.4g after step %d, %.4g after step %d exceeds "
@@ -112,6 +115,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if pc.enabled:
     config = config.copy_and_resolve_references()  # saved with the resolved noise and delta
     config.privacy.update(dataclasses.asdict(pc))
+    if pc.secret_seed:  # known batches and noise void the guarantee; a resumed run keeps its seed
+      config.train.seed = saved_config["train"]["seed"] if saved_config else secrets.randbits(31)
+      tc = dataclasses.replace(tc, seed=config.train.seed)
     accountant, end = _privacy_budget(pc, tc, dataset.num_samples)
   encoded = encoding.encode(dataset, schema)
   model = DoppelGANger(schema, mc)
@@ -148,7 +154,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if step // tc.log_every > (step - k) // tc.log_every or step == end or out_of_time:
         now = time.time()
         rate = (step - window[0]) / max(now - window[1], 1e-9)
-        if accountant:
+        if accountant is not None:
           last["epsilon"] = accountant.epsilon(step)
         window = (step, time.time())
         eta = (end - step) / rate if rate > 0 else float("inf")
@@ -157,13 +163,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         log_file.write(json.dumps(dict(step=step, seconds=round(now - t_start, 3), steps_per_s=rate, **last)) + "\n")
         log_file.flush()
       if step // tc.checkpoint_every > (step - k) // tc.checkpoint_every or step == end or out_of_time:
-        ckpt.save(step, state, key, config_json, schema)
+        spent = None if accountant is None else dict(
+            epsilon=accountant.epsilon(step), delta=pc.delta, steps=step, num_examples=dataset.num_samples,
+            unit="series", neighbouring="replace-one")
+        ckpt.save(step, state, key, config_json, schema, spent)
       if out_of_time:
         log.info("wall-clock budget of %.1f min spent at step %d; checkpointed", tc.max_minutes, step)
         break
   ckpt.wait()
   ckpt.close()
-  if accountant:
+  if accountant is not None:
     last["epsilon"] = accountant.epsilon(step)
     log.info("privacy: the generator is (%.4g, %.3g)-differentially private after %d steps "
              "(series-level, replace-one neighbours)", last["epsilon"], pc.delta, step)

@@ -5,7 +5,7 @@ series) for the same number of steps; the attacker (LOGAN's white-box attack: th
 score) then sees those n members and n series the model never saw, and calls the top-scoring half
 members. 0.5 is random guessing; the paper finds the rate falls towards 0.5 as n grows.
 
-  python experiments/membership.py                          # sizes 25..300, 3000 steps each (~8 min)
+  python experiments/membership.py                          # sizes 25..300, 2000 steps each (~8 min)
   python experiments/membership.py --sizes=50,200 --steps=20000 --out=/tmp/mi
 
 Writes <out>/membership.json, <out>/membership.md and <out>/membership.png.
@@ -51,7 +51,7 @@ def plot(rows: list[dict], path: str) -> None:
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--sizes", default="25,50,100,200,300")
-  p.add_argument("--steps", type=int, default=3000, help="training steps per size (same for every size)")
+  p.add_argument("--steps", type=int, default=2000, help="training steps per size (same for every size)")
   p.add_argument("--out", default="/tmp/dg_membership")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--extra", action="append", default=[], help="extra --config overrides for every run")

@@ -1,20 +1,19 @@
 """The four baselines: interface, lengths and padding, seeds, save/load, workdir runs, training."""
+import dataclasses
 import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import baselines as baseline_configs
 from dg_jax.baselines import BASELINES, is_baseline_run, load_baseline, train_baseline
-from dg_jax.baselines.ar import ARNet
-from dg_jax.baselines.common import prepare
+from dg_jax.baselines.common import output_range, prepare
 from dg_jax.baselines.hmm import _draw
 from dg_jax.baselines.naive_gan import NaiveGANBaseline, flatten
-from dg_jax.baselines.next_record import fit_first_record, shift_right
-from dg_jax.baselines.rnn import LSTMNet, RNNBaseline
+from dg_jax.baselines.next_record import _rollout, fit_first_record, sample_record, shift_right
+from dg_jax.baselines.rnn import RNNBaseline
 from dg_jax.data.loaders import load_dataset
 
 NAMES = tuple(BASELINES)
@@ -129,22 +128,20 @@ def test_same_seed_same_fit(name):
   np.testing.assert_array_equal(a.features, b.features)
 
 
-@pytest.mark.parametrize("net, state", [
-    (ARNet(order=3, num_layers=1, num_units=8, record_dim=4), jnp.zeros((2, 3, 4))),
-    (LSTMNet(num_units=8, record_dim=4), (jnp.zeros((2, 8)), jnp.zeros((2, 8))))], ids=["ar", "rnn"])
-def test_teacher_forcing_matches_the_step_by_step_rollout(net, state):
-  """Generation's step function sees exactly the inputs that training saw."""
-  rng = np.random.default_rng(0)
-  meta, records = jnp.asarray(rng.normal(size=(2, 3))), jnp.asarray(rng.normal(size=(2, 6, 4)))
-  params = jax.jit(lambda: net.init(jax.random.key(0), meta, records, method="teacher_forced"))()
-  want = jax.jit(lambda p, x: net.apply(p, meta, shift_right(x), method="teacher_forced"))(params, records)
-  step = jax.jit(lambda p, s, r: net.apply(p, s, meta, r, method="step"))
-  record, got = jnp.zeros((2, 4)), []
-  for t in range(6):
-    state, logits = step(params, state, record)
-    got.append(logits)
-    record = records[:, t]
-  np.testing.assert_allclose(np.stack(got, 1), want, rtol=1e-5, atol=1e-5)
+@pytest.mark.parametrize("run", ["ar", "rnn"], indirect=True)
+def test_generation_feeds_the_network_what_teacher_forcing_did(run):
+  """Without noise and with argmax draws, each generated record R_t (t >= 1) is exactly what the
+  teacher-forced network predicts from the generated R_0..R_{t-1}: generation sees training's inputs."""
+  _, _, _, _, model = run
+  hp = dataclasses.replace(model.hp, noise_scale=0.0, sample_discrete=False)
+  meta, schema = model.arrays["meta_rows"][:16], model.schema
+  arrays = [model.arrays[k] for k in ("first_mean", "first_scale", "residual_std")]
+  records = _rollout(type(model), hp, schema)(model.params, meta, jax.random.key(0), *arrays)
+  net = type(model)._net(hp, schema.feature_dim)
+  logits = net.apply(model.params, meta, shift_right(records), method="teacher_forced")
+  want = sample_record(jax.random.key(1), logits, schema.feature_heads, arrays[2], 0.0, False,
+                       *output_range(schema))
+  np.testing.assert_allclose(records[:, 1:], want[:, 1:], atol=1e-5)
 
 
 def test_first_record_gaussian_and_inverse_cdf_draws():

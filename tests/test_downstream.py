@@ -50,6 +50,10 @@ def test_classification_known_answers():
     downstream.classification_scores(synthetic, real, "tech")
   with pytest.raises(ValueError, match="unknown classifier 'svm'"):
     downstream.classification_scores(synthetic, real, "c", ["svm"])
+  relabelled = Dataset(real.features, real.lengths, real.attributes, real.feature_vars,
+                       (categorical("c", ["high", "low"]), continuous("u")), source="relabelled")
+  with pytest.raises(DataError, match="relabelled: attribute variables do not match"):
+    downstream.classification_scores(synthetic, relabelled, "c")
 
 
 def test_forecasting_known_answers():
@@ -99,3 +103,5 @@ def test_downstream_scores_keys_and_train_on_real_reference():
                                      regressors=("linear_regression", "kernel_ridge"))
   assert out["downstream/r2/kernel_ridge"] == out["downstream/r2_real/kernel_ridge"]
   assert out["downstream/spearman_r2_tstr"] == pytest.approx(1.0)  # identical scores rank identically
+  with pytest.raises(ValueError, match="give an attribute to classify and/or a feature"):
+    downstream.downstream_scores(data, data, data)

@@ -55,7 +55,10 @@ def test_total_w1_by_category():
   real = dataset([[1, 1], [2, 2], [10, 10]], [0, 0, 1])
   synth = dataset([[1, 1], [2, 2], [11, 11]], [0, 0, 1])
   assert metrics.total_w1_by_category(real, synth, 0, 0) == {"a": 0.0, "b": pytest.approx(2.0)}
-  assert metrics.total_w1_by_category(real, dataset([[1, 1]], [0]), 0, 0) == {"a": pytest.approx(1.0)}
+  missing_b = metrics.total_w1_by_category(real, dataset([[1, 1]], [0]), 0, 0)  # no synthetic series of b
+  assert set(missing_b) == {"a", "b"} and missing_b["a"] == pytest.approx(1.0) and np.isnan(missing_b["b"])
+  only_a = dataset([[1, 1], [2, 2]], [0, 0])
+  assert set(metrics.total_w1_by_category(only_a, synth, 0, 0)) == {"a"}  # keys: the real data's categories
 
 
 def two_feature(features, lengths=None):
@@ -146,7 +149,8 @@ def test_evaluate_rejects_bad_requests():
   with pytest.raises(ValueError, match="'size' is continuous"):
     metrics.evaluate(d, d, total_by="size")
   other = Dataset(d.features, d.lengths, d.attributes, (continuous("x"), continuous("z")), d.attribute_vars)
-  with pytest.raises(ValueError, match=r"feature variables \['x', 'z'\] do not match"):
+  other.source = "other.npz"
+  with pytest.raises(ValueError, match=r"other.npz: feature variables do not match .*'z'"):
     metrics.evaluate(d, other)
 
 

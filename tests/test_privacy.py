@@ -13,12 +13,13 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs import tiny
-from dg_jax import privacy, sharding
+from dg_jax import privacy, sharding, train
 from dg_jax.data import encoding
 from dg_jax.data.batching import BatchIterator
 from dg_jax.data.loaders import load_dataset
 from dg_jax.models.doppelganger import DoppelGANger
-from dg_jax.sampling import restore_run
+from dg_jax.checkpoints import save_bundle
+from dg_jax.sampling import load_generator, restore_run
 from dg_jax.settings import PrivacyConfig, model_config, privacy_config, train_config
 from dg_jax.sharding import DATA
 from dg_jax.train import batch_dict, fit_schema_from_config, train_and_evaluate
@@ -108,6 +109,20 @@ def test_dp_step_without_noise_or_clipping_is_ordinary_training_on_1_or_8_device
   assert with_reduce and max(with_reduce.values()) == 1, with_reduce
 
 
+def test_dp_step_clips_and_adds_one_noise_draw_on_1_or_8_devices(setup):
+  model, tc, batches = setup
+  noisy = PrivacyConfig(enabled=True, l2_clip=1e-3, noise_multiplier=1.0)
+  clipped, _, _ = run_steps(model, tc, batches, 1, dataclasses.replace(noisy, noise_multiplier=0.0))
+  one, m_one, _ = run_steps(model, tc, batches, 1, noisy)
+  eight, m_eight, _ = run_steps(model, tc, batches, 8, noisy)
+  assert not np.allclose(clipped["params"]["critic"]["params"]["MLP_0"]["Dense_0"]["kernel"],
+                         one["params"]["critic"]["params"]["MLP_0"]["Dense_0"]["kernel"], atol=1e-5)
+  # the same single draw of noise whatever the device count, and every example clipped
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), one, eight)
+  np.testing.assert_array_equal(m_one["clipped_fraction"], 1.0)
+  np.testing.assert_array_equal(m_eight["clipped_fraction"], 1.0)
+
+
 def rdp_epsilon(event, delta):
   acc = dp_accounting.rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
   return acc.compose(event).get_epsilon(delta)
@@ -158,8 +173,10 @@ def test_config_errors():
   c.model.pack = 2
   with pytest.raises(ValueError, match="model.pack=1"):
     privacy_config(c)
-  with pytest.raises(ValueError, match="privacy.l2_clip must be > 0"):
+  with pytest.raises(ValueError, match="privacy.l2_clip must be finite and > 0"):
     PrivacyConfig(l2_clip=0.0)
+  with pytest.raises(ValueError, match="privacy.l2_clip must be finite and > 0"):
+    PrivacyConfig(l2_clip=float("inf"))
   with pytest.raises(ValueError, match="privacy.delta must be in"):
     PrivacyConfig(delta=1.0)
   pc = PrivacyConfig(enabled=True, noise_multiplier=1.0)
@@ -187,15 +204,40 @@ def test_independent_sampling():
     BatchIterator([x], 3, 0, sampling="poisson")
 
 
-def private_config(num_steps, noise=1.0, target=0.0):
+def private_config(num_steps, noise=1.0, target=0.0, secret_seed=False):
+  """Reproducible (train.seed used as given) unless secret_seed."""
   c = tiny.get_config()
   c.num_devices = 1
   c.train.update(num_steps=num_steps, steps_per_dispatch=5, log_every=5, checkpoint_every=5)
-  c.privacy.update(enabled=True, noise_multiplier=noise, target_epsilon=target)
+  c.privacy.update(enabled=True, noise_multiplier=noise, target_epsilon=target, secret_seed=secret_seed)
   return c
 
 
-def test_resume_keeps_the_spent_budget_and_stops_within_it(tmp_path):
+def test_secret_seed_is_drawn_kept_on_resume_and_left_out_of_bundles(tmp_path):
+  seeds = []
+  for name in ("a", "b"):
+    out = train_and_evaluate(private_config(5, secret_seed=True), str(tmp_path / name))
+    seeds.append(json.load(open(tmp_path / name / "config.json"))["train"]["seed"])
+  assert seeds[0] != seeds[1] and 0 not in seeds  # drawn, not tiny.py's train.seed=0 (odds 2^-30)
+  again = train_and_evaluate(private_config(10, secret_seed=True), str(tmp_path / "a"))  # resumed
+  assert json.load(open(tmp_path / "a" / "config.json"))["train"]["seed"] == seeds[0]
+  assert again["epsilon"] > out["epsilon"]
+  model, params, config = load_generator(str(tmp_path / "a"))
+  assert config.privacy_spent.epsilon == pytest.approx(again["epsilon"]) and config.privacy_spent.steps == 10
+  save_bundle(str(tmp_path / "bundle"), params, model.schema, config.to_json())
+  shared = json.load(open(tmp_path / "bundle" / "config.json"))
+  assert "seed" not in shared["train"] and shared["privacy_spent"]["epsilon"] == pytest.approx(again["epsilon"])
+
+
+def test_resume_keeps_the_spent_budget_and_stops_within_it(tmp_path, monkeypatch):
+  samplings = []
+
+  class RecordingIterator(BatchIterator):
+    def __init__(self, *args, **kwargs):
+      samplings.append(kwargs.get("sampling"))
+      super().__init__(*args, **kwargs)
+
+  monkeypatch.setattr(train, "BatchIterator", RecordingIterator)
   n, b = 64, 16  # configs/tiny.py
   budget = privacy.Accountant(n, b, 1.0, privacy.default_delta(n)).epsilon(10)
   straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
@@ -211,6 +253,7 @@ def test_resume_keeps_the_spent_budget_and_stops_within_it(tmp_path):
   rows = [json.loads(line) for line in open(os.path.join(split, "metrics.jsonl"))]
   assert [r["step"] for r in rows] == [5, 10] and rows[-1]["epsilon"] == pytest.approx(budget)
   assert 0 <= rows[-1]["clipped_fraction"] <= 1
+  assert samplings == ["independent"] * 3  # what the accountant assumes
   saved = json.load(open(os.path.join(split, "config.json")))["privacy"]
   assert saved["delta"] == privacy.default_delta(n) and saved["noise_multiplier"] == 1.0
   # the accounting assumes fixed settings: a resume that changes them, or drops privacy, is refused

@@ -110,3 +110,18 @@ def test_mismatched_schemas_raise(tmp_path):
   with pytest.raises(ValueError, match="not among"):
     report.write_report(real, real, str(tmp_path / "o"), extra_metrics={"typo": {"x": 1.0}})
   assert not (tmp_path / "o").exists()  # nothing written before the input is checked
+
+
+def test_total_by_splits_metrics_and_plots(tmp_path):
+  real, synth = demo(0), demo(1)
+  result = report.write_report(real, synth, str(tmp_path), num_examples=1, total_by="region")
+  assert result == pytest.approx(metrics.evaluate(real, synth, total_by="region"), nan_ok=True)
+  assert any(k.startswith("total_w1/traffic_bytes/region=") for k in result)
+  assert (tmp_path / "totals_cdf_traffic_bytes_by_region.png").exists()
+  assert not (tmp_path / "totals_cdf_traffic_bytes_by_service.png").exists()
+
+
+def test_json_safe():
+  value = {"a": [1.5, float("nan"), np.float32(2)], "b": ("x", None, True, np.int64(3)), "c": float("inf")}
+  assert report.json_safe(value) == {"a": [1.5, None, 2.0], "b": ["x", None, True, 3], "c": None}
+  assert json.dumps(report.json_safe({"n": np.int64(3)})) == '{"n": 3}'

@@ -22,6 +22,7 @@ from dg_jax.train import CONFIG_FILE, METRICS_FILE
 
 BASELINES = {"hmm": HMMBaseline, "ar": ARBaseline, "rnn": RNNBaseline, "naive_gan": NaiveGANBaseline}
 MODEL_DIR = "baseline"  # the fitted model's folder inside a run's workdir
+RUN_SECTIONS = ("data", "baseline", "train")  # the config sections that define a baseline run
 
 
 def is_baseline_run(workdir: str) -> bool:
@@ -56,7 +57,8 @@ def train_baseline(config: ml_collections.ConfigDict, workdir: str) -> Baseline:
   config_json = config.to_json(indent=1)
   if is_baseline_run(workdir):
     model = load_baseline(workdir)
-    if json.loads(model.config.to_json()) != json.loads(config_json):
+    saved, given = json.loads(model.config.to_json()), json.loads(config_json)
+    if any(saved.get(k) != given.get(k) for k in RUN_SECTIONS):
       raise ValueError(f"{workdir} holds a different baseline run; use a new --workdir")
     log.info("%s: %s is already trained", workdir, name)
     return model

@@ -19,6 +19,7 @@ from dg_jax.data import encoding
 from dg_jax.data.schema import Dataset
 from dg_jax.settings import train_config
 
+
 @dataclasses.dataclass(frozen=True)
 class HMMConfig:
   num_states: int = 10            # hidden states

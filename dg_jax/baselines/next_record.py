@@ -169,7 +169,10 @@ def _rollout(cls, hp, schema: encoding.Schema):
                              hp.sample_discrete, low, high)
       return (state, record), record
 
-    _, rest = jax.lax.scan(body, (cls._initial_state(hp, b, f), first), jnp.arange(1, t))
+    # Training's step 0 saw no record yet (zeros, see shift_right): feed it too, so that the state
+    # predicting R_1 from R_0 is the one training used (it matters for the LSTM's carry).
+    state, _ = net.apply(params, cls._initial_state(hp, b, f), meta, jnp.zeros((b, f)), method="step")
+    _, rest = jax.lax.scan(body, (state, first), jnp.arange(1, t))
     return jnp.concatenate([first[:, None], jnp.swapaxes(rest, 0, 1)], axis=1)
 
   return jax.jit(rollout)

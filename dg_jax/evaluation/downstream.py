@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from dg_jax.data.schema import DataError, Dataset
-from dg_jax.evaluation.metrics import feature_scaling
+from dg_jax.evaluation.metrics import check_same_schema, feature_scaling
 
 CLASSIFIERS = ("mlp", "naive_bayes", "logistic_regression", "decision_tree", "linear_svm")
 REGRESSORS = ("mlp_1x100", "mlp_5x200", "linear_regression", "kernel_ridge")
@@ -89,6 +89,14 @@ def _index(variables, name: str | int, role: str, source: str) -> int:
   return names.index(name)
 
 
+def _check_pair(train: Dataset, test: Dataset) -> None:
+  """Same variables (names, kinds, categories) and the same T on both sides."""
+  check_same_schema(train, test)
+  if train.max_length != test.max_length:
+    raise DataError(f"{test.source}: series have T = {test.max_length}, the training side {train.source} "
+                    f"has {train.max_length}")
+
+
 def series_matrix(data: Dataset, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
   """[n, T*K] scaled features, 0 after each series' end (so the length shows too)."""
   valid = (np.arange(data.max_length)[None, :] < data.lengths[:, None])[..., None]
@@ -110,9 +118,7 @@ def classification_scores(train: Dataset, test: Dataset, attribute: str | int,
                           models: Sequence[str] = CLASSIFIERS, seed: int = 0) -> dict[str, float]:
   """{model: test accuracy} predicting a categorical attribute from the series, trained on `train`.
   A training side with one class predicts that class (some classifiers refuse to fit one class)."""
-  if train.max_length != test.max_length:
-    raise DataError(f"{test.source}: series have T = {test.max_length}, the training side {train.source} "
-                    f"has {train.max_length}")
+  _check_pair(train, test)
   a = _index(train.attribute_vars, attribute, "attribute", train.source)
   if not train.attribute_vars[a].is_categorical:
     raise DataError(f"{train.source}: attribute {train.attribute_vars[a].name!r} is continuous; "
@@ -146,9 +152,7 @@ def forecasting_scores(train: Dataset, test: Dataset, feature: str | int, horizo
   if train.feature_vars[j].is_categorical:
     raise DataError(f"{train.source}: feature {train.feature_vars[j].name!r} is categorical; forecasting needs "
                     "a continuous one")
-  if train.max_length != test.max_length:
-    raise DataError(f"{test.source}: series have T = {test.max_length}, the training side {train.source} "
-                    f"has {train.max_length}")
+  _check_pair(train, test)
   if not 1 <= horizon < train.max_length:
     raise ValueError(f"horizon must lie in [1, T-1 = {train.max_length - 1}], got {horizon}")
   mean, std = feature_scaling(train)
@@ -193,6 +197,8 @@ def downstream_scores(real_train: Dataset, real_test: Dataset, synthetic: Datase
                       synthetic_test_fraction: float = 0.25, seed: int = 0) -> dict[str, float]:
   """Classification of `attribute` and/or forecasting of `feature`'s last `horizon` records in the three
   settings and their rank correlations (keys in the module docstring). Skips a task left as None."""
+  if attribute is None and feature is None:
+    raise ValueError("downstream_scores: give an attribute to classify and/or a feature to forecast")
   out = {}
   syn_train, syn_test = split(synthetic, synthetic_test_fraction, seed)
   tasks = []

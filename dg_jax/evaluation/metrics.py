@@ -123,15 +123,14 @@ def series_totals(data: Dataset, feature: int) -> np.ndarray:
 
 
 def total_w1_by_category(real: Dataset, synthetic: Dataset, feature: int, attribute: int) -> dict[str, float]:
-  """Per category of `attribute`: W1 between real and synthetic per-series totals of `feature` (Table 2).
-  Categories missing from either side are left out."""
-  var = real.attribute_vars[attribute]
+  """Per category of `attribute` present in the real data: W1 between real and synthetic per-series
+  totals of `feature` (Table 2); NaN for a category the synthetic data lacks."""
+  real_totals, syn_totals = series_totals(real, feature), series_totals(synthetic, feature)
   out = {}
-  for code, label in enumerate(var.categories):
-    r = series_totals(real, feature)[real.attributes[:, attribute] == code]
-    s = series_totals(synthetic, feature)[synthetic.attributes[:, attribute] == code]
-    if r.size and s.size:
-      out[label] = wasserstein1(r, s)
+  for code, label in enumerate(real.attribute_vars[attribute].categories):
+    r = real_totals[real.attributes[:, attribute] == code]
+    if r.size:
+      out[label] = wasserstein1(r, syn_totals[synthetic.attributes[:, attribute] == code])
   return out
 
 
@@ -153,15 +152,20 @@ def series_pearson(data: Dataset, a: int, b: int) -> np.ndarray:
   return np.clip(r, -1.0, 1.0)
 
 
-def _check_comparable(real: Dataset, synthetic: Dataset) -> None:
-  for role, r, s in (("feature", real.feature_vars, synthetic.feature_vars),
-                     ("attribute", real.attribute_vars, synthetic.attribute_vars)):
-    if [(v.name, v.kind, v.categories) for v in r] != [(v.name, v.kind, v.categories) for v in s]:
-      raise DataError(f"{synthetic.source}: {role} variables {[v.name for v in s]} do not match the real data's "
-                      f"({real.source}) {[v.name for v in r]} (names, kinds and categories must agree)")
+def check_same_schema(reference: Dataset, other: Dataset) -> None:
+  """Raises DataError naming `other`'s source unless its variables match `reference`'s (names, kinds,
+  categories, in order)."""
+  for role, mine, theirs in (("feature", reference.feature_vars, other.feature_vars),
+                             ("attribute", reference.attribute_vars, other.attribute_vars)):
+    want = [(v.name, v.kind, v.categories) for v in mine]
+    got = [(v.name, v.kind, v.categories) for v in theirs]
+    if want != got:
+      diff = next((f"{g} instead of {w}" for w, g in zip(want, got) if w != g),
+                  f"{len(got)} {role}s instead of {len(want)}")
+      raise DataError(f"{other.source}: {role} variables do not match those of {reference.source}: {diff}")
 
 
-def _categorical_attributes(data: Dataset, names: str | Sequence[str] | None) -> list[int]:
+def categorical_attributes(data: Dataset, names: str | Sequence[str] | None) -> list[int]:
   """Indices of the named categorical attributes (one name or several; None: none)."""
   names = [names] if isinstance(names, str) else list(names or ())
   known = [v.name for v in data.attribute_vars]
@@ -179,8 +183,8 @@ def evaluate(real: Dataset, synthetic: Dataset, total_by: str | Sequence[str] | 
   """The distribution and temporal metrics, flat keys `<metric>/<variable>` (lower is closer; the
   module docstring lists them). total_by: categorical attribute name(s) whose categories split the
   per-series totals of each continuous feature (`total_w1/<feature>/<attribute>=<label>`)."""
-  _check_comparable(real, synthetic)
-  by = _categorical_attributes(real, total_by)
+  check_same_schema(real, synthetic)
+  by = categorical_attributes(real, total_by)
   out = {}
   for j, var in enumerate(real.feature_vars):
     if var.is_categorical:

@@ -92,10 +92,11 @@ def continuous_attribute(real: Dataset, sets: dict[str, Dataset], attribute: int
 
 
 def lengths(real: Dataset, sets: dict[str, Dataset], out_dir: str) -> str:
-  """Histogram of series lengths (Figure 5), shared integer-aligned bins."""
+  """Histogram of series lengths (Figure 5): at most ~50 shared bins, each a whole number of lengths."""
   groups = {"real": real, **sets}
   top = max(d.max_length for d in groups.values())
-  bins = np.linspace(0.5, top + 0.5, min(top, 50) + 1)
+  width = -(-top // 50)
+  bins = np.arange(0.5, top + width, width)
   fig, ax = plt.subplots(figsize=(5, 3))
   for i, (label, data) in enumerate(groups.items()):
     style = REAL_STYLE if i == 0 else dict(color=_colour(i - 1), label=label)

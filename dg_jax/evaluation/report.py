@@ -14,29 +14,24 @@ import pathlib
 import numpy as np
 
 from dg_jax.data.npz_format import load_npz
-from dg_jax.data.schema import DataError, Dataset
+from dg_jax.data.schema import Dataset
 from dg_jax.evaluation import metrics, plots
 from dg_jax.io_utils import write_text
 
 SINGLE_SET_NAME = "synthetic"  # column name of a synthetic set passed as a bare Dataset
 
 
-def check_same_schema(real: Dataset, other: Dataset) -> None:
-  """Raises DataError naming `other`'s source unless its variables match real's (names, kinds, categories)."""
-  for role, mine, theirs in (("feature", real.feature_vars, other.feature_vars),
-                             ("attribute", real.attribute_vars, other.attribute_vars)):
-    want = [(v.name, v.kind, v.categories) for v in mine]
-    got = [(v.name, v.kind, v.categories) for v in theirs]
-    if want != got:
-      diff = next((f"{g} instead of {w}" for w, g in zip(want, got) if w != g),
-                  f"{len(got)} {role}s instead of {len(want)}")
-      raise DataError(f"{other.source}: {role} variables do not match the real data ({real.source}): {diff}")
-
-
 def json_safe(value):
-  """Non-finite floats -> None (JSON null), recursively through dicts."""
+  """Non-finite floats -> None (JSON null), recursively through dicts and lists; strings, bools,
+  integers and None kept."""
   if isinstance(value, dict):
     return {k: json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [json_safe(v) for v in value]
+  if value is None or isinstance(value, (str, bool)):
+    return value
+  if isinstance(value, (int, np.integer)):
+    return int(value)
   value = float(value)
   return value if math.isfinite(value) else None
 
@@ -44,7 +39,8 @@ def json_safe(value):
 def write_report(real: Dataset, synthetic: dict[str, Dataset] | Dataset, out_dir: str, *,
                  train: Dataset | None = None, title: str = "dg_jax evaluation report", num_examples: int = 4,
                  seed: int = 0, extra_metrics: dict[str, dict[str, float]] | None = None,
-                 higher_is_better: tuple[str, ...] = (), unranked: tuple[str, ...] = ()) -> dict:
+                 higher_is_better: tuple[str, ...] = (), unranked: tuple[str, ...] = (),
+                 total_by: str | list[str] | None = None) -> dict:
   """Writes metrics.json, report.md, report.html and the PNG plots into out_dir; returns the metrics as
   written (NaN kept as float NaN).
 
@@ -53,7 +49,8 @@ def write_report(real: Dataset, synthetic: dict[str, Dataset] | Dataset, out_dir
   lower-is-better except the keys in `higher_is_better`; rows in `unranked` (e.g. memorisation
   distances, where neither direction is better) get no bold. Both match a key exactly or, for entries
   ending in "/", as a prefix. `train` is the data searched for the nearest
-  neighbours of synthetic series (default: `real`).
+  neighbours of synthetic series (default: `real`). `total_by`: categorical attribute(s) within whose
+  categories per-series totals are compared (metrics.evaluate's `total_w1/...` keys, Table 2).
   """
   sets = dict(synthetic) if isinstance(synthetic, dict) else {SINGLE_SET_NAME: synthetic}
   if not sets:
@@ -62,18 +59,18 @@ def write_report(real: Dataset, synthetic: dict[str, Dataset] | Dataset, out_dir
   sets = {name: data.validate() for name, data in sets.items()}
   train = real if train is None else train.validate()
   for data in (*sets.values(), train):
-    check_same_schema(real, data)
+    metrics.check_same_schema(real, data)
   unknown = sorted(set(extra_metrics or {}) - set(sets))
   if unknown:
     raise ValueError(f"write_report: extra_metrics names sets {unknown} that are not among {sorted(sets)}")
 
-  scores = {name: {**metrics.evaluate(real, data), **(extra_metrics or {}).get(name, {})}
+  scores = {name: {**metrics.evaluate(real, data, total_by), **(extra_metrics or {}).get(name, {})}
             for name, data in sets.items()}
   result = scores[next(iter(sets))] if len(sets) == 1 else scores
   os.makedirs(out_dir, exist_ok=True)
   write_text(os.path.join(out_dir, "metrics.json"), json.dumps(json_safe(result), indent=2, allow_nan=False))
 
-  figures = _plot_all(real, sets, train, out_dir, num_examples, seed)
+  figures = _plot_all(real, sets, train, out_dir, num_examples, seed, total_by)
   blocks = _blocks(real, sets, train, scores, figures, title, (tuple(higher_is_better), tuple(unranked)))
   write_text(os.path.join(out_dir, "report.md"), _markdown(blocks))
   write_text(os.path.join(out_dir, "report.html"), _html(blocks, title))
@@ -96,8 +93,9 @@ def evaluate_files(real_path: str, synthetic_paths: dict[str, str] | list[str], 
   return write_report(real, sets, out_dir, train=train, **kwargs)
 
 
-def _plot_all(real, sets, train, out_dir, num_examples, seed) -> list[tuple[str, str, str]]:
-  """Draws every plot; returns (section, caption, file name) per figure, in report order."""
+def _plot_all(real, sets, train, out_dir, num_examples, seed, total_by) -> list[tuple[str, str, str]]:
+  """Draws every plot; returns (section, caption, file name) per figure, in report order. Totals are
+  split by the first `total_by` attribute (default: the first categorical one)."""
   out = []
   continuous = [j for j, v in enumerate(real.feature_vars) if not v.is_categorical]
   for j in continuous:
@@ -107,7 +105,8 @@ def _plot_all(real, sets, train, out_dir, num_examples, seed) -> list[tuple[str,
     draw = plots.categorical_attribute if var.is_categorical else plots.continuous_attribute
     out.append(("Attributes", f"Distribution of attribute {var.name}.", draw(real, sets, j, out_dir)))
   out.append(("Lengths", "Distribution of series lengths.", plots.lengths(real, sets, out_dir)))
-  by = next((j for j, v in enumerate(real.attribute_vars) if v.is_categorical), None)
+  by = next(iter(metrics.categorical_attributes(real, total_by)),
+            next((j for j, v in enumerate(real.attribute_vars) if v.is_categorical), None))
   by_text = f" within each category of {real.attribute_vars[by].name}" if by is not None else ""
   for j in continuous if len(continuous) <= 3 else continuous[:1]:
     out.append(("Per-series totals", f"CDF of per-series totals of {real.feature_vars[j].name}{by_text}.",

@@ -1,0 +1,37 @@
+"""The experiment scripts run end to end (tiny budgets: what they compute is tested elsewhere)."""
+import json
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def run_script(name, *args):
+  env = dict(os.environ, JAX_NUM_CPU_DEVICES="1", PYTHONPATH=ROOT)
+  result = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", name), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout
+
+
+def test_compare_baselines(tmp_path, shared_data):
+  out = run_script("compare_baselines.py", "--models=hmm", f"--out={tmp_path}")
+  assert "| metric | hmm |" in out
+  scores = json.loads((tmp_path / "report" / "metrics.json").read_text())
+  assert scores["jsd/technology"] < 0.05 and "downstream/accuracy/mlp" in scores  # HMM replays attribute rows
+  assert json.loads((tmp_path / "summary.json").read_text())["hmm"]["train_seconds"] > 0
+
+
+SMALL = ("--extra=--config.model.critic_num_units=16", "--extra=--config.model.feature_num_units=16",
+         "--extra=--config.model.critic_num_layers=1")
+
+
+def test_dp_tradeoff_and_membership(tmp_path, shared_data):
+  out = run_script("dp_tradeoff.py", "--epsilons=1000", "--steps=4", f"--out={tmp_path / 'dp'}", *SMALL)
+  rows = {r["run"]: r for r in json.loads((tmp_path / "dp" / "dp.json").read_text())["rows"]}
+  assert rows["non-private"]["epsilon"] is None and 0 < rows["epsilon=1000"]["epsilon"] <= 1000
+  assert (tmp_path / "dp" / "dp_autocorrelation.png").stat().st_size > 1000 and "| epsilon=1000 |" in out
+  run_script("membership.py", "--sizes=20", "--steps=4", f"--out={tmp_path / 'mi'}", *SMALL)
+  (row,) = json.loads((tmp_path / "mi" / "membership.json").read_text())["rows"]
+  assert row["size"] == 20 and 0 <= row["success_rate"] <= 1
