@@ -22,10 +22,11 @@ MODES = ("train", "generate", "export", "retrain_attributes", "evaluate", "sweep
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py); needed to train.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, config, metrics.jsonl.")
 _MODE = flags.DEFINE_enum("mode", "train", MODES, "What to do.")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1000, "generate: number of series.")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1000, "generate: number of series; sweep: series generated "
+                                    "per S to score (0 = as many as the training data).")
 _OUTPUT = flags.DEFINE_string("output", None, "generate: output .npz (the project's format).")
 _CSV_OUTPUT = flags.DEFINE_string("csv_output", None, "generate: also write a long-format CSV here.")
-_SEED = flags.DEFINE_integer("seed", 0, "generate: seed (same seed, same samples).")
+_SEED = flags.DEFINE_integer("seed", 0, "generate, sweep: sampling seed (same seed, same samples).")
 _LENGTH = flags.DEFINE_integer("length", None, "generate: force this many records per series.")
 _ATTRIBUTES_FILE = flags.DEFINE_string(
     "attributes_file", None, "generate: condition on these attribute rows (npz); retrain_attributes: the new mix.")

@@ -85,7 +85,8 @@ def resolve_sample_len(requested: int, max_length: int) -> int:
   return max(1, round(max_length / TARGET_RNN_STEPS))
 
 
-def _fields(cls, section: ml_collections.ConfigDict):
+def config_section(cls, section: ml_collections.ConfigDict):
+  """A config section as the frozen dataclass `cls` (missing fields take its defaults; unknown ones raise)."""
   names = {f.name for f in dataclasses.fields(cls)}
   unknown = set(section.keys()) - names
   if unknown:
@@ -94,11 +95,11 @@ def _fields(cls, section: ml_collections.ConfigDict):
 
 
 def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
-  return _fields(ModelConfig, config.model)
+  return config_section(ModelConfig, config.model)
 
 
 def train_config(config: ml_collections.ConfigDict) -> TrainConfig:
-  return _fields(TrainConfig, config.train)
+  return config_section(TrainConfig, config.train)
 
 
 def privacy_config(config: ml_collections.ConfigDict) -> PrivacyConfig:
@@ -107,7 +108,7 @@ def privacy_config(config: ml_collections.ConfigDict) -> PrivacyConfig:
   An enabled one needs a noise multiplier or an epsilon target, and no PacGAN packing: with
   pack > 1 a critic row mixes several real examples, so one example's gradient is not its own.
   """
-  pc = _fields(PrivacyConfig, config.privacy) if "privacy" in config else PrivacyConfig()
+  pc = config_section(PrivacyConfig, config.privacy) if "privacy" in config else PrivacyConfig()
   if pc.enabled:
     if pc.noise_multiplier == 0 and pc.target_epsilon == 0:
       raise ValueError("privacy.enabled needs privacy.noise_multiplier > 0 or privacy.target_epsilon > 0")

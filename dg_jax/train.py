@@ -82,7 +82,7 @@ def _privacy_budget(pc: PrivacyConfig, tc: TrainConfig, num_examples: int) -> tu
   return accountant, end
 
 
-def _check_finite(metrics: dict, first_step: int) -> None:
+def check_finite(metrics: dict, first_step: int) -> None:
   bad = {name: np.flatnonzero(~np.isfinite(v)) for name, v in metrics.items()}
   bad = {name: idx[0] for name, idx in bad.items() if idx.size}
   if bad:
@@ -147,7 +147,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       k = tc.steps_per_dispatch if end - step >= tc.steps_per_dispatch else 1
       state, metrics = step_fn(state, sharding.shard_batches(batch_dict(*batches.next(k)), mesh), key)
       metrics = jax.device_get(metrics)
-      _check_finite(metrics, step)
+      check_finite(metrics, step)
       step += k
       last = {name: float(v[-1]) for name, v in metrics.items()}
       out_of_time = deadline is not None and time.time() > deadline
@@ -158,7 +158,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           last["epsilon"] = accountant.epsilon(step)
         window = (step, time.time())
         eta = (end - step) / rate if rate > 0 else float("inf")
-        log.info("step %d/%d  %.2f steps/s  ETA %s  %s", step, end, rate, _duration(eta),
+        log.info("step %d/%d  %.2f steps/s  ETA %s  %s", step, end, rate, format_duration(eta),
                  "  ".join(f"{n}={v:.4g}" for n, v in sorted(last.items())))
         log_file.write(json.dumps(dict(step=step, seconds=round(now - t_start, 3), steps_per_s=rate, **last)) + "\n")
         log_file.flush()
@@ -179,7 +179,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return dict(last, step=step)
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
   if not np.isfinite(seconds):
     return "?"
   m, s = divmod(int(seconds), 60)

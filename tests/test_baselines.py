@@ -9,11 +9,12 @@ import pytest
 
 from configs import baselines as baseline_configs
 from dg_jax.baselines import BASELINES, is_baseline_run, load_baseline, train_baseline
-from dg_jax.baselines.common import output_range, prepare
+from dg_jax.baselines.common import prepare
 from dg_jax.baselines.hmm import _draw
 from dg_jax.baselines.naive_gan import NaiveGANBaseline, flatten
 from dg_jax.baselines.next_record import _rollout, fit_first_record, sample_record, shift_right
 from dg_jax.baselines.rnn import RNNBaseline
+from dg_jax.data import encoding
 from dg_jax.data.loaders import load_dataset
 
 NAMES = tuple(BASELINES)
@@ -140,7 +141,7 @@ def test_generation_feeds_the_network_what_teacher_forcing_did(run):
   net = type(model)._net(hp, schema.feature_dim)
   logits = net.apply(model.params, meta, shift_right(records), method="teacher_forced")
   want = sample_record(jax.random.key(1), logits, schema.feature_heads, arrays[2], 0.0, False,
-                       *output_range(schema))
+                       *encoding.value_range(schema.normalization))
   np.testing.assert_allclose(records[:, 1:], want[:, 1:], atol=1e-5)
 
 

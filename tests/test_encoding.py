@@ -72,6 +72,22 @@ def test_auto_normalization_values():
 
 
 @pytest.mark.parametrize("normalization", encoding.NORMALIZATIONS)
+def test_generated_ranges_stay_within_the_data_range(normalization):
+  """A generated (max+min)/2 and (max-min)/2 can put a series' min below the data's global min; decoded
+  values stay within [low, high] (e.g. no negative byte counts)."""
+  data = Dataset(np.array([[[2.0], [4.0]]], np.float32), np.array([2]), np.zeros((1, 0)), (continuous("x"),),
+                 ()).validate()
+  schema = encoding.fit_schema(data, normalization)
+  lo, hi = encoding.value_range(normalization)
+  flags = np.array([[[1, 0], [0, 1]]], np.float32)
+  x = np.array([[[lo], [hi]]], np.float32)  # the series' own min and max
+  wide = encoding.Encoded(attributes=np.zeros((1, 0), np.float32),  # mid 0, half 1.5: min -1.5, max 1.5
+                          additional_attributes=np.array([[0.0, 1.5]], np.float32),
+                          features=np.concatenate([x, flags], -1))
+  np.testing.assert_allclose(encoding.decode(wide, schema).features[0, :, 0], [2.0, 4.0])
+
+
+@pytest.mark.parametrize("normalization", encoding.NORMALIZATIONS)
 def test_degenerate_series_round_trip(normalization):
   # constant series, single-step series, an all-zero series, and a feature constant over the whole dataset
   f = np.zeros((4, 5, 2), np.float32)

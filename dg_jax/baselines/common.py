@@ -25,8 +25,8 @@ from dg_jax.data import encoding
 from dg_jax.data.batching import BatchIterator
 from dg_jax.data.schema import Dataset
 from dg_jax.io_utils import write_files
-from dg_jax.settings import TrainConfig, _fields
-from dg_jax.train import _check_finite, _duration, fit_schema_from_config
+from dg_jax.settings import TrainConfig, config_section
+from dg_jax.train import check_finite, format_duration, fit_schema_from_config
 
 log = logging.getLogger("dg_jax.baselines")
 MODEL_FILE, ARRAYS_FILE, PARAMS_FILE = "baseline.json", "arrays.npz", "params.msgpack"
@@ -36,7 +36,7 @@ def hyperparameters(cls, config: ml_collections.ConfigDict, name: str):
   """config.baseline.<name> as the frozen dataclass `cls` (unknown fields are an error)."""
   if "baseline" not in config or name not in config.baseline:
     raise ValueError(f"config.baseline.{name} is missing; build the config with configs/baselines.py")
-  return _fields(cls, config.baseline[name])
+  return config_section(cls, config.baseline[name])
 
 
 def prepare(data: Dataset, config: ml_collections.ConfigDict) -> tuple[encoding.Schema, encoding.Encoded]:
@@ -54,11 +54,6 @@ def draw_rows(num_rows: int, num_samples: int, seed: int) -> np.ndarray:
   """Indices of `num_samples` training rows drawn uniformly with replacement: the empirical
   (multinomial) distribution of attribute rows (§5.1.2)."""
   return np.random.default_rng(seed).integers(0, num_rows, num_samples)
-
-
-def output_range(schema: encoding.Schema) -> tuple[float, float]:
-  """Range of continuous values in model space."""
-  return (0.0, 1.0) if schema.normalization == encoding.ZERO_ONE else (-1.0, 1.0)
 
 
 class Baseline:
@@ -147,7 +142,7 @@ def train_loop(name: str, step_fn: Callable, state, arrays: list[np.ndarray], tc
     k = tc.steps_per_dispatch if tc.num_steps - step >= tc.steps_per_dispatch else 1
     state, metrics = multi_step(state, batches.next(k), key, step)
     metrics = jax.device_get(metrics)
-    _check_finite(metrics, step)
+    check_finite(metrics, step)
     step += k
     out_of_time = deadline is not None and time.time() > deadline
     if step // tc.log_every > (step - k) // tc.log_every or step == tc.num_steps or out_of_time:
@@ -157,7 +152,7 @@ def train_loop(name: str, step_fn: Callable, state, arrays: list[np.ndarray], tc
       last = {n: float(v[-1]) for n, v in metrics.items()}
       history.append(dict(step=step, seconds=round(now - t_start, 3), steps_per_s=rate, **last))
       log.info("%s step %d/%d  %.2f steps/s  ETA %s  %s", name, step, tc.num_steps, rate,
-               _duration((tc.num_steps - step) / rate if rate > 0 else float("inf")),
+               format_duration((tc.num_steps - step) / rate if rate > 0 else float("inf")),
                "  ".join(f"{n}={v:.4g}" for n, v in sorted(last.items())))
     if out_of_time:
       log.info("%s: wall-clock budget of %.1f min spent at step %d", name, tc.max_minutes, step)

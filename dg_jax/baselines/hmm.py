@@ -59,7 +59,7 @@ class HMMBaseline(common.Baseline):
     rng = np.random.default_rng([seed, 1])
     idx = common.draw_rows(len(a["meta_rows"]), num_samples, seed)
     lengths = rng.choice(a["lengths"], num_samples)  # empirical length distribution
-    t, (low, high) = self.schema.max_length, common.output_range(self.schema)
+    t, (low, high) = self.schema.max_length, encoding.value_range(self.schema.normalization)
     cdf = np.cumsum(a["transmat"], axis=1)
     states = np.empty((num_samples, t), np.int64)
     states[:, 0] = _draw(np.cumsum(a["startprob"])[None], rng.random(num_samples))

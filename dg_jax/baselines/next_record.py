@@ -154,7 +154,7 @@ def _rollout(cls, hp, schema: encoding.Schema):
   """Jitted (params, meta [B, M], key, first_mean, first_scale, residual_std) -> encoded features
   [B, T, F]; cached so that models of the same shape share one compilation."""
   heads, f, t = schema.feature_heads, schema.feature_dim, schema.max_length
-  net, (low, high) = cls._net(hp, f), common.output_range(schema)
+  net, (low, high) = cls._net(hp, f), encoding.value_range(schema.normalization)
 
   def rollout(params, meta, key, mean, scale, std):
     b = meta.shape[0]

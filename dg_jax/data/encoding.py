@@ -144,6 +144,11 @@ def _scale(var: Variable, x: np.ndarray, normalization: str) -> np.ndarray:
   return u if normalization == ZERO_ONE else 2 * u - 1
 
 
+def value_range(normalization: str) -> tuple[float, float]:
+  """The model-space range of continuous values: [0, 1] or [-1, 1]."""
+  return (0.0, 1.0) if normalization == ZERO_ONE else (-1.0, 1.0)
+
+
 def _unscale(var: Variable, y: np.ndarray, normalization: str) -> np.ndarray:
   y = y.astype(np.float64)
   u = y if normalization == ZERO_ONE else (y + 1) / 2
@@ -262,7 +267,9 @@ def decode(encoded: Encoded, schema: Schema, source: str = "<generated>") -> Dat
     if schema.auto_normalize:
       x01 = y if schema.normalization == ZERO_ONE else (y + 1) / 2
       mid, half = additional[:, 2 * c:2 * c + 1], additional[:, 2 * c + 1:2 * c + 2]
-      y = x01 * (2 * half) + (mid - half)
+      # A generated min (mid - half) can fall outside the global range, e.g. negative byte counts;
+      # keep values within the range the data was scaled to, as without auto-normalisation.
+      y = np.clip(x01 * (2 * half) + (mid - half), *value_range(schema.normalization))
     out[:, :, j] = _unscale(var, y, schema.normalization)
   for j, var in enumerate(schema.feature_vars):
     if var.is_categorical:
