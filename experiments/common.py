@@ -11,7 +11,8 @@ from benchmarks.common import ROOT, SHARED_DATA, launch  # noqa: E402
 from dg_jax.data.dg_format import MBA_ATTRIBUTE_NAMES, MBA_FEATURE_NAMES, load_dg_folder  # noqa: E402
 from dg_jax.data.npz_format import save_npz  # noqa: E402
 
-__all__ = ["ROOT", "SHARED_DATA", "launch", "mba_splits", "train_and_generate"]
+__all__ = ["FULL_STEPS", "ROOT", "SHARED_DATA", "launch", "mba_splits", "train_and_generate"]
+FULL_STEPS = 200_000  # the paper's training budget (Appendix B: convergence within 200k batches)
 
 
 def mba_splits(directory: str) -> dict[str, str]:

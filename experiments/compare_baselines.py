@@ -22,7 +22,7 @@ import os
 import time
 
 import numpy as np
-from common import mba_splits, train_and_generate
+from common import FULL_STEPS, mba_splits, train_and_generate
 
 from dg_jax.data.npz_format import load_npz, save_npz
 from dg_jax.data.wwt import load_wwt
@@ -31,7 +31,7 @@ from dg_jax.evaluation.report import write_report
 
 MODELS = ("doppelganger", "ar", "rnn", "hmm", "naive_gan")
 # Steps per neural model; the HMM fits by EM (its own n_iter). "full" is the paper's 200k batches.
-BUDGETS = dict(cpu=3000, full=200_000)
+BUDGETS = dict(cpu=3000, full=FULL_STEPS)
 
 
 def wwt_halves(csv_path: str, num_pages: int | None, directory: str, seed: int) -> dict[str, str]:

@@ -7,6 +7,7 @@ shows the mean autocorrelation of each feature per epsilon (the paper finds DP d
 privacy.secret_seed=False, so that they are reproducible from --seed.
 
   python experiments/dp_tradeoff.py                             # epsilons 100, 10, 1 + non-private (~16 min)
+  python experiments/dp_tradeoff.py --budget=full                 # the paper's 200k steps per run
   python experiments/dp_tradeoff.py --epsilons=100,1 --steps=20000 --out=/tmp/dp
 
 Writes <out>/dp.json, <out>/dp.md and <out>/dp_autocorrelation.png.
@@ -18,7 +19,7 @@ import json
 import os
 
 import numpy as np
-from common import mba_splits, train_and_generate
+from common import FULL_STEPS, mba_splits, train_and_generate
 
 from dg_jax.data.npz_format import load_npz
 from dg_jax.evaluation import metrics
@@ -55,12 +56,15 @@ def plot(real, runs: dict, path: str) -> None:
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--epsilons", default="100,10,1", help="target epsilons (a non-private run is added)")
-  p.add_argument("--steps", type=int, default=4000, help="training steps of every run")
+  p.add_argument("--budget", choices=("cpu", "full"), default="cpu",
+                 help=f"training steps of every run: 4000 (cpu) or the paper's {FULL_STEPS} (full)")
+  p.add_argument("--steps", type=int, default=0, help="training steps of every run (overrides --budget)")
   p.add_argument("--l2_clip", type=float, default=1.0)
   p.add_argument("--out", default="/tmp/dg_dp_tradeoff")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--extra", action="append", default=[], help="extra --config overrides for every run")
   args = p.parse_args()
+  args.steps = args.steps or (FULL_STEPS if args.budget == "full" else 4000)
   os.makedirs(args.out, exist_ok=True)
   train_path = mba_splits(args.out)["train"]
   real = load_npz(train_path)
