@@ -6,7 +6,8 @@ paper's 4x200, gretel's its fixed 5x200. Inputs: a WWT-shaped set (1000 series x
 3 categorical attributes of 9/3/2 categories, S=10) and MBA (600 x 56 x 2, attributes of 15/5/53
 categories, automatic S=1, which gretel needs to divide T as well). The two implementations alternate
 --repeats times on the same data; medians are printed. dg_jax splits the batch over one virtual CPU
-device per core, as launch.py does on CPU.
+device per core, as launch.py does on CPU. Also printed: XLA's FLOP counts of a step and of a generated
+series, and this machine's float32 matmul rate, i.e. what a speed target asks of the hardware.
 
   python benchmarks/train_speed.py [--repeats 3] [--steps 200] [--skip_gretel]
 """
@@ -89,6 +90,7 @@ def dg_jax_worker(path: str, sample_len: int, steps: int, num_generate: int) -> 
   train_rate = steps // k * k / (time.perf_counter() - start)
   compiles = step._cache_size()  # 1: the step never recompiled after its first call
   params = state["params"]["generator"]
+  flops = arithmetic(model, tc, state, batches, key)
   generate_encoded(model, params, 1000, chunk_size=1000)  # compile
   start = time.perf_counter()
   generate_encoded(model, params, num_generate, chunk_size=1000)
@@ -98,7 +100,43 @@ def dg_jax_worker(path: str, sample_len: int, steps: int, num_generate: int) -> 
   e2e_rate = num_generate / (time.perf_counter() - start)
   print(json.dumps(dict(train_steps_per_s=train_rate, compile_s=compile_s, step_compilations=compiles,
                         generate_samples_per_s=e2e_rate, generate_net_samples_per_s=net_rate,
-                        devices=jax.device_count())))
+                        devices=jax.device_count(), **flops)))
+
+
+def arithmetic(model, tc, state, batches, key) -> dict:
+  """XLA's FLOP count of one training step (global batch) and of one generated series, and this
+  machine's float32 matmul rate: what a speed target asks of the hardware.
+
+  Counted on the lowered, unoptimised program with the LSTM loop fully unrolled (a loop body
+  counts once); the compiled program does slightly more (3.23 vs 2.81 GFLOP per WWT step).
+  """
+  import time
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from dg_jax import sharding
+  from dg_jax.models.doppelganger import DoppelGANger, num_rollout_steps, sample_noise
+  from dg_jax.train import batch_dict
+  from dg_jax.train_step import make_train_step
+  unrolled = DoppelGANger(model.schema, model.cfg, unroll=num_rollout_steps(model.schema.max_length, model.sample_len))
+  mesh = sharding.make_mesh(1)
+  step = jax.jit(make_train_step(unrolled, tc, mesh))
+  one_batch = sharding.shard_batches(batch_dict(*batches.next(1)), mesh)
+  single, key = jax.device_put((state, key), sharding.replicated(mesh))
+  train_flops = step.lower(single, one_batch, key).cost_analysis()["flops"]
+  n = 100
+  noise = sample_noise(key, n, model.schema, model.cfg)
+  gen = jax.jit(unrolled.generator.apply).lower(single["params"]["generator"], noise)
+  a = jnp.ones((2048, 2048), jnp.float32)
+  matmul = jax.jit(lambda x: x @ x)
+  matmul(a).block_until_ready()
+  times = []
+  for _ in range(5):
+    start = time.perf_counter()
+    matmul(a).block_until_ready()
+    times.append(time.perf_counter() - start)
+  return dict(train_gflop_per_step=train_flops / 1e9, generate_mflop_per_series=gen.cost_analysis()["flops"] / n / 1e6,
+              matmul_gflop_per_s=2 * 2048 ** 3 / np.median(times) / 1e9)
 
 
 def main():
@@ -131,6 +169,16 @@ def main():
         r = {k: med["dg_jax"][k] / med["gretel"][k] for k in med["dg_jax"]}
         print(f"  ratio   train {r['train_steps_per_s']:.2f}x   generate {r['generate_samples_per_s']:.2f}x "
               f"(network only {r['generate_net_samples_per_s']:.2f}x)")
+      first = results["dg_jax"][0]
+      train_gf, gen_mf = first["train_gflop_per_step"], first["generate_mflop_per_series"]
+      peak = float(np.median([x["matmul_gflop_per_s"] for x in results["dg_jax"]]))
+      print(f"  arithmetic: {train_gf:.2f} GFLOP per training step, {gen_mf:.2f} MFLOP per generated series; "
+            f"this machine's float32 2048x2048 matmul: {peak:.0f} GFLOP/s")
+      print(f"  dg_jax sustains {med['dg_jax']['train_steps_per_s'] * train_gf:.0f} GFLOP/s training, "
+            f"{med['dg_jax']['generate_net_samples_per_s'] * gen_mf / 1e3:.0f} GFLOP/s generating")
+      if "gretel" in med:
+        print(f"  5x gretel's training would need {5 * med['gretel']['train_steps_per_s'] * train_gf:.0f} GFLOP/s, "
+              f"10x its generation {10 * med['gretel']['generate_samples_per_s'] * gen_mf / 1e3:.0f} GFLOP/s")
       print(f"  dg_jax step compilations: {[x['step_compilations'] for x in results['dg_jax']]}, "
             f"devices {results['dg_jax'][0]['devices']}, first dispatch (compile) "
             f"{np.median([x['compile_s'] for x in results['dg_jax']]):.1f}s")

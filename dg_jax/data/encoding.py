@@ -233,9 +233,11 @@ def flags_to_lengths(flags: np.ndarray) -> np.ndarray:
   or up to the first all-zero flag, or T."""
   flags = np.asarray(flags)
   n, t, _ = flags.shape
-  stop = (flags[..., 1] > flags[..., 0]) | (flags.sum(-1) <= 0)
+  go, end = flags[..., 0], flags[..., 1]
+  ends = end > go
+  stop = ends | (go + end <= 0)  # not flags.sum(-1): numpy reduces a strided size-2 axis slowly
   first = np.where(stop.any(axis=1), stop.argmax(axis=1), t)
-  ends_here = np.take_along_axis(flags[..., 1] > flags[..., 0], np.minimum(first, t - 1)[:, None], 1)[:, 0]
+  ends_here = np.take_along_axis(ends, np.minimum(first, t - 1)[:, None], 1)[:, 0]
   return np.clip(np.where((first < t) & ends_here, first + 1, first), 1, t).astype(np.int64)
 
 
