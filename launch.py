@@ -8,17 +8,25 @@
   python launch.py --config=configs/baselines.py:ar --workdir=W                # a baseline (hmm|ar|rnn|naive_gan)
   python launch.py --mode=evaluate --real=R.npz --synthetic=S.npz [--synthetic=S2.npz] --out=DIR
   python launch.py --mode=sweep --config=configs/mba.py --workdir=W --sample_lens=1,2,4,8   # S ablation
+  python launch.py --mode=devices                                          # what JAX sees (add the flags below)
 Any config field can be overridden: --config.train.num_steps=1000 --config.data.path=F.npz ...
+
+Several processes (one per host of a pod, or several on one machine), each with the same flags plus
+  --coordinator_address=HOST:PORT --num_processes=N --process_id=I
+or --config.distributed=True where JAX finds the cluster itself (SLURM, TPU pods, Open MPI, Kubernetes).
+A run stopped by SIGTERM/SIGINT checkpoints the step reached and exits with status 128 + the signal
+number; bad input data exits with status 2 and one line naming the file and the problem.
 """
 import logging as std_logging
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 import dg_jax  # noqa: F401  (sets XLA's CPU flags before JAX starts)
 
-MODES = ("train", "generate", "export", "retrain_attributes", "evaluate", "sweep")
+MODES = ("train", "generate", "export", "retrain_attributes", "evaluate", "sweep", "devices")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py); needed to train.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, config, metrics.jsonl.")
 _MODE = flags.DEFINE_enum("mode", "train", MODES, "What to do.")
@@ -38,6 +46,10 @@ _SYNTHETIC = flags.DEFINE_multi_string("synthetic", [], "evaluate: synthetic dat
 _TRAIN = flags.DEFINE_string("train", None, "evaluate: training data (npz) for the nearest-neighbour plot "
                              "(default: --real).")
 _OUT = flags.DEFINE_string("out", None, "evaluate: report folder (metrics.json, report.md, PNGs).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Several processes: HOST:PORT where process 0 "
+                                   "serves JAX's coordinator (the same on every process).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Several processes: how many in all.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Several processes: this one's index, 0..num_processes-1.")
 _SAMPLE_LENS = flags.DEFINE_string("sample_lens", "1,2,5,10,25,50", "sweep: the S values to train, comma-separated "
                                    "(values above T are an error).")
 
@@ -55,10 +67,33 @@ def _configure_cpu_devices(config) -> None:
   jax.config.update("jax_num_cpu_devices", n)
 
 
+def _start_processes() -> None:
+  """jax.distributed.initialize, once, before anything uses JAX: with the flags' coordinator, or with
+  what JAX detects of the cluster under --config.distributed=True. On CPU the processes' collectives
+  go through gloo, so several processes on one machine form one mesh (how pods are tested here)."""
+  explicit = [f.value is not None for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)]
+  if any(explicit) and not all(explicit):
+    raise app.UsageError("several processes need all of --coordinator_address, --num_processes and --process_id")
+  if not (all(explicit) or (_CONFIG.value is not None and _CONFIG.value.get("distributed"))):
+    return
+  import jax
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if jax.process_index() != 0:  # one progress log per run: the others report only warnings and errors
+    std_logging.getLogger("dg_jax").setLevel(std_logging.WARNING)
+
+
+def _devices():
+  import jax
+  devices = jax.devices()
+  print(f"process {jax.process_index()} of {jax.process_count()}: {len(jax.local_devices())} local and "
+        f"{len(devices)} global device(s), {devices[0].platform} ({devices[0].device_kind}); "
+        f"local: {jax.local_devices()}", flush=True)
+
+
 def _train():
   if _CONFIG.value is None or not _WORKDIR.value:
     raise app.UsageError("--mode=train needs --config and --workdir")
-  _configure_cpu_devices(_CONFIG.value)
   if "baseline" in _CONFIG.value:
     from dg_jax.baselines import train_baseline
     train_baseline(_CONFIG.value, _WORKDIR.value)
@@ -68,7 +103,7 @@ def _train():
 
 
 def _generate():
-  from dg_jax import sampling
+  from dg_jax import sampling, sharding
   if not _OUTPUT.value:
     raise app.UsageError("--mode=generate needs --output=F.npz")
   from dg_jax.baselines import is_baseline_run, load_baseline
@@ -84,16 +119,18 @@ def _generate():
     elif _ATTRIBUTE.value:
       attributes = sampling.parse_attribute_labels(_ATTRIBUTE.value, model.schema, _NUM_SAMPLES.value)
     data = sampling.generate(model, params, _NUM_SAMPLES.value, _SEED.value, attributes, _LENGTH.value)
-  sampling.write_outputs(data, _OUTPUT.value, _CSV_OUTPUT.value)
+  if sharding.is_primary():  # every process generated the same series; one writes them
+    sampling.write_outputs(data, _OUTPUT.value, _CSV_OUTPUT.value)
 
 
 def _export():
-  from dg_jax import sampling
+  from dg_jax import sampling, sharding
   from dg_jax.checkpoints import save_bundle
   if not _BUNDLE.value:
     raise app.UsageError("--mode=export needs --bundle=FOLDER")
   model, params, config = sampling.load_generator(_WORKDIR.value)
-  save_bundle(_BUNDLE.value, params, model.schema, config.to_json(indent=1))
+  if sharding.is_primary():
+    save_bundle(_BUNDLE.value, sharding.to_host(params), model.schema, config.to_json(indent=1))
   std_logging.getLogger("dg_jax").info("exported the generator to %s", _BUNDLE.value)
 
 
@@ -116,7 +153,6 @@ def _sweep():
   from dg_jax.sweep import parse_sample_lens, run_sweep
   if _CONFIG.value is None or not _WORKDIR.value:
     raise app.UsageError("--mode=sweep needs --config and --workdir")
-  _configure_cpu_devices(_CONFIG.value)
   run_sweep(_CONFIG.value, _WORKDIR.value, parse_sample_lens(_SAMPLE_LENS.value), _NUM_SAMPLES.value, _SEED.value)
 
 
@@ -126,10 +162,23 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   std_logging.getLogger("dg_jax").setLevel(std_logging.INFO)
   mode = _MODE.value
-  if mode not in ("train", "sweep", "evaluate") and not _WORKDIR.value and not (_BUNDLE.value and mode == "generate"):
+  if (mode not in ("train", "sweep", "evaluate", "devices") and not _WORKDIR.value
+      and not (_BUNDLE.value and mode == "generate")):
     raise app.UsageError(f"--mode={mode} needs --workdir" + (" or --bundle" if mode == "generate" else ""))
-  dict(train=_train, generate=_generate, export=_export, retrain_attributes=_retrain_attributes,
-       evaluate=_evaluate, sweep=_sweep)[mode]()
+  if mode in ("train", "sweep") and _CONFIG.value is not None:
+    _configure_cpu_devices(_CONFIG.value)
+  _start_processes()
+  from dg_jax.data.schema import DataError
+  from dg_jax.train import Preempted
+  try:
+    dict(train=_train, generate=_generate, export=_export, retrain_attributes=_retrain_attributes,
+         evaluate=_evaluate, sweep=_sweep, devices=_devices)[mode]()
+  except DataError as e:  # bad input: one line that names the file and the problem, no traceback
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except Preempted as e:
+    std_logging.getLogger("dg_jax").warning("%s", e)
+    sys.exit(128 + e.signum)
 
 
 if __name__ == "__main__":

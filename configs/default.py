@@ -78,5 +78,6 @@ def get_config():
   c.num_devices = 0                 # devices to train on (0 = all)
   c.cpu_devices = 0                 # on CPU: virtual devices to split the batch over (0 = one per core);
                                     # JAX_NUM_CPU_DEVICES, when set, wins
-  c.distributed = False             # call jax.distributed.initialize() (multi-host)
+  c.distributed = False             # launch.py: jax.distributed.initialize() with the cluster JAX detects
+                                    # (SLURM, TPU pods, ...); or give --coordinator_address etc.
   return c

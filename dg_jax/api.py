@@ -7,14 +7,12 @@
 """
 from __future__ import annotations
 
-import os
-
 import ml_collections
 import numpy as np
 import pandas as pd
 
-from dg_jax import sampling
-from dg_jax.checkpoints import save_bundle
+from dg_jax import io_utils, sampling
+from dg_jax.checkpoints import is_bundle, save_bundle
 from dg_jax.data.frames import from_long_frame
 from dg_jax.data.npz_format import save_npz
 from dg_jax.data.schema import Dataset
@@ -47,8 +45,7 @@ class DoppelGANgerModel:
       data = from_long_frame(data, **(frame_options or {}))
     config = (config or default_config()).copy_and_resolve_references()
     config.train.update(train_overrides)
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(os.path.abspath(workdir), "training_data.npz")
+    path = io_utils.join(io_utils.as_path(workdir), "training_data.npz")
     save_npz(data, path)
     config.data.format, config.data.path = "npz", path
     train_and_evaluate(config, workdir)
@@ -57,8 +54,8 @@ class DoppelGANgerModel:
   @classmethod
   def load(cls, path: str) -> "DoppelGANgerModel":
     """From a generator bundle folder or a training workdir (its latest checkpoint)."""
-    is_bundle = os.path.exists(os.path.join(path, "generator.msgpack"))
-    return cls(*sampling.load_generator(None if is_bundle else path, path if is_bundle else None))
+    bundle = is_bundle(path)
+    return cls(*sampling.load_generator(None if bundle else path, path if bundle else None))
 
   def generate(self, num_samples: int, seed: int = 0, attributes: np.ndarray | None = None,
                length: int | None = None) -> Dataset:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 import ml_collections
 import numpy as np
@@ -32,7 +33,9 @@ def restore_run(workdir: str):
   if spent:  # travels into exported bundles: what a data user may rely on
     config.privacy_spent = spent
   model = DoppelGANger(schema, model_config(config))
-  state, _, _, _ = ckpt.restore(jax.eval_shape(lambda: init_state(model, train_config(config), 0)[0]))
+  abstract_state = jax.eval_shape(lambda: init_state(model, train_config(config), 0)[0])
+  # replicated over every device of every process: what generation (and a multi-process sweep) needs
+  state, _, _, _ = ckpt.restore(abstract_state, sharding=sharding.replicated(sharding.make_mesh()))
   ckpt.close()
   return model, state, config
 
@@ -47,22 +50,34 @@ def load_generator(workdir: str | None = None, bundle: str | None = None):
   return DoppelGANger(schema, model_config(config)), params, config
 
 
+def _pad_rows(x, rows: int, axis: int = 0):
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, rows - x.shape[axis])
+  return jnp.pad(x, widths)
+
+
 @functools.lru_cache(maxsize=8)
 def _chunk_generator(model: DoppelGANger, chunk_size: int, length: int | None, conditional: bool, mesh):
-  """Jitted (params, key[, attributes]) -> one chunk, split over the mesh's devices (one per core on CPU)."""
+  """Jitted (params, seed, chunk index[, attributes]) -> one chunk, split over the mesh's devices (one
+  per core on CPU). The noise of `chunk_size` series comes from fold_in(key(seed), index) whatever
+  the device count; zero rows pad it to a multiple of the device count, and their series are dropped."""
+  padded = -(-chunk_size // mesh.devices.size) * mesh.devices.size
   specs = (P(), NOISE_SPECS) + ((P(DATA),) if conditional else ())
   body = jax.shard_map(lambda p, noise, *attrs: model.generator.apply(p, noise, *attrs, length=length),
                        mesh=mesh, in_specs=specs, out_specs=P(DATA), check_vma=False)
 
-  def chunk(params, key, *attributes):
-    return body(params, sample_noise(key, chunk_size, model.schema, model.cfg, length), *attributes)
+  def chunk(params, seed, index, *attributes):
+    noise = sample_noise(jax.random.fold_in(jax.random.key(seed), index), chunk_size, model.schema, model.cfg,
+                         length)
+    noise = {name: _pad_rows(x, padded, axis=1 if name == "feature" else 0) for name, x in noise.items()}
+    return body(params, noise, *(_pad_rows(a, padded) for a in attributes))
   return jax.jit(chunk)
 
 
 def generate_encoded(model: DoppelGANger, params, num_samples: int, seed: int = 0, chunk_size: int = 500,
                      attributes: np.ndarray | None = None, length: int | None = None) -> encoding.Encoded:
-  """Model-space samples, drawn `chunk_size` at a time (chunk i uses fold_in(key(seed), i); the chunk
-  size is rounded up to a multiple of the device count).
+  """Model-space samples, drawn `chunk_size` at a time (chunk i's noise from fold_in(key(seed), i)), the
+  same on any number of devices and processes.
 
   attributes: encoded [num_samples, A] attributes to condition on (the attribute MLP is bypassed).
   length: force this many records per series (may exceed the training T); default: the
@@ -73,17 +88,17 @@ def generate_encoded(model: DoppelGANger, params, num_samples: int, seed: int = 
   if length is not None and length < 1:
     raise ValueError(f"length must be >= 1, got {length}")
   mesh = sharding.make_mesh()
-  chunk_size = -(-chunk_size // mesh.devices.size) * mesh.devices.size
   fn = _chunk_generator(model, chunk_size, length, attributes is not None, mesh)
   params = sharding.replicate(params, mesh)
-  key = jax.random.key(seed)
   parts = []
   for i, start in enumerate(range(0, num_samples, chunk_size)):
     cond = ()
     if attributes is not None:
       rows = attributes[start:start + chunk_size]
-      cond = (np.concatenate([rows, np.repeat(rows[-1:], chunk_size - len(rows), 0)]).astype(np.float32),)
-    parts.append(jax.device_get(fn(params, jax.random.fold_in(key, i), *cond)))
+      rows = np.concatenate([rows, np.repeat(rows[-1:], chunk_size - len(rows), 0)]).astype(np.float32)
+      cond = (sharding.replicate(rows, mesh),)
+    out = sharding.to_host(fn(params, np.int32(seed), np.int32(i), *cond))
+    parts.append({k: v[:chunk_size] for k, v in out.items()})
   out = {k: np.concatenate([p[k] for p in parts])[:num_samples] for k in parts[0]}
   features = out["features"]
   if length is not None:  # a forced length: the flags say "continue" up to the last record

@@ -1,8 +1,17 @@
-"""The only module that knows about devices: the ('data',) mesh and how arrays are placed on it."""
+"""The only module that knows about devices and processes: the ('data',) mesh, how arrays are placed
+on it, and the few decisions that every process of a multi-process run must share.
+
+With several processes (JAX's multi-controller runtime: one process per host, all running the same
+program), every process computes the same host values (same seed, same config) and contributes the
+pieces its own devices hold; `make_array_from_callback` asks the mesh which piece each device needs,
+so nothing assumes that process p owns the p-th block of the data axis.
+"""
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 DATA = "data"
@@ -14,6 +23,8 @@ def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
   if num_devices:
     if num_devices > len(devices):
       raise ValueError(f"asked for {num_devices} devices, only {len(devices)} are available")
+    if jax.process_count() > 1 and num_devices != len(devices):
+      raise ValueError(f"num_devices={num_devices}: a multi-process run uses all {len(devices)} devices")
     devices = devices[:num_devices]
   # Auto axes: shard_map and jit move freshly drawn (unsharded) noise onto the batch split themselves.
   return jax.make_mesh((len(devices),), (DATA,), (jax.sharding.AxisType.Auto,), devices=devices)
@@ -32,27 +43,52 @@ def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def place(tree, sharding: jax.sharding.Sharding):
+  """Host values (the same on every process) -> global arrays laid out by `sharding`; PRNG keys too."""
+  def one(x):
+    if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(one(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+  return jax.tree.map(one, tree)
+
+
 def replicate(tree, mesh):
-  return jax.device_put(tree, replicated(mesh))
+  return place(tree, replicated(mesh))
 
 
 def shard_batches(arrays, mesh, stacked: bool = True):
   """Place host batches ([k, B, ...] if stacked, else [B, ...]) on the mesh, split over B.
 
-  With several processes, every process holds the same global batch (same seed) and contributes
-  only its own slice of it.
-  """
-  spec = P(None, DATA) if stacked else P(DATA)
-  sharding = NamedSharding(mesh, spec)
-  if jax.process_count() == 1:
-    return jax.device_put(arrays, sharding)
-  axis = 1 if stacked else 0
-  pid, count = jax.process_index(), jax.process_count()
+  Every process holds the same global batch (same seed) and hands over the rows its devices hold."""
+  return place(arrays, NamedSharding(mesh, P(None, DATA) if stacked else P(DATA)))
 
-  def place(x):
-    local = np.array_split(x, count, axis=axis)[pid]
-    return jax.make_array_from_process_local_data(sharding, local, x.shape)
-  return jax.tree.map(place, arrays)
+
+def to_host(tree):
+  """Global arrays -> numpy on every process (gathered across processes when they span several)."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def is_primary() -> bool:
+  """Process 0: the one process that writes files and logs progress."""
+  return jax.process_index() == 0
+
+
+def any_process(flags: list[bool]) -> list[bool]:
+  """Each flag, true on every process if it is true on any: decisions to stop, taken jointly."""
+  flags = np.asarray(flags, np.bool_)
+  if jax.process_count() > 1:
+    flags = np.any(multihost_utils.process_allgather(flags), axis=0)
+  return [bool(f) for f in flags]
+
+
+def from_primary(value: int) -> int:
+  """Process 0's `value` on every process (e.g. a secret seed drawn once)."""
+  if jax.process_count() == 1:
+    return value
+  return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
 
 
 def describe(mesh) -> str:

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 
 import numpy as np
 
-from dg_jax import sampling
+from dg_jax import io_utils, sampling, sharding
 from dg_jax.data.loaders import load_dataset
 from dg_jax.evaluation import metrics
-from dg_jax.io_utils import write_text
 from dg_jax.train import train_and_evaluate
 
 log = logging.getLogger(__name__)
@@ -42,7 +40,7 @@ def run_sweep(config, workdir: str, sample_lens: list[int], num_samples: int = 0
     raise ValueError(f"sample_len {max(sample_lens)} exceeds the series length T={real.max_length}")
   runs = {}
   for s in sample_lens:
-    run_dir = os.path.join(workdir, f"sample_len_{s}")
+    run_dir = io_utils.join(workdir, f"sample_len_{s}")
     run_config = config.copy_and_resolve_references()
     run_config.model.sample_len = s
     log.info("sweep: training S=%d in %s", s, run_dir)
@@ -56,9 +54,10 @@ def run_sweep(config, workdir: str, sample_lens: list[int], num_samples: int = 0
     log.info("sweep: S=%d  mean autocorrelation MSE %.4g", s, scores["autocorrelation_mse/mean"])
   best = min(runs, key=lambda s: runs[s]["autocorrelation_mse/mean"])
   result = {"runs": {str(s): r for s, r in runs.items()}, "best_sample_len": best}
-  write_text(os.path.join(workdir, "sweep.json"), json.dumps(result, indent=1))
-  write_text(os.path.join(workdir, "sweep.md"), sweep_table(runs, best))
-  log.info("sweep: best S=%d; table in %s", best, os.path.join(workdir, "sweep.md"))
+  if sharding.is_primary():  # every process scored the same samples; one writes the tables
+    io_utils.write_text(io_utils.join(workdir, "sweep.json"), json.dumps(result, indent=1))
+    io_utils.write_text(io_utils.join(workdir, "sweep.md"), sweep_table(runs, best))
+  log.info("sweep: best S=%d; table in %s", best, io_utils.join(workdir, "sweep.md"))
   return result
 
 

@@ -4,13 +4,19 @@ Resumes from the workdir's latest checkpoint by default; batches are a function 
 resumed run continues exactly where it stopped. With config.privacy.enabled the critics train with
 DP-SGD (dg_jax/privacy.py): batches are sampled independently per step, the epsilon spent so far
 is logged, and training stops before the epsilon budget (privacy.target_epsilon) would be exceeded.
+
+Preemption: on SIGTERM or SIGINT the dispatch in flight finishes, the step reached is checkpointed and
+`Preempted` is raised (launch.py exits with 128 + the signal number); the next launch resumes exactly.
+Several processes take every decision to stop (steps, wall clock, privacy budget, signals) jointly,
+so they leave the loop at the same step and enter the checkpoint save together.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import secrets
+import signal
+import threading
 import time
 
 import jax
@@ -18,12 +24,11 @@ import ml_collections
 import numpy as np
 import logging
 
-from dg_jax import privacy, sharding
+from dg_jax import io_utils, privacy, sharding
 from dg_jax.checkpoints import Checkpointer
 from dg_jax.data import encoding
 from dg_jax.data.batching import BatchIterator
 from dg_jax.data.loaders import load_dataset
-from dg_jax.io_utils import write_text
 from dg_jax.models.doppelganger import DoppelGANger
 from dg_jax.settings import PrivacyConfig, TrainConfig, model_config, privacy_config, train_config
 from dg_jax.train_step import init_state, make_train_step
@@ -31,6 +36,7 @@ from dg_jax.train_step import init_state, make_train_step
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
+CONFIG_HISTORY = "config_history"  # each launch's config, named by time and the step it started from
 
 
 def fit_schema_from_config(dataset, config) -> encoding.Schema:
@@ -43,15 +49,28 @@ def batch_dict(features, attributes, additional):
   return dict(features=features, attributes=attributes, additional_attributes=additional)
 
 
+# train fields that change what a run computes: a resumed run must keep them (budgets, logging and
+# checkpoint cadence may change between launches)
+FIXED_ON_RESUME = ("seed", "batch_size", "learning_rate", "beta1", "beta2", "gp_weight", "d_rounds", "g_rounds")
+
+
 def _check_resumable(saved: dict, config: ml_collections.ConfigDict, workdir: str) -> None:
   for section in ("model", "data"):
     if saved.get(section) != json.loads(config[section].to_json()):
       raise ValueError(f"{workdir} holds a run with a different config.{section}; "
                        "use a new --workdir (or the same config) to resume")
+  saved_privacy = saved.get("privacy", {})
+  secret_seed = saved_privacy.get("enabled") and saved_privacy.get("secret_seed")
+  for name in FIXED_ON_RESUME:
+    if name == "seed" and secret_seed:  # the run's secret seed is kept, whatever --config.train.seed says
+      continue
+    if saved["train"].get(name) != config.train[name]:
+      raise ValueError(f"{workdir} holds a run with train.{name}={saved['train'].get(name)!r}, not "
+                       f"{config.train[name]!r}: resuming would change what the run computes; use a new "
+                       f"--workdir (or the same setting). Budgets, logging and checkpoint cadence may change.")
 
 
-def _resolve_privacy(pc: PrivacyConfig, tc: TrainConfig, saved: dict | None, num_examples: int,
-                     workdir: str) -> PrivacyConfig:
+def _resolve_privacy(pc: PrivacyConfig, tc: TrainConfig, saved: dict | None, num_examples: int) -> PrivacyConfig:
   """The run's privacy settings with noise and delta resolved: calibrated now for a fresh run,
   the saved ones for a resumed run (the accountant assumes they never change mid-run)."""
   if saved is None:
@@ -59,11 +78,7 @@ def _resolve_privacy(pc: PrivacyConfig, tc: TrainConfig, saved: dict | None, num
   saved_pc = privacy_config(ml_collections.ConfigDict(saved))
   if not (pc.enabled or saved_pc.enabled):
     return pc
-  for name in ("batch_size", "d_rounds"):  # the accounting of the steps already taken depends on them
-    if saved["train"][name] != getattr(tc, name):
-      raise ValueError(f"{workdir} holds a private run with train.{name}={saved['train'][name]}; "
-                       "use a new --workdir (or the same setting) to resume")
-  return privacy.resume(pc, saved_pc)
+  return privacy.resume(pc, saved_pc)  # batch_size and d_rounds are fixed by _check_resumable
 
 
 def _privacy_budget(pc: PrivacyConfig, tc: TrainConfig, num_examples: int) -> tuple[privacy.Accountant, int]:
@@ -91,17 +106,92 @@ def check_finite(metrics: dict, first_step: int) -> None:
                              f"{first_step + bad[name] + 1}; the last good checkpoint is kept")
 
 
+class Preempted(Exception):
+  """Training stopped on a signal (SIGTERM from a scheduler, or SIGINT) after checkpointing the step reached."""
+
+  def __init__(self, signum: int, step: int):
+    super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpointed, and the same "
+                     "command resumes it")
+    self.signum, self.step = signum, step
+
+
+class StopSignals:
+  """While active, SIGTERM and SIGINT set a flag instead of killing the process: the loop finishes the
+  dispatch in flight, saves and exits. Signals that arrive during that save are noted and ignored, so
+  a second SIGTERM loses nothing (a scheduler's final SIGKILL still can, but Orbax's temporary-folder
+  saves keep the last good checkpoint then)."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.received, self._previous = None, {}
+
+  def _handle(self, signum, frame):
+    del frame
+    what = "stopping after the dispatch in flight, then checkpointing" if self.received is None else "already stopping"
+    log.warning("received %s: %s", signal.Signals(signum).name, what)
+    self.received = self.received or signum
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+    return self
+
+  def __exit__(self, *exc):
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+
+
+class MetricsLog:
+  """metrics.jsonl, written by process 0 alone. On resume the rows past the restored step (logged by a
+  run stopped before it checkpointed them) are dropped, so every logged step appears once. The file is
+  rewritten whole at each row, atomically, so it is never cut mid-line and works on object stores."""
+
+  def __init__(self, path: str, start_step: int, enabled: bool):
+    self.path, self.enabled, self.lines = path, enabled, []
+    if enabled and io_utils.exists(path):
+      lines = [line for line in io_utils.read_text(path).splitlines() if line.strip()]
+      self.lines = [line for line in lines if json.loads(line)["step"] <= start_step]
+      if len(self.lines) < len(lines):
+        io_utils.write_text(path, "".join(line + "\n" for line in self.lines))
+
+  def append(self, row: dict) -> None:
+    if self.enabled:
+      self.lines.append(json.dumps(row))
+      io_utils.write_text(self.path, "".join(line + "\n" for line in self.lines))
+
+
+def _write_run_files(workdir: str, config_json: str, schema: encoding.Schema, start_step: int) -> None:
+  """config.json (this launch's), schema.json, and this launch's config kept in config_history/."""
+  stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+  io_utils.write_text(io_utils.join(workdir, CONFIG_FILE), config_json)
+  io_utils.write_text(io_utils.join(workdir, CONFIG_HISTORY, f"{stamp}_step{start_step}.json"), config_json)
+  io_utils.write_text(io_utils.join(workdir, "schema.json"), schema.to_json())
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (or resumes) the run in `workdir`; returns the last step's metrics."""
-  if config.distributed:
-    jax.distributed.initialize()
+  """Trains (or resumes) the run in `workdir`; returns the last step's metrics.
+
+  Under several processes (jax.distributed initialised by the caller, e.g. launch.py) every process
+  calls this with the same config; process 0 alone writes files. Raises Preempted after a SIGTERM or
+  SIGINT, once the step reached is checkpointed."""
   tc, mc, pc = train_config(config), model_config(config), privacy_config(config)
   mesh = sharding.make_mesh(config.num_devices or None)
   sharding.check_batch_size(tc.batch_size, mesh, mc.pack)
   log.info("training on %s", sharding.describe(mesh))
-  os.makedirs(workdir, exist_ok=True)
+  primary = sharding.is_primary()
+  if primary:
+    io_utils.as_path(workdir).mkdir(parents=True, exist_ok=True)
   ckpt = Checkpointer(workdir, tc.keep_checkpoints)
+  try:
+    return _train(config, tc, mc, pc, mesh, ckpt, workdir, primary)
+  finally:
+    ckpt.wait()  # a save in flight completes, even when training failed
+    ckpt.close()
 
+
+def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpointer, workdir: str,
+           primary: bool) -> dict:
   dataset = load_dataset(config.data)
   resume_step = ckpt.latest_step()
   saved_config = None
@@ -110,13 +200,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     _check_resumable(saved_config, config, workdir)
   else:
     schema = fit_schema_from_config(dataset, config)
-  pc = _resolve_privacy(pc, tc, saved_config, dataset.num_samples, workdir)
+  pc = _resolve_privacy(pc, tc, saved_config, dataset.num_samples)
   end, accountant = tc.num_steps, None
   if pc.enabled:
     config = config.copy_and_resolve_references()  # saved with the resolved noise and delta
     config.privacy.update(dataclasses.asdict(pc))
     if pc.secret_seed:  # known batches and noise void the guarantee; a resumed run keeps its seed
-      config.train.seed = saved_config["train"]["seed"] if saved_config else secrets.randbits(31)
+      config.train.seed = (saved_config["train"]["seed"] if saved_config else
+                           sharding.from_primary(secrets.randbits(31)))  # one run: every process the same seed
       tc = dataclasses.replace(tc, seed=config.train.seed)
     accountant, end = _privacy_budget(pc, tc, dataset.num_samples)
   encoded = encoding.encode(dataset, schema)
@@ -126,23 +217,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
            model.sample_len, -(-schema.max_length // model.sample_len))
 
   state, key = init_state(model, tc, tc.seed)
-  if resume_step is not None:
+  if resume_step is None:
+    state, key = sharding.replicate((state, key), mesh)
+  else:
     state, key, _, _ = ckpt.restore(jax.eval_shape(lambda: state), resume_step, sharding.replicated(mesh))
     log.info("resumed from step %d", resume_step)
-  config_json = config.to_json(indent=1)
-  write_text(os.path.join(workdir, CONFIG_FILE), config_json)
-  write_text(os.path.join(workdir, "schema.json"), schema.to_json())
-
-  state, key = sharding.replicate((state, key), mesh)
-  step_fn = jax.jit(make_train_step(model, tc, mesh, pc), donate_argnums=0)
   start = int(state["step"])
+  config_json = config.to_json(indent=1)
+  if primary:
+    _write_run_files(workdir, config_json, schema, start)
+  metrics_log = MetricsLog(io_utils.join(workdir, METRICS_FILE), start, primary)
+
+  step_fn = jax.jit(make_train_step(model, tc, mesh, pc), donate_argnums=0)
   batches = BatchIterator([encoded.features, encoded.attributes, encoded.additional_attributes],
                           tc.batch_size, tc.seed, start_step=start,
                           sampling="independent" if pc.enabled else "epochs")
   step, t_start, window = start, time.time(), (start, time.time())
   deadline = t_start + 60 * tc.max_minutes if tc.max_minutes else None
-  last = {}
-  with open(os.path.join(workdir, METRICS_FILE), "a") as log_file:
+  last, out_of_time, stopped = {}, False, False
+  with StopSignals() as signals:
     while step < end:
       k = tc.steps_per_dispatch if end - step >= tc.steps_per_dispatch else 1
       state, metrics = step_fn(state, sharding.shard_batches(batch_dict(*batches.next(k)), mesh), key)
@@ -150,8 +243,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       check_finite(metrics, step)
       step += k
       last = {name: float(v[-1]) for name, v in metrics.items()}
-      out_of_time = deadline is not None and time.time() > deadline
-      if step // tc.log_every > (step - k) // tc.log_every or step == end or out_of_time:
+      # every process leaves the loop at the same step, whichever of them ran out of time or got the signal
+      out_of_time, stopped = sharding.any_process(
+          [deadline is not None and time.time() > deadline, signals.received is not None])
+      stop = out_of_time or stopped
+      if step // tc.log_every > (step - k) // tc.log_every or step == end or stop:
         now = time.time()
         rate = (step - window[0]) / max(now - window[1], 1e-9)
         if accountant is not None:
@@ -160,18 +256,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         eta = (end - step) / rate if rate > 0 else float("inf")
         log.info("step %d/%d  %.2f steps/s  ETA %s  %s", step, end, rate, format_duration(eta),
                  "  ".join(f"{n}={v:.4g}" for n, v in sorted(last.items())))
-        log_file.write(json.dumps(dict(step=step, seconds=round(now - t_start, 3), steps_per_s=rate, **last)) + "\n")
-        log_file.flush()
-      if step // tc.checkpoint_every > (step - k) // tc.checkpoint_every or step == end or out_of_time:
+        metrics_log.append(dict(step=step, seconds=round(now - t_start, 3), steps_per_s=rate, **last))
+      if step // tc.checkpoint_every > (step - k) // tc.checkpoint_every or step == end or stop:
         spent = None if accountant is None else dict(
             epsilon=accountant.epsilon(step), delta=pc.delta, steps=step, num_examples=dataset.num_samples,
             unit="series", neighbouring="replace-one")
         ckpt.save(step, state, key, config_json, schema, spent)
-      if out_of_time:
-        log.info("wall-clock budget of %.1f min spent at step %d; checkpointed", tc.max_minutes, step)
+      if stop:
         break
-  ckpt.wait()
-  ckpt.close()
+    ckpt.wait()  # still catching signals: a second SIGTERM cannot cut this save short
+  if stopped:
+    log.warning("stopped at step %d on a signal; checkpointed there, and the same command resumes", step)
+    raise Preempted(signals.received or signal.SIGTERM, step)
+  if out_of_time:
+    log.info("wall-clock budget (train.max_minutes) spent at step %d; checkpointed", step)
   if accountant is not None:
     last["epsilon"] = accountant.epsilon(step)
     log.info("privacy: the generator is (%.4g, %.3g)-differentially private after %d steps "

@@ -3,6 +3,7 @@ import atexit
 import os
 import pathlib
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +24,10 @@ sys.path.insert(0, ROOT)  # the repository root
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def pytest_configure(config):
+  config.addinivalue_line("markers", "slow: end-to-end runs of several processes (deselect with -m 'not slow')")
+
+
 @pytest.fixture
 def shared_data():
   if not SHARED_DATA.is_dir():
@@ -30,13 +35,47 @@ def shared_data():
   return SHARED_DATA
 
 
+def start_cli(*args: str, devices: int = 1, log=subprocess.PIPE) -> subprocess.Popen:
+  """Starts `python launch.py ARGS` on `devices` virtual CPU devices; its log (stderr) goes to `log`."""
+  env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices), PYTHONPATH=ROOT)
+  return subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), *args], cwd=ROOT, env=env,
+                          stdout=log, stderr=log, text=True)
+
+
 def run_cli(*args: str, devices: int = 1) -> str:
   """Runs `python launch.py ARGS` on `devices` virtual CPU devices; returns its log (stderr)."""
-  env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices), PYTHONPATH=ROOT)
-  result = subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return result.stderr
+  proc = start_cli(*args, devices=devices)
+  _, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-3000:]
+  return err
+
+
+def run_processes(*args: str, num_processes: int = 2, devices: int = 2, per_process=None,
+                  timeout: float = 300) -> list[str]:
+  """Runs launch.py ARGS as `num_processes` JAX processes on this machine (one mesh over gloo), each
+  with `devices` CPU devices and, if given, its own extra flags per_process[i]; returns their logs.
+  A run that hangs (processes disagreeing on a collective) fails the test at `timeout`."""
+  with socket.socket() as s:  # a free port for the coordinator
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  files = [tempfile.TemporaryFile("w+") for _ in range(num_processes)]  # pipes could fill and block
+  procs = [start_cli(*args, *(per_process[i] if per_process else ()), f"--coordinator_address=localhost:{port}",
+                     f"--num_processes={num_processes}", f"--process_id={i}", devices=devices, log=files[i])
+           for i in range(num_processes)]
+  try:
+    for p in procs:
+      p.wait(timeout=timeout)
+  finally:
+    for p in procs:
+      p.kill()
+  logs = []
+  for f in files:
+    f.seek(0)
+    logs.append(f.read())
+    f.close()
+  for i, (p, log) in enumerate(zip(procs, logs)):
+    assert p.returncode == 0, f"process {i}:\n{log[-3000:]}"
+  return logs
 
 
 @pytest.fixture

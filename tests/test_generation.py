@@ -38,6 +38,17 @@ def test_generation_is_reproducible_with_valid_lengths(trained):
   assert (a.features[..., 0][valid] > 0).all()  # log1p traffic decodes to positive bytes
 
 
+def test_samples_do_not_depend_on_the_device_count(trained, tmp_path, cli):
+  model, params, _ = load_generator(trained)
+  assert jax.device_count() == 8
+  eight = generate(model, params, 45, seed=5)  # chunks of 500 series, padded to 504 for 8 devices
+  cli("--mode=generate", f"--workdir={trained}", "--num_samples=45", "--seed=5", f"--output={tmp_path / 'one.npz'}")
+  one = load_npz(str(tmp_path / "one.npz"))  # 1 device
+  np.testing.assert_array_equal(eight.lengths, one.lengths)
+  np.testing.assert_array_equal(eight.attributes, one.attributes)
+  np.testing.assert_allclose(eight.features, one.features, rtol=1e-5, atol=1e-6)
+
+
 def test_forced_length_beyond_training_length(trained):
   model, params, _ = load_generator(trained)
   out = generate(model, params, 5, seed=0, length=40)

@@ -265,5 +265,5 @@ def test_resume_keeps_the_spent_budget_and_stops_within_it(tmp_path, monkeypatch
     train_and_evaluate(plain, split)
   bigger = private_config(15, target=budget)
   bigger.train.batch_size = 32
-  with pytest.raises(ValueError, match="private run with train.batch_size=16"):
+  with pytest.raises(ValueError, match="holds a run with train.batch_size=16"):
     train_and_evaluate(bigger, split)

@@ -164,3 +164,42 @@ def test_options_pack_no_aux_rounds_zero_state(setup):
   assert int(state["step"]) == 3 and all(np.isfinite(v).all() for v in metrics.values())
   with pytest.raises(ValueError, match="must be a multiple of model.pack=3"):
     sharding.check_batch_size(16, sharding.make_mesh(8), pack=3)
+
+
+@pytest.mark.parametrize("field, value", [("seed", 1), ("learning_rate", 5e-4), ("batch_size", 8)])
+def test_resume_refuses_a_train_change_that_alters_the_run(tmp_path, field, value):
+  train_and_evaluate(tiny_config(num_steps=5, checkpoint_every=5), str(tmp_path))
+  with pytest.raises(ValueError, match=f"train.{field}="):
+    train_and_evaluate(tiny_config(num_steps=10, **{field: value}), str(tmp_path))
+
+
+def test_resume_allows_new_budgets_and_keeps_each_launch_config(tmp_path):
+  train_and_evaluate(tiny_config(num_steps=5, checkpoint_every=5), str(tmp_path))
+  out = train_and_evaluate(tiny_config(num_steps=10, checkpoint_every=5, log_every=5), str(tmp_path))
+  assert out["step"] == 10
+  history = sorted((tmp_path / "config_history").iterdir())
+  assert [p.name.split("_")[-1] for p in history] == ["step0.json", "step5.json"]
+  assert [json.loads(p.read_text())["train"]["num_steps"] for p in history] == [5, 10]
+  assert json.loads((tmp_path / "config.json").read_text())["train"]["num_steps"] == 10
+
+
+def test_checkpoints_round_trip_under_the_rbg_prng(tmp_path):
+  previous = jax.config.jax_default_prng_impl
+  jax.config.update("jax_default_prng_impl", "rbg")
+  try:
+    c = tiny_config()
+    data = load_dataset(c.data)
+    schema = fit_schema_from_config(data, c)
+    model = DoppelGANger(schema, model_config(c))
+    state, key = init_state(model, train_config(c), 0)
+    assert jax.random.key_data(key).shape == (4,)  # rbg keys are 4 words, threefry's 2
+    ckpt = Checkpointer(str(tmp_path))
+    ckpt.save(3, state, key, c.to_json(), schema)
+    ckpt.wait()
+    state2, key2, _, _ = ckpt.restore(jax.eval_shape(lambda: state))
+    ckpt.close()
+    assert jax.random.key_impl(key2) == jax.random.key_impl(key)
+    np.testing.assert_array_equal(jax.random.key_data(key2), jax.random.key_data(key))
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state2), jax.device_get(state))
+  finally:
+    jax.config.update("jax_default_prng_impl", previous)

@@ -7,17 +7,16 @@ baseline/ (see common.py). Configs: configs/baselines.py.
 from __future__ import annotations
 
 import json
-import os
 
 import ml_collections
 
+from dg_jax import io_utils
 from dg_jax.baselines.ar import ARBaseline
 from dg_jax.baselines.common import MODEL_FILE, Baseline, log
 from dg_jax.baselines.hmm import HMMBaseline
 from dg_jax.baselines.naive_gan import NaiveGANBaseline
 from dg_jax.baselines.rnn import RNNBaseline
 from dg_jax.data.loaders import load_dataset
-from dg_jax.io_utils import write_text
 from dg_jax.train import CONFIG_FILE, METRICS_FILE
 
 BASELINES = {"hmm": HMMBaseline, "ar": ARBaseline, "rnn": RNNBaseline, "naive_gan": NaiveGANBaseline}
@@ -27,11 +26,11 @@ RUN_SECTIONS = ("data", "baseline", "train")  # the config sections that define 
 
 def is_baseline_run(workdir: str) -> bool:
   """Whether `workdir` holds a trained baseline (or is a saved baseline folder)."""
-  return os.path.exists(os.path.join(_model_folder(workdir), MODEL_FILE))
+  return io_utils.exists(io_utils.join(_model_folder(workdir), MODEL_FILE))
 
 
 def _model_folder(path: str) -> str:
-  return path if os.path.exists(os.path.join(path, MODEL_FILE)) else os.path.join(path, MODEL_DIR)
+  return path if io_utils.exists(io_utils.join(path, MODEL_FILE)) else io_utils.join(path, MODEL_DIR)
 
 
 def load_baseline(path: str) -> Baseline:
@@ -39,8 +38,7 @@ def load_baseline(path: str) -> Baseline:
   folder = _model_folder(path)
   if not is_baseline_run(path):
     raise FileNotFoundError(f"{path}: no trained baseline here (train one with configs/baselines.py)")
-  with open(os.path.join(folder, MODEL_FILE)) as fh:
-    name = json.load(fh).get("name")
+  name = json.loads(io_utils.read_text(io_utils.join(folder, MODEL_FILE))).get("name")
   if name not in BASELINES:
     raise ValueError(f"{folder}: unknown baseline {name!r}; expected one of {sorted(BASELINES)}")
   return BASELINES[name].load(folder)
@@ -62,15 +60,15 @@ def train_baseline(config: ml_collections.ConfigDict, workdir: str) -> Baseline:
       raise ValueError(f"{workdir} holds a different baseline run; use a new --workdir")
     log.info("%s: %s is already trained", workdir, name)
     return model
-  if os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+  if io_utils.exists(io_utils.join(workdir, CONFIG_FILE)):
     raise ValueError(f"{workdir} holds another (non-baseline) run; use a new --workdir")
   data = load_dataset(config.data)
   log.info("%s on %d series, T=%d, %d features, %d attributes", name, data.num_samples, data.max_length,
            len(data.feature_vars), len(data.attribute_vars))
   model = BASELINES[name].fit(data, config)
   if model.history:
-    write_text(os.path.join(workdir, METRICS_FILE), "".join(json.dumps(row) + "\n" for row in model.history))
-  model.save(os.path.join(workdir, MODEL_DIR))  # its presence marks a finished run
-  write_text(os.path.join(workdir, CONFIG_FILE), config_json)
-  log.info("saved the %s baseline to %s", name, os.path.join(workdir, MODEL_DIR))
+    io_utils.write_text(io_utils.join(workdir, METRICS_FILE), "".join(json.dumps(row) + "\n" for row in model.history))
+  model.save(io_utils.join(workdir, MODEL_DIR))  # its presence marks a finished run
+  io_utils.write_text(io_utils.join(workdir, CONFIG_FILE), config_json)
+  log.info("saved the %s baseline to %s", name, io_utils.join(workdir, MODEL_DIR))
   return model

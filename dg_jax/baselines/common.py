@@ -10,7 +10,6 @@ import dataclasses
 import io
 import json
 import logging
-import os
 import time
 from typing import Callable, ClassVar
 
@@ -21,10 +20,10 @@ import ml_collections
 import numpy as np
 import optax
 
+from dg_jax import io_utils
 from dg_jax.data import encoding
 from dg_jax.data.batching import BatchIterator
 from dg_jax.data.schema import Dataset
-from dg_jax.io_utils import write_files
 from dg_jax.settings import TrainConfig, config_section
 from dg_jax.train import check_finite, format_duration, fit_schema_from_config
 
@@ -95,23 +94,21 @@ class Baseline:
     if self.params is not None:
       files[PARAMS_FILE] = flax.serialization.msgpack_serialize(jax.device_get(self.params))
     files[MODEL_FILE] = json.dumps(meta, indent=1).encode()
-    write_files(folder, files)
+    io_utils.write_files(folder, files)
 
   @classmethod
   def load(cls, folder: str) -> "Baseline":
-    path = os.path.join(folder, MODEL_FILE)
-    if not os.path.exists(path):
+    path = io_utils.join(folder, MODEL_FILE)
+    if not io_utils.exists(path):
       raise FileNotFoundError(f"{folder}: not a saved baseline (no {MODEL_FILE})")
-    with open(path) as fh:
-      meta = json.load(fh)
+    meta = json.loads(io_utils.read_text(path))
     if meta.get("name") != cls.name:
       raise ValueError(f"{folder} holds a {meta.get('name')!r} baseline, not {cls.name!r}")
-    with np.load(os.path.join(folder, ARRAYS_FILE), allow_pickle=False) as z:
+    with np.load(io.BytesIO(io_utils.read_bytes(io_utils.join(folder, ARRAYS_FILE))), allow_pickle=False) as z:
       arrays = {k: z[k] for k in z.files}
     params = None
-    if os.path.exists(os.path.join(folder, PARAMS_FILE)):
-      with open(os.path.join(folder, PARAMS_FILE), "rb") as fh:
-        params = flax.serialization.msgpack_restore(fh.read())
+    if io_utils.exists(io_utils.join(folder, PARAMS_FILE)):
+      params = flax.serialization.msgpack_restore(io_utils.read_bytes(io_utils.join(folder, PARAMS_FILE)))
     schema = encoding.Schema.from_json(json.dumps(meta["schema"]))
     return cls(schema, ml_collections.ConfigDict(meta["config"]), arrays, params)
 

@@ -8,12 +8,13 @@ Loadable with np.load(path, allow_pickle=False).
 """
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
 
+from dg_jax import io_utils
 from dg_jax.data.schema import CATEGORICAL, KINDS, DataError, Dataset, Variable
-from dg_jax.io_utils import atomic_path
 
 REQUIRED = ("features", "lengths", "attributes", "feature_types", "attribute_types")
 
@@ -28,19 +29,19 @@ def save_npz(dataset: Dataset, path: str) -> None:
     for j, v in enumerate(variables):
       if v.is_categorical:
         arrays[f"{role}_labels_{j}"] = np.array(v.categories, dtype=str)
-  with atomic_path(path) as tmp:
-    with open(tmp, "wb") as fh:  # a file object stops numpy from appending ".npz" to the temp name
-      np.savez_compressed(fh, **arrays)
+  buffer = io.BytesIO()
+  np.savez_compressed(buffer, **arrays)
+  io_utils.write_bytes(path, buffer.getvalue())
 
 
 def load_npz(path: str) -> Dataset:
   path = os.fspath(path)
-  if not os.path.exists(path):
+  if not io_utils.exists(path):
     raise DataError(f"{path}: no such file")
   try:
-    with np.load(path, allow_pickle=False) as z:
+    with np.load(io.BytesIO(io_utils.read_bytes(path)), allow_pickle=False) as z:
       arrays = {k: z[k] for k in z.files}
-  except (ValueError, OSError) as e:
+  except (ValueError, OSError, EOFError) as e:
     raise DataError(f"{path}: not a readable npz file without pickles ({e})") from e
   missing = [k for k in REQUIRED if k not in arrays]
   if missing:

@@ -1,0 +1,91 @@
+"""Several JAX processes on this machine (gloo collectives, 2 CPU devices each) form one mesh: the
+way pods are tested here. Each run is compared with one process holding the same number of devices."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from configs import tiny
+from dg_jax.checkpoints import Checkpointer
+from dg_jax.data.npz_format import load_npz
+from dg_jax.sampling import restore_run
+from dg_jax.train import train_and_evaluate
+from tests.conftest import run_cli, run_processes
+
+pytestmark = pytest.mark.slow
+
+TINY = ("--config=configs/tiny.py", "--config.train.num_steps=30")
+
+
+def params_of(workdir):
+  return jax.device_get(restore_run(str(workdir))[1]["params"])
+
+
+def assert_same_run(a, b):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5), params_of(a), params_of(b))
+
+
+def one_process_run(workdir, **overrides):
+  c = tiny.get_config()
+  c.train.num_steps, c.num_devices = 30, 4  # the 2 x 2 devices of the two processes
+  for name, value in overrides.items():
+    section, field = name.split(".")
+    c[section][field] = value
+  train_and_evaluate(c, str(workdir))
+
+
+def metric_steps(workdir):
+  return [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_train_generate_and_sweep_as_one(tmp_path):
+  mp, single = tmp_path / "two", tmp_path / "one"
+  logs = run_processes(*TINY, f"--workdir={mp}")
+  assert "4 device(s) (cpu, cpu) across 2 process(es)" in logs[0] and "step 30/30" in logs[0]
+  assert "step 30/30" not in logs[1]  # one progress log per run
+  assert metric_steps(mp) == [10, 20, 30]  # one row per logged step, not one per process
+  assert len(list((mp / "config_history").iterdir())) == 1
+  one_process_run(single)
+  assert_same_run(mp, single)
+
+  devices = run_processes("--mode=devices")
+  assert all(f"process {i} of 2: 2 local and 4 global device(s), cpu" in log for i, log in enumerate(devices))
+
+  # generation: the same series from 2 processes as from 1 device
+  run_processes("--mode=generate", f"--workdir={mp}", "--num_samples=40", "--seed=3",
+                f"--output={tmp_path / 'mp.npz'}")
+  run_cli("--mode=generate", f"--workdir={mp}", "--num_samples=40", "--seed=3", f"--output={tmp_path / 'one.npz'}")
+  a, b = load_npz(str(tmp_path / "mp.npz")), load_npz(str(tmp_path / "one.npz"))
+  np.testing.assert_array_equal(a.lengths, b.lengths)
+  np.testing.assert_array_equal(a.attributes, b.attributes)
+  np.testing.assert_allclose(a.features, b.features, rtol=1e-5, atol=1e-6)
+
+  # an S sweep of two values in the same two processes
+  sweep = tmp_path / "sweep"
+  run_processes("--mode=sweep", "--config=configs/tiny.py", "--config.train.num_steps=10", f"--workdir={sweep}",
+                "--sample_lens=2,4", "--num_samples=32")
+  result = json.loads((sweep / "sweep.json").read_text())
+  assert sorted(result["runs"]) == ["2", "4"]
+  assert all(Checkpointer(str(sweep / f"sample_len_{s}")).latest_step() == 10 for s in (2, 4))
+
+
+def test_two_processes_share_one_secret_seed(tmp_path):
+  mp, single = tmp_path / "two", tmp_path / "one"
+  run_processes(*TINY, f"--workdir={mp}", "--config.privacy.enabled=True", "--config.privacy.noise_multiplier=1.0")
+  seed = json.loads((mp / "config.json").read_text())["train"]["seed"]
+  assert seed != tiny.get_config().train.seed  # drawn from the OS (on process 0, then shared)
+  # had each process drawn its own seed, the replicas would hold different parameters and batches
+  one_process_run(single, **{"privacy.enabled": True, "privacy.noise_multiplier": 1.0,
+                             "privacy.secret_seed": False, "train.seed": seed})
+  assert_same_run(mp, single)
+
+
+def test_wall_clock_budget_on_one_process_stops_both(tmp_path):
+  w = tmp_path / "w"
+  logs = run_processes("--config=configs/tiny.py", "--config.train.num_steps=100000", f"--workdir={w}",
+                       per_process=[[], ["--config.train.max_minutes=0.003"]], timeout=240)
+  stopped = [line for line in logs[0].splitlines() if "wall-clock budget" in line]
+  assert stopped, logs[0][-2000:]
+  step = Checkpointer(str(w)).latest_step()
+  assert 0 < step < 100000 and f"at step {step}" in stopped[0]
