@@ -4,7 +4,7 @@
   python launch.py --mode=generate --workdir=W --num_samples=N --output=F.npz [--csv_output=F.csv]
   python launch.py --mode=export --workdir=W --bundle=B                    # generator-only bundle to share
   python launch.py --mode=generate --bundle=B --num_samples=N --output=F.npz
-  python launch.py --mode=retrain_attributes --workdir=W --attributes_file=A.npz --bundle=B
+  python launch.py --mode=retrain_attributes --workdir=W_OR_BUNDLE --attributes_file=A.npz --bundle=B
   python launch.py --config=configs/baselines.py:ar --workdir=W                # a baseline (hmm|ar|rnn|naive_gan)
   python launch.py --mode=evaluate --real=R.npz --synthetic=S.npz [--synthetic=S2.npz] --out=DIR
   python launch.py --mode=sweep --config=configs/mba.py --workdir=W --sample_lens=1,2,4,8   # S ablation
@@ -28,7 +28,8 @@ import dg_jax  # noqa: F401  (sets XLA's CPU flags before JAX starts)
 
 MODES = ("train", "generate", "export", "retrain_attributes", "evaluate", "sweep", "devices")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py); needed to train.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, config, metrics.jsonl.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, config, metrics.jsonl (retrain_attributes: "
+                               "a generator bundle folder also works).")
 _MODE = flags.DEFINE_enum("mode", "train", MODES, "What to do.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1000, "generate: number of series; sweep: series generated "
                                     "per S to score (0 = as many as the training data).")

@@ -65,11 +65,27 @@ def retrain_attributes(model: DoppelGANger, g_params, attributes: np.ndarray, nu
   return out
 
 
-def retrain_attributes_cli(workdir: str, attributes_file: str, bundle: str, num_steps: int, seed: int) -> None:
-  from dg_jax.checkpoints import save_bundle
+def retrained_privacy_claim(spent: dict, attributes_file: str) -> dict:
+  """What a private run's (epsilon, delta) still covers once its attribute generator is retrained.
+
+  Retraining reads only the frozen generator (DP output) and the new attribute rows, never the original
+  training data: for that data the bundle is post-processing, so the guarantee stands. The new rows
+  are used without DP, so the bundle gives them no protection; the claim says both."""
+  return dict(spent, covers="the original training series (the attribute generator was retrained without DP "
+                            "on other rows, which cannot weaken the guarantee for them)",
+              not_covered=f"the attribute rows of {attributes_file}, used for metadata-only retraining "
+                          "without differential privacy")
+
+
+def retrain_attributes_cli(source: str, attributes_file: str, bundle: str, num_steps: int, seed: int) -> None:
+  """Retrains the attribute generator of a workdir's latest checkpoint or of a bundle (`source`)."""
+  from dg_jax import sharding
+  from dg_jax.checkpoints import is_bundle, save_bundle
   from dg_jax.sampling import attributes_from_file, load_generator
-  model, params, config = load_generator(workdir)
+  model, params, config = load_generator(*((None, source) if is_bundle(source) else (source,)))
   rows = attributes_from_file(attributes_file, model.schema)
-  new_params = retrain_attributes(model, params, rows, num_steps, seed)
+  new_params = retrain_attributes(model, sharding.to_host(params), rows, num_steps, seed)
+  if "privacy_spent" in config:
+    config.privacy_spent = retrained_privacy_claim(config.privacy_spent.to_dict(), attributes_file)
   save_bundle(bundle, new_params, model.schema, config.to_json(indent=1))
   log.info("wrote the retrained generator to %s", bundle)

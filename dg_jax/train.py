@@ -215,6 +215,8 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
   log.info("data: %d series, T=%d, %d features, %d attributes; S=%d (%d LSTM steps)",
            dataset.num_samples, schema.max_length, len(schema.feature_vars), len(schema.attribute_vars),
            model.sample_len, -(-schema.max_length // model.sample_len))
+  if mc.aux_critic and not model.has_aux_critic:
+    log.info("no metadata (no attributes, no min/max): the auxiliary critic has nothing to see; training without it")
 
   state, key = init_state(model, tc, tc.seed)
   if resume_step is None:

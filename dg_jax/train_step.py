@@ -51,7 +51,7 @@ def critic_fns(model: DoppelGANger, d_params: dict):
   """[(weight, score function on flattened samples)] for the critic and, if on, the auxiliary critic."""
   critic = model.critic
   fns = [(1.0, lambda x: critic.apply(d_params["critic"], x))]
-  if model.cfg.aux_critic:
+  if model.has_aux_critic:
     meta = model.meta_dim
     fns.append((model.cfg.aux_critic_weight, lambda x: critic.apply(d_params["aux_critic"], x[:, x.shape[1] - meta:])))
   return fns

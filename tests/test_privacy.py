@@ -17,8 +17,11 @@ from dg_jax import privacy, sharding, train
 from dg_jax.data import encoding
 from dg_jax.data.batching import BatchIterator
 from dg_jax.data.loaders import load_dataset
+from dg_jax.data.npz_format import save_npz
+from dg_jax.data.schema import Dataset
 from dg_jax.models.doppelganger import DoppelGANger
 from dg_jax.checkpoints import save_bundle
+from dg_jax.retrain import retrain_attributes_cli
 from dg_jax.sampling import load_generator, restore_run
 from dg_jax.settings import PrivacyConfig, model_config, privacy_config, train_config
 from dg_jax.sharding import DATA
@@ -227,6 +230,16 @@ def test_secret_seed_is_drawn_kept_on_resume_and_left_out_of_bundles(tmp_path):
   save_bundle(str(tmp_path / "bundle"), params, model.schema, config.to_json())
   shared = json.load(open(tmp_path / "bundle" / "config.json"))
   assert "seed" not in shared["train"] and shared["privacy_spent"]["epsilon"] == pytest.approx(again["epsilon"])
+
+  # metadata-only retraining from the bundle (what a data user holds): the claim says what it covers
+  demo = load_dataset(tiny.get_config().data)
+  rows = Dataset(np.zeros((20, 1, 2), np.float32), np.ones(20, int), np.tile([[1.0, 1.0]], (20, 1)),
+                 demo.feature_vars, demo.attribute_vars)
+  save_npz(rows, str(tmp_path / "mix.npz"))
+  retrain_attributes_cli(str(tmp_path / "bundle"), str(tmp_path / "mix.npz"), str(tmp_path / "r"), 20, 0)
+  claim = json.load(open(tmp_path / "r" / "config.json"))["privacy_spent"]
+  assert claim["epsilon"] == pytest.approx(again["epsilon"]) and "original training series" in claim["covers"]
+  assert "mix.npz" in claim["not_covered"]
 
 
 def test_resume_keeps_the_spent_budget_and_stops_within_it(tmp_path, monkeypatch):

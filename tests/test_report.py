@@ -69,10 +69,11 @@ def test_several_sets_from_files_nested_bold_and_null(tmp_path):
   written = strict_json(out / "metrics.json")
   assert set(written) == {"copy", "flat"}  # named by file stem
   assert written["copy"] == {**{k: 0.0 for k in metrics.evaluate(real, real)}, "accuracy": 0.5}
-  # constant series have no autocorrelation or correlation: NaN, written as null
-  assert written["flat"]["autocorrelation_mse/traffic_bytes"] is None
-  assert written["flat"]["pearson_w1/traffic_bytes,latency_ms"] is None
-  assert np.isnan(result["flat"]["pearson_w1/traffic_bytes,latency_ms"])
+  # constant series have no autocorrelation or correlation: left out, with the reason in the report
+  undefined = {"autocorrelation_mse/traffic_bytes", "pearson_w1/traffic_bytes,latency_ms"}
+  assert undefined <= set(written["copy"]) and not undefined & (set(written["flat"]) | set(result["flat"]))
+  text = (out / "report.md").read_text()
+  assert "Not computed: autocorrelation_mse/latency_ms (flat): no series" in text
   plots = EXPECTED_PLOTS | {"nearest_neighbours_copy.png", "nearest_neighbours_flat.png"}
   assert {p.name for p in out.glob("*.png")} == plots
   assert_pngs(out, plots)
@@ -84,7 +85,7 @@ def test_several_sets_from_files_nested_bold_and_null(tmp_path):
   assert rows.pop("accuracy (higher is better)") == ["0.5", "**0.9**"]
   for key, (copy, other) in rows.items():  # the exact copy wins (or ties) every distance
     assert copy == "**0**", key
-    value = written["flat"][key]
+    value = written["flat"].get(key)
     if value is None:
       assert other == "n/a", key
     elif value == 0:

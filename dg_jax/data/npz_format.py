@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import zipfile
 
 import numpy as np
 
@@ -41,7 +42,7 @@ def load_npz(path: str) -> Dataset:
   try:
     with np.load(io.BytesIO(io_utils.read_bytes(path)), allow_pickle=False) as z:
       arrays = {k: z[k] for k in z.files}
-  except (ValueError, OSError, EOFError) as e:
+  except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # empty, truncated, not an npz
     raise DataError(f"{path}: not a readable npz file without pickles ({e})") from e
   missing = [k for k in REQUIRED if k not in arrays]
   if missing:

@@ -14,7 +14,8 @@
 
 Features: the continuous ones (categorical features get no feature keys); pairs `<a>,<b>` in schema
 order. W1 is the 1-D Wasserstein-1 distance between empirical distributions, in the variable's units.
-A key whose statistic is undefined on one side (e.g. every series constant) holds NaN.
+A key whose statistic is undefined for the data (one-record series have no autocorrelation, a category
+the synthetic set lacks has no totals) is left out of `evaluate`'s result, and `reasons` says why.
 Memorisation (`memorisation/...`), downstream tasks (`downstream/...`) and membership inference live
 in memorisation.py, downstream.py and membership.py.
 """
@@ -179,10 +180,20 @@ def categorical_attributes(data: Dataset, names: str | Sequence[str] | None) -> 
   return out
 
 
-def evaluate(real: Dataset, synthetic: Dataset, total_by: str | Sequence[str] | None = None) -> dict[str, float]:
+# Why a metric can be undefined for a dataset (it is then left out of `evaluate`'s result).
+UNDEFINED_BECAUSE = {
+    "autocorrelation_mse": "no series (real or synthetic) has 2 or more records that are not all equal",
+    "pearson_w1": "no series (real or synthetic) has 2 or more records where both features vary",
+    "total_w1": "the synthetic set has no series in this category",
+}
+
+
+def evaluate(real: Dataset, synthetic: Dataset, total_by: str | Sequence[str] | None = None,
+             reasons: dict[str, str] | None = None) -> dict[str, float]:
   """The distribution and temporal metrics, flat keys `<metric>/<variable>` (lower is closer; the
   module docstring lists them). total_by: categorical attribute name(s) whose categories split the
-  per-series totals of each continuous feature (`total_w1/<feature>/<attribute>=<label>`)."""
+  per-series totals of each continuous feature (`total_w1/<feature>/<attribute>=<label>`).
+  Metrics undefined for these datasets are left out; `reasons`, if given, receives key -> why."""
   check_same_schema(real, synthetic)
   by = categorical_attributes(real, total_by)
   out = {}
@@ -206,4 +217,8 @@ def evaluate(real: Dataset, synthetic: Dataset, total_by: str | Sequence[str] | 
     for b in continuous[x + 1:]:
       name = f"{real.feature_vars[a].name},{real.feature_vars[b].name}"
       out[f"pearson_w1/{name}"] = wasserstein1(series_pearson(real, a, b), series_pearson(synthetic, a, b))
-  return out
+  defined = {k: v for k, v in out.items() if np.isfinite(v)}
+  if reasons is not None:
+    reasons.update({k: UNDEFINED_BECAUSE.get(k.split("/")[0], "undefined for this data")
+                    for k in out if k not in defined})
+  return defined

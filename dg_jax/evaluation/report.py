@@ -64,14 +64,19 @@ def write_report(real: Dataset, synthetic: dict[str, Dataset] | Dataset, out_dir
   if unknown:
     raise ValueError(f"write_report: extra_metrics names sets {unknown} that are not among {sorted(sets)}")
 
-  scores = {name: {**metrics.evaluate(real, data, total_by), **(extra_metrics or {}).get(name, {})}
-            for name, data in sets.items()}
+  scores, undefined = {}, {}
+  for name, data in sets.items():
+    reasons = {}
+    merged = {**metrics.evaluate(real, data, total_by, reasons), **(extra_metrics or {}).get(name, {})}
+    scores[name] = {k: v for k, v in merged.items() if np.isfinite(v)}  # metrics.json never holds NaN
+    reasons.update({k: "undefined for this data" for k in merged if k not in scores[name] and k not in reasons})
+    undefined.update({f"{k} ({name})" if len(sets) > 1 else k: why for k, why in reasons.items()})
   result = scores[next(iter(sets))] if len(sets) == 1 else scores
   os.makedirs(out_dir, exist_ok=True)
   write_text(os.path.join(out_dir, "metrics.json"), json.dumps(json_safe(result), indent=2, allow_nan=False))
 
   figures = _plot_all(real, sets, train, out_dir, num_examples, seed, total_by)
-  blocks = _blocks(real, sets, train, scores, figures, title, (tuple(higher_is_better), tuple(unranked)))
+  blocks = _blocks(real, sets, train, scores, undefined, figures, title, (tuple(higher_is_better), tuple(unranked)))
   write_text(os.path.join(out_dir, "report.md"), _markdown(blocks))
   write_text(os.path.join(out_dir, "report.html"), _html(blocks, title))
   return result
@@ -149,7 +154,7 @@ def _table(scores: dict[str, dict[str, float]], ranking: tuple[tuple, tuple]) ->
   return ["metric", *names], rows
 
 
-def _blocks(real, sets, train, scores, figures, title, ranking) -> list[tuple]:
+def _blocks(real, sets, train, scores, undefined, figures, title, ranking) -> list[tuple]:
   """The report's content, independent of the output format."""
   sizes = ", ".join(f"{name}: {d.num_samples} series" for name, d in sets.items())
   blocks = [("h1", title),
@@ -158,8 +163,10 @@ def _blocks(real, sets, train, scores, figures, title, ranking) -> list[tuple]:
             ("h2", "Metrics"),
             ("p", "Distances between the real and each synthetic set: lower is better "
                   "(best value per row in bold). Keys are `<metric>/<variable>`; "
-                  "n/a means the metric is undefined for that set."),
+                  "n/a means the metric is undefined for that set (reasons below the table)."),
             ("table", *_table(scores, ranking))]
+  if undefined:
+    blocks.append(("p", "Not computed: " + "; ".join(f"{k}: {why}" for k, why in sorted(undefined.items())) + "."))
   section = None
   for sec, caption, name in figures:
     if sec != section:

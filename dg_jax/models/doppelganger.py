@@ -72,7 +72,8 @@ class FeatureLSTM(nn.Module):
   @nn.compact
   def __call__(self, condition, noise, initial_state):
     h_dim = self.num_units
-    x_cond = nn.Dense(4 * h_dim, name="condition")(condition)
+    # a dataset without metadata has no condition (a Dense over 0 inputs cannot be initialised)
+    x_cond = nn.Dense(4 * h_dim, name="condition")(condition) if condition.shape[-1] else 0.0
     w_noise = self.param("noise", nn.initializers.lecun_normal(), (noise.shape[-1], 4 * h_dim))
     w_hh = self.param("w_hh", nn.initializers.orthogonal(), (h_dim, 4 * h_dim))
 
@@ -98,8 +99,11 @@ class Generator(nn.Module):
 
   def setup(self):
     s, c = self.schema, self.cfg
-    self.attribute_mlp = MLP(c.attribute_num_layers, c.attribute_num_units, s.attribute_dim)
-    self.additional_mlp = MLP(c.additional_num_layers, c.additional_num_units, max(s.additional_dim, 1))
+    # no attributes or no min/max (no continuous feature, or no auto-normalisation): no MLP for them
+    if s.attribute_dim:
+      self.attribute_mlp = MLP(c.attribute_num_layers, c.attribute_num_units, s.attribute_dim)
+    if s.additional_dim:
+      self.additional_mlp = MLP(c.additional_num_layers, c.additional_num_units, s.additional_dim)
     self.lstm = FeatureLSTM(c.feature_num_units, self.unroll)
     self.heads = nn.Dense(self.sample_len * s.feature_dim)  # one head per position in the S-record chunk
 
@@ -107,11 +111,15 @@ class Generator(nn.Module):
     """noise: from `sample_noise`. attributes: given (encoded) attributes for conditional generation.
     length: force this many records (no flag masking); default: the schema's T with flag masking."""
     s = self.schema
+    batch = noise["attribute"].shape[0]
     if attributes is None:
-      attributes = activate(self.attribute_mlp(noise["attribute"]), s.attribute_heads)
+      attributes = (activate(self.attribute_mlp(noise["attribute"]), s.attribute_heads) if s.attribute_dim
+                    else jnp.zeros((batch, 0)))
     discrete = jax.lax.stop_gradient(discretize(attributes, s.attribute_heads))
-    additional = self.additional_mlp(jnp.concatenate([discrete, noise["additional"]], -1))
-    additional = activate(additional[:, :s.additional_dim], s.additional_heads)
+    additional = jnp.zeros((batch, 0))
+    if s.additional_dim:
+      additional = activate(self.additional_mlp(jnp.concatenate([discrete, noise["additional"]], -1)),
+                            s.additional_heads)
     condition = jnp.concatenate([discrete, additional], -1)
     hs = self.lstm(condition, noise["feature"], (noise["initial_h"], noise["initial_c"]))
     r, b, _ = hs.shape
@@ -178,6 +186,11 @@ class DoppelGANger:
   def meta_dim(self) -> int:
     return self.schema.attribute_dim + self.schema.additional_dim
 
+  @property
+  def has_aux_critic(self) -> bool:
+    """The auxiliary critic judges the metadata; without any (no attributes, no min/max) there is none."""
+    return self.cfg.aux_critic and self.meta_dim > 0
+
   def flatten(self, sample: dict) -> jax.Array:
     """[B, T*F + A + 2Kc] critic input; the metadata part is the last `meta_dim` columns."""
     f = sample["features"]
@@ -191,6 +204,6 @@ class DoppelGANger:
     g_params = self.generator.init(kg, noise)
     x = self.flatten(self.generator.apply(g_params, noise))
     params = dict(generator=g_params, critic=self.critic.init(kc, x))
-    if self.cfg.aux_critic:
+    if self.has_aux_critic:
       params["aux_critic"] = self.critic.init(ka, x[:, x.shape[1] - self.meta_dim:])
     return params
