@@ -47,7 +47,8 @@ def get_config():
   c.model.critic_num_layers = 4     # hidden layers of both critics
   c.model.critic_num_units = 200
   c.model.aux_critic = True         # auxiliary critic on the metadata (§4.3)
-  c.model.aux_critic_weight = 1.0   # alpha
+  c.model.aux_critic_weight = 1.0   # alpha: weight of the auxiliary critic in the generator loss (each critic
+                                    # trains on its own unweighted loss, as in the original)
   c.model.pack = 1                  # PacGAN packing degree (1 = off)
 
   c.train = ml_collections.ConfigDict()

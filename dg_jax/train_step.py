@@ -58,10 +58,12 @@ def critic_fns(model: DoppelGANger, d_params: dict):
 
 
 def d_loss_fn(model: DoppelGANger, tc: TrainConfig, d_params, real, fake, t):
+  """The critics' losses, summed unweighted: as in the original, alpha weights only the generator's
+  loss, and each critic (with its own parameters, and Adam being per-parameter) trains on its own loss."""
   total, metrics = 0.0, {}
-  for (weight, fn), name in zip(critic_fns(model, d_params), ("", "aux_")):
+  for (_, fn), name in zip(critic_fns(model, d_params), ("", "aux_")):
     loss, w = losses.critic_loss(fn, real, fake, t, tc.gp_weight, model.cfg.pack)
-    total = total + weight * loss
+    total = total + loss
     metrics[f"{name}w_distance"] = w
   metrics["d_loss"] = total
   return total, metrics

@@ -120,7 +120,9 @@ class Generator(nn.Module):
     if s.additional_dim:
       additional = activate(self.additional_mlp(jnp.concatenate([discrete, noise["additional"]], -1)),
                             s.additional_heads)
-    condition = jnp.concatenate([discrete, additional], -1)
+    # all generated metadata enters the LSTM stop-gradient, as in the original (§4.3's decoupling): the
+    # feature critic's gradient reaches the metadata generators only through the flattened critic input
+    condition = jax.lax.stop_gradient(jnp.concatenate([discrete, additional], -1))
     hs = self.lstm(condition, noise["feature"], (noise["initial_h"], noise["initial_c"]))
     r, b, _ = hs.shape
     records = self.heads(hs).reshape(r, b, self.sample_len, s.feature_dim)

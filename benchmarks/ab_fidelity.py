@@ -1,0 +1,108 @@
+"""A/B fidelity of two versions of the code (e.g. a git worktree of main and this checkout) on MBA and
+the demo data, over several training seeds, each scored with `launch.py --mode=evaluate` against
+held-out data: MBA's test split, and a second demo draw (data seed 1). Every run trains the default
+config for the same number of steps (so other load on the machine changes the time, not the result).
+
+  git worktree add /tmp/dg_before main
+  python benchmarks/ab_fidelity.py --code before=/tmp/dg_before --code after=. --steps 5000 --out /tmp/ab
+
+Prints, per dataset and metric, the value of each seed and the mean per version; writes ab.json and
+ab.md into --out. Runs already finished in --out are reused, so an interrupted comparison resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from common import ROOT, SHARED_DATA
+
+from dg_jax.data.demo import make_demo
+from dg_jax.data.dg_format import MBA_ATTRIBUTE_NAMES, MBA_FEATURE_NAMES, load_dg_folder
+from dg_jax.data.npz_format import save_npz
+
+DATASETS = {  # name -> (config flags, number of series to generate)
+    "mba": (["--config=configs/mba.py", f"--config.data.path={os.path.join(SHARED_DATA, 'mba')}"], 600),
+    "demo": (["--config=configs/default.py"], 1000),
+}
+
+
+def held_out(name: str, out: str) -> str:
+  path = os.path.join(out, f"{name}_held_out.npz")
+  if not os.path.exists(path):
+    data = (load_dg_folder(os.path.join(SHARED_DATA, "mba"), "test", MBA_FEATURE_NAMES, MBA_ATTRIBUTE_NAMES)
+            if name == "mba" else make_demo(seed=1))
+    save_npz(data, path)
+  return path
+
+
+def launch(code: str, *args: str) -> None:
+  env = dict(os.environ, PYTHONPATH=os.path.abspath(code))
+  r = subprocess.run([sys.executable, "launch.py", *args], cwd=os.path.abspath(code), env=env,
+                     capture_output=True, text=True)
+  if r.returncode:
+    raise RuntimeError(f"{code}: launch.py {' '.join(args)} failed:\n{r.stderr[-3000:]}")
+
+
+def run(version: str, code: str, dataset: str, seed: int, steps: int, out: str) -> dict:
+  folder = os.path.join(out, version, f"{dataset}_seed{seed}")
+  metrics_file = os.path.join(folder, "report", "metrics.json")
+  if not os.path.exists(metrics_file):
+    flags, num_samples = DATASETS[dataset]
+    launch(code, *flags, f"--workdir={folder}/run", f"--config.train.num_steps={steps}",
+           f"--config.train.seed={seed}")
+    launch(code, "--mode=generate", f"--workdir={folder}/run", f"--num_samples={num_samples}", "--seed=0",
+           f"--output={folder}/synthetic.npz")
+    launch(ROOT, "--mode=evaluate", f"--real={held_out(dataset, out)}", f"--synthetic={folder}/synthetic.npz",
+           f"--out={folder}/report")  # one scorer for every version
+  with open(metrics_file) as fh:
+    return json.load(fh)
+
+
+def table(results: dict, versions: list[str], seeds: list[int]) -> str:
+  lines = []
+  for dataset, by_version in results.items():
+    keys = sorted(set.intersection(*(set(r) for v in by_version.values() for r in v.values())))
+    head = [f"{v} seed {s}" for v in versions for s in seeds] + [f"{v} mean" for v in versions]
+    lines += [f"\n### {dataset}\n", "| metric | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+    for k in keys:
+      cells = [f"{by_version[v][s][k]:.4g}" for v in versions for s in seeds]
+      means = [np.mean([by_version[v][s][k] for s in seeds]) for v in versions]
+      best = min(means)
+      cells += [f"**{m:.4g}**" if m == best and len(versions) > 1 else f"{m:.4g}" for m in means]
+      lines.append(f"| {k} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--code", action="append", required=True, help="NAME=DIR: a checkout to run (repeat)")
+  p.add_argument("--datasets", default="mba,demo")
+  p.add_argument("--seeds", default="0,1")
+  p.add_argument("--steps", type=int, default=5000)
+  p.add_argument("--out", default="/tmp/dg_ab")
+  args = p.parse_args()
+  codes = dict(c.split("=", 1) for c in args.code)
+  seeds = [int(s) for s in args.seeds.split(",")]
+  os.makedirs(args.out, exist_ok=True)
+  results = {}
+  for dataset in args.datasets.split(","):
+    results[dataset] = {v: {} for v in codes}
+    for seed in seeds:
+      for version, code in codes.items():  # alternate the versions
+        print(f"{dataset} seed {seed}: {version}", flush=True)
+        results[dataset][version][seed] = run(version, code, dataset, seed, args.steps, args.out)
+  text = table(results, list(codes), seeds)
+  print(text)
+  with open(os.path.join(args.out, "ab.json"), "w") as fh:
+    json.dump(results, fh, indent=1)
+  with open(os.path.join(args.out, "ab.md"), "w") as fh:
+    fh.write(text)
+
+
+if __name__ == "__main__":
+  main()
