@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 from conftest import ROOT
 
 
@@ -34,4 +36,15 @@ def test_dp_tradeoff_and_membership(tmp_path, shared_data):
   assert (tmp_path / "dp" / "dp_autocorrelation.png").stat().st_size > 1000 and "| epsilon=1000 |" in out
   run_script("membership.py", "--sizes=20", "--steps=4", f"--out={tmp_path / 'mi'}", *SMALL)
   (row,) = json.loads((tmp_path / "mi" / "membership.json").read_text())["rows"]
-  assert row["size"] == 20 and 0 <= row["success_rate"] <= 1
+  assert row["size"] == 20 and row["epochs"] == 4  # 4 steps of a batch of 20 over 20 series
+  # the reported rate is the attack on the run's own members against the 20 series it never saw
+  sys.path.insert(0, os.path.join(ROOT, "experiments"))
+  from membership import mba_pool
+  from dg_jax.data.npz_format import load_npz
+  from dg_jax.evaluation.membership import membership_inference
+  pool = mba_pool()
+  order = np.random.default_rng(0).permutation(pool.num_samples)
+  members = load_npz(str(tmp_path / "mi" / "size_20" / "members.npz"))
+  np.testing.assert_array_equal(members.features, pool.subset(order[:20]).features)
+  run = str(tmp_path / "mi" / "size_20" / "run")
+  assert row["success_rate"] == membership_inference(run, members, pool.subset(order[-20:]))["membership/success_rate"]

@@ -31,12 +31,26 @@ def test_generator_shapes_ranges_and_padding(schema):
   np.testing.assert_allclose(out["attributes"][:, :3].sum(-1), 1, rtol=1e-5)  # softmax blocks
   assert (out["features"] >= 0).all() and (out["features"] <= 1).all()
   assert model.flatten(out).shape == (32, 10 * 4 + 5 + 4)
-  # masking: every record after the first "end" is all zero (flags too); records up to it are kept
-  f = np.asarray(out["features"])
-  for i in range(32):
-    ends = np.flatnonzero(f[i, :, 3] > f[i, :, 2])
-    if ends.size and ends[0] < 9:
-      assert not f[i, ends[0] + 1:].any() and f[i, ends[0], 2:].sum() > 0.99
+
+
+def test_records_after_the_first_end_are_masked(schema):
+  """Heads forced to say "ends here" at chunk positions 2 and 3 only: every series ends at record 2
+  (the first "end"), whatever the noise; records 0..2 are kept, everything after is zero, flags too."""
+  model = DoppelGANger(schema, SMALL)
+  params = model.init(jax.random.key(0))["generator"]
+  heads = params["params"]["heads"]
+  bias = np.zeros((SMALL.sample_len, schema.feature_dim), np.float32)  # per chunk position, per column
+  bias[:, :2] = 3.0  # feature values well inside (0, 1)
+  bias[:, 2:] = [8.0, -8.0]  # continues
+  bias[2:, 2:] = [-8.0, 8.0]  # ends here at positions 2 and 3 (records 2, 3, 6, 7)
+  heads = dict(kernel=jnp.zeros_like(heads["kernel"]), bias=jnp.asarray(bias.reshape(-1)))
+  params = dict(params, params=dict(params["params"], heads=heads))
+  f = np.asarray(model.generator.apply(params, sample_noise(jax.random.key(1), 16, schema, SMALL))["features"])
+  assert (f[:, :3, :2] > 0.9).all() and (f[:, :2, 2] > 0.99).all() and (f[:, 2, 3] > 0.99).all()
+  assert not f[:, 3:].any()  # records 3..9 masked, although records 6 and 7 say "ends here" again
+  data = encoding.decode(encoding.Encoded(np.zeros((16, schema.attribute_dim), np.float32),
+                                          np.full((16, schema.additional_dim), 0.5, np.float32), f), schema)
+  assert (data.lengths == 3).all()
 
 
 def test_keep_mask_known_answer():
@@ -90,3 +104,18 @@ def test_critic_loss_sign():
   loss, w = losses.critic_loss(lambda x: x.sum(-1), real, fake, jnp.full(4, .5), gp_weight=0.0)
   assert float(w) == 3.0 and float(loss) == -3.0  # the critic lowers its loss by scoring real above fake
   assert float(losses.generator_loss(lambda x: x.sum(-1), fake)) == 0.0
+
+
+def test_metadata_generators_get_no_gradient_through_the_lstm(schema):
+  """§4.3 as in the original: generated attributes and min/max enter the LSTM stop-gradient, so a loss on
+  the features alone (what the feature critic sees of the series) moves only the LSTM and its heads."""
+  model = DoppelGANger(schema, SMALL)
+  params = model.init(jax.random.key(0))["generator"]
+  noise = sample_noise(jax.random.key(1), 8, schema, SMALL)
+  grads = jax.grad(lambda p: jnp.sum(model.generator.apply(p, noise)["features"] ** 2))(params)["params"]
+  for name in ("attribute_mlp", "additional_mlp"):
+    assert all(not np.asarray(g).any() for g in jax.tree.leaves(grads[name])), name
+  assert any(np.asarray(g).any() for g in jax.tree.leaves(grads["lstm"]))
+  # the metadata part of the critic input still trains them
+  meta = jax.grad(lambda p: jnp.sum(model.generator.apply(p, noise)["additional_attributes"] ** 2))(params)["params"]
+  assert any(np.asarray(g).any() for g in jax.tree.leaves(meta["additional_mlp"]))

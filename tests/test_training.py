@@ -156,14 +156,51 @@ def test_batch_must_divide_over_devices(tmp_path):
 def test_options_pack_no_aux_rounds_zero_state(setup):
   base, _, batches = setup
   import dataclasses
+  from dg_jax.models.doppelganger import sample_noise
   cfg = dataclasses.replace(base.cfg, pack=2, aux_critic=False, initial_state="zero")
   model = DoppelGANger(base.schema, cfg)
-  tc = dataclasses.replace(train_config(tiny_config()), d_rounds=2, g_rounds=2)
+  tc = dataclasses.replace(train_config(tiny_config()), d_rounds=2, g_rounds=3)
   state, metrics = run_steps(model, tc, batches, 8)
+  # no auxiliary critic: no parameters, no loss term
   assert "aux_critic" not in state["params"] and "aux_w_distance" not in metrics
-  assert int(state["step"]) == 3 and all(np.isfinite(v).all() for v in metrics.values())
+  # PacGAN: the critic's first layer reads 2 flattened examples per row
+  flat = model.flatten(jax.tree.map(lambda x: x[0], batches)).shape[1]
+  assert state["params"]["critic"]["params"]["MLP_0"]["Dense_0"]["kernel"].shape[0] == 2 * flat
+  # rounds: 3 steps of 2 critic and 3 generator updates each
+  assert int(state["step"]) == 3
+  assert int(state["d_opt"][0].count) == 6 and int(state["g_opt"][0].count) == 9
+  # zero initial LSTM state: no initial-state noise at all
+  noise = sample_noise(jax.random.key(0), 4, model.schema, cfg)
+  assert not np.asarray(noise["initial_h"]).any() and not np.asarray(noise["initial_c"]).any()
+  assert np.asarray(sample_noise(jax.random.key(0), 4, model.schema, base.cfg)["initial_h"]).std() > 0.5
+  assert all(np.isfinite(v).all() for v in metrics.values())
   with pytest.raises(ValueError, match="must be a multiple of model.pack=3"):
     sharding.check_batch_size(16, sharding.make_mesh(8), pack=3)
+
+
+def test_alpha_weights_only_the_generator_loss(setup):
+  """As in the original: each critic trains on its own loss; alpha scales the auxiliary term of the
+  generator's loss."""
+  import dataclasses
+  from dg_jax import losses
+  from dg_jax.train_step import critic_params, d_loss_fn, g_loss_fn
+  base, tc, batches = setup
+  model = DoppelGANger(base.schema, dataclasses.replace(base.cfg, aux_critic_weight=3.0))
+  params = model.init(jax.random.key(0))
+  from dg_jax.models.doppelganger import sample_noise
+  fake = model.flatten(model.generator.apply(params["generator"], sample_noise(jax.random.key(1), 16, model.schema,
+                                                                               model.cfg)))
+  real = model.flatten(jax.tree.map(lambda x: x[0], batches))
+  t = jax.random.uniform(jax.random.key(2), (16,))
+  d_params = critic_params(params)
+  main = lambda x: model.critic.apply(d_params["critic"], x)  # noqa: E731
+  aux = lambda x: model.critic.apply(d_params["aux_critic"], x[:, x.shape[1] - model.meta_dim:])  # noqa: E731
+  d_main, _ = losses.critic_loss(main, real, fake, t, tc.gp_weight)
+  d_aux, _ = losses.critic_loss(aux, real, fake, t, tc.gp_weight)
+  d_total, _ = d_loss_fn(model, tc, d_params, real, fake, t)
+  np.testing.assert_allclose(d_total, d_main + d_aux, rtol=1e-5)
+  want = losses.generator_loss(main, fake) + 3.0 * losses.generator_loss(aux, fake)
+  np.testing.assert_allclose(g_loss_fn(model, d_params, fake), want, rtol=1e-5)
 
 
 @pytest.mark.parametrize("field, value", [("seed", 1), ("learning_rate", 5e-4), ("batch_size", 8)])
