@@ -81,6 +81,9 @@ def test_edge_dataset_end_to_end(case, tmp_path):
   synthetic = generate(model, params, 30, seed=1).validate()
   assert synthetic.features.shape == (30, data.max_length, len(data.feature_vars))
   assert synthetic.attributes.shape == (30, len(data.attribute_vars))
+  assert synthetic.lengths.min() >= data.lengths.min()  # never shorter than what training showed
+  if (data.lengths == data.max_length).all():
+    assert (synthetic.lengths == data.max_length).all()  # fixed-length data: fixed-length samples
   if data.attribute_vars:  # conditional generation keeps the given rows
     rows = data.attributes[:7]
     cond = generate(model, params, 0, seed=1, attributes=rows)

@@ -1,4 +1,6 @@
 """Model shapes and masks, and the WGAN-GP penalty against known answers."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,6 +38,7 @@ def test_generator_shapes_ranges_and_padding(schema):
 def test_records_after_the_first_end_are_masked(schema):
   """Heads forced to say "ends here" at chunk positions 2 and 3 only: every series ends at record 2
   (the first "end"), whatever the noise; records 0..2 are kept, everything after is zero, flags too."""
+  schema = dataclasses.replace(schema, min_length=1)  # series may end anywhere
   model = DoppelGANger(schema, SMALL)
   params = model.init(jax.random.key(0))["generator"]
   heads = params["params"]["heads"]
@@ -119,3 +122,22 @@ def test_metadata_generators_get_no_gradient_through_the_lstm(schema):
   # the metadata part of the critic input still trains them
   meta = jax.grad(lambda p: jnp.sum(model.generator.apply(p, noise)["additional_attributes"] ** 2))(params)["params"]
   assert any(np.asarray(g).any() for g in jax.tree.leaves(meta["additional_mlp"]))
+
+
+@pytest.mark.parametrize("min_length", [4, 10])
+def test_no_series_is_shorter_than_the_shortest_training_series(schema, min_length):
+  """Flags say "continues" before record min_length - 1 whatever the heads say; with min_length == T
+  (fixed-length data) every series has length T."""
+  schema = dataclasses.replace(schema, min_length=min_length)
+  model = DoppelGANger(schema, SMALL)
+  params = model.init(jax.random.key(0))["generator"]
+  heads = params["params"]["heads"]  # heads that say "ends here" at every record
+  bias = np.zeros((SMALL.sample_len, schema.feature_dim), np.float32)
+  bias[:, 2:] = [-8.0, 8.0]
+  heads = dict(kernel=jnp.zeros_like(heads["kernel"]), bias=jnp.asarray(bias.reshape(-1)))
+  params = dict(params, params=dict(params["params"], heads=heads))
+  out = model.generator.apply(params, sample_noise(jax.random.key(1), 8, schema, SMALL))
+  lengths = encoding.flags_to_lengths(np.asarray(out["features"][..., -2:]))
+  assert (lengths == min_length).all()
+  if min_length == schema.max_length:  # the real data's flags exactly
+    np.testing.assert_array_equal(out["features"][..., -2:], encoding.lengths_to_flags(lengths, schema.max_length))

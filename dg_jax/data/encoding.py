@@ -37,6 +37,9 @@ class Schema:
   max_length: int
   normalization: str = ZERO_ONE
   auto_normalize: bool = True
+  # The shortest training series: generated series are never shorter (unless a length is forced).
+  # min_length == max_length (every series has length T, as in MBA) means fixed-length generation.
+  min_length: int = 1
 
   def __post_init__(self):
     if self.normalization not in NORMALIZATIONS:
@@ -125,7 +128,8 @@ def fit_schema(dataset: Dataset, normalization: str = ZERO_ONE, auto_normalize: 
 
   features = tuple(fit(v, dataset.features[:, :, j][valid]) for j, v in enumerate(dataset.feature_vars))
   attributes = tuple(fit(v, dataset.attributes[:, j]) for j, v in enumerate(dataset.attribute_vars))
-  return Schema(attributes, features, dataset.max_length, normalization, auto_normalize)
+  return Schema(attributes, features, dataset.max_length, normalization, auto_normalize,
+                int(dataset.lengths.min()))
 
 
 def _forward(var: Variable, x: np.ndarray) -> np.ndarray:

@@ -45,6 +45,17 @@ def keep_mask(flags: jax.Array) -> jax.Array:
   return (before == 0).astype(flags.dtype)
 
 
+def forced_flags(flags: jax.Array, min_length: int) -> jax.Array:
+  """[B, T, 2] flags with "continues" forced before record min_length - 1: no series ends before the
+  shortest training series. With min_length == T (fixed-length data) the last record also says "ends
+  here", exactly the real data's flags: every generated series has length T."""
+  t = jnp.arange(flags.shape[1])[None, :, None]
+  flags = jnp.where(t < min_length - 1, jnp.array([1.0, 0.0], flags.dtype), flags)
+  if min_length == flags.shape[1]:
+    flags = jnp.where(t == min_length - 1, jnp.array([0.0, 1.0], flags.dtype), flags)
+  return flags
+
+
 class MLP(nn.Module):
   num_layers: int
   num_units: int
@@ -130,6 +141,8 @@ class Generator(nn.Module):
     features = activate(records, s.feature_heads)
     if length is None:
       features = features[:, :s.max_length]
+      if s.min_length > 1:
+        features = jnp.concatenate([features[..., :-2], forced_flags(features[..., -2:], s.min_length)], -1)
       features = features * jax.lax.stop_gradient(keep_mask(features[..., -2:]))[..., None]
     else:
       features = features[:, :length]
