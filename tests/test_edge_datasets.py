@@ -133,3 +133,31 @@ def test_cli_bad_input_ends_with_one_line(tmp_path, real):
                      cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert r.returncode == 2, r.stderr[-2000:]
   assert r.stderr.strip().splitlines()[-1].startswith(f"error: {path}: ") and "Traceback" not in r.stderr
+
+
+def labels(data: Dataset) -> list[np.ndarray]:
+  """Each feature and attribute column in the user's terms: category labels, or values."""
+  valid = np.arange(data.max_length)[None] < data.lengths[:, None]
+  out = []
+  for values, variables in ((data.features[valid], data.feature_vars), (data.attributes, data.attribute_vars)):
+    for j, v in enumerate(variables):
+      col = values[:, j]
+      out.append(np.array(v.categories)[col.astype(int)] if v.is_categorical else np.round(col, 4))
+  return out
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_edge_dataset_csv_round_trips(case, tmp_path):
+  from dg_jax.data import frames
+  data = CASES[case][0]().validate()
+  names = [v.name for v in data.attribute_vars]
+  categorical = [v.name for v in data.feature_vars + data.attribute_vars if v.is_categorical]
+  frames.write_csv_long(data, str(tmp_path / "long.csv"))
+  long = frames.read_csv_long(str(tmp_path / "long.csv"), "id", "step", names, categorical=categorical)
+  frames.write_csv_wide(data, str(tmp_path / "wide.csv"), id_column="id")
+  wide = frames.read_csv_wide(str(tmp_path / "wide.csv"), frames.wide_columns(data), id_column="id",
+                              attribute_columns=names, categorical=categorical)
+  for back in (long, wide):
+    np.testing.assert_array_equal(back.lengths, data.lengths)
+    for a, b in zip(labels(back), labels(data)):
+      np.testing.assert_array_equal(a, b)
