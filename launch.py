@@ -51,6 +51,10 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Several process
                                    "serves JAX's coordinator (the same on every process).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Several processes: how many in all.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Several processes: this one's index, 0..num_processes-1.")
+_COMPILE_CACHE = flags.DEFINE_string(
+    "compile_cache", os.path.join(os.path.expanduser("~"), ".cache", "dg_jax", "xla"),
+    "JAX's persistent compilation cache: later launches of the same program (a resume, generation, each run "
+    "of a sweep) load it instead of compiling again. '' = off; JAX_COMPILATION_CACHE_DIR, when set, wins.")
 _SAMPLE_LENS = flags.DEFINE_string("sample_lens", "1,2,5,10,25,50", "sweep: the S values to train, comma-separated "
                                    "(values above T are an error).")
 
@@ -66,6 +70,18 @@ def _configure_cpu_devices(config) -> None:
   while config.train.batch_size % n:
     n -= 1
   jax.config.update("jax_num_cpu_devices", n)
+
+
+def _use_compile_cache() -> None:
+  """Turns on JAX's persistent compilation cache (before anything compiles). With a size limit JAX
+  evicts old entries and takes a file lock (filelock) around each read and write, so processes that
+  share the folder (several runs, or the processes of a multi-process run) never see half an entry."""
+  if "JAX_COMPILATION_CACHE_DIR" in os.environ or not _COMPILE_CACHE.value:
+    return
+  import jax
+  jax.config.update("jax_compilation_cache_dir", _COMPILE_CACHE.value)
+  jax.config.update("jax_compilation_cache_max_size", 4 << 30)  # bytes; the least recently used go first
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)  # only what is worth keeping
 
 
 def _start_processes() -> None:
@@ -168,6 +184,7 @@ def main(argv):
     raise app.UsageError(f"--mode={mode} needs --workdir" + (" or --bundle" if mode == "generate" else ""))
   if mode in ("train", "sweep") and _CONFIG.value is not None:
     _configure_cpu_devices(_CONFIG.value)
+  _use_compile_cache()
   _start_processes()
   from dg_jax.data.schema import DataError
   from dg_jax.train import Preempted

@@ -1,0 +1,25 @@
+"""launch.py's process-level settings: JAX's persistent compilation cache."""
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def launch(workdir, *args, home):
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}  # conftest's cache
+  env.update(JAX_NUM_CPU_DEVICES="1", PYTHONPATH=ROOT, HOME=str(home))
+  r = subprocess.run([sys.executable, "launch.py", "--config=configs/tiny.py", "--config.train.num_steps=5",
+                      f"--workdir={workdir}", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_compile_cache_is_on_by_default_filled_once_and_reused(tmp_path):
+  cache = tmp_path / "home" / ".cache" / "dg_jax" / "xla"  # the default: a per-user folder
+  launch(tmp_path / "a", home=tmp_path / "home")
+  entries = sorted(p.name for p in cache.iterdir() if p.name.endswith("-cache"))
+  assert any(name.startswith("jit_multi_step") for name in entries), entries
+  launch(tmp_path / "b", home=tmp_path / "home")  # the same program: read, not written again
+  assert sorted(p.name for p in cache.iterdir() if p.name.endswith("-cache")) == entries
+  launch(tmp_path / "c", "--compile_cache=", home=tmp_path / "off")  # off
+  assert not (tmp_path / "off").exists()
