@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 
-from common import ROOT  # noqa: F401  (puts the repository on sys.path)
+import common  # noqa: F401  (puts the repository on sys.path)
 
 
 def make_dataset(n: int, t: int, seed: int = 0):

@@ -57,11 +57,10 @@ def replicate(tree, mesh):
   return place(tree, replicated(mesh))
 
 
-def shard_batches(arrays, mesh, stacked: bool = True):
-  """Place host batches ([k, B, ...] if stacked, else [B, ...]) on the mesh, split over B.
-
-  Every process holds the same global batch (same seed) and hands over the rows its devices hold."""
-  return place(arrays, NamedSharding(mesh, P(None, DATA) if stacked else P(DATA)))
+def shard_batches(arrays, mesh):
+  """Place stacked host batches [k, B, ...] on the mesh, split over B. Every process holds the same
+  global batches (same seed) and hands over the rows its devices hold."""
+  return place(arrays, NamedSharding(mesh, P(None, DATA)))
 
 
 def to_host(tree):
