@@ -66,6 +66,10 @@ def get_config():
   c.train.log_every = 200           # progress line and metrics.jsonl row every this many steps
   c.train.checkpoint_every = 2000   # checkpoint every this many steps (and at the end)
   c.train.keep_checkpoints = 2      # checkpoints kept on disk
+  c.train.tensorboard = True        # also write the logged scalars as TensorBoard events in <workdir>/tensorboard
+                                    # (gs:// workdirs: pip install google-cloud-storage, or set False)
+  c.train.profile_steps = ""        # "first,last": JAX profiler trace of the dispatches running those steps,
+                                    # in <workdir>/profile (TensorBoard's profile tab, xprof); "" = none
 
   c.privacy = ml_collections.ConfigDict()  # DP-SGD on the critics (dg_jax/privacy.py)
   c.privacy.enabled = False         # train with differential privacy (batches then drawn independently per step)

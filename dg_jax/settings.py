@@ -51,11 +51,27 @@ class TrainConfig:
   log_every: int = 100
   checkpoint_every: int = 1000
   keep_checkpoints: int = 2
+  profile_steps: str = ""               # "first,last": JAX profiler trace of those steps ("" = none)
+  tensorboard: bool = True              # TensorBoard scalars in <workdir>/tensorboard
 
   def __post_init__(self):
     for name in ("batch_size", "d_rounds", "g_rounds", "steps_per_dispatch", "log_every", "checkpoint_every"):
       if getattr(self, name) < 1:
         raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+    self.profile_window  # noqa: B018  (fails early on a malformed value)
+
+  @property
+  def profile_window(self) -> tuple[int, int] | None:
+    """(first, last) step of train.profile_steps, or None."""
+    if not self.profile_steps.strip():
+      return None
+    try:
+      first, last = (int(x) for x in self.profile_steps.split(","))
+    except ValueError:
+      raise ValueError(f"train.profile_steps={self.profile_steps!r}: expected 'first,last' step numbers") from None
+    if not 1 <= first <= last:
+      raise ValueError(f"train.profile_steps={self.profile_steps!r}: expected 1 <= first <= last")
+    return first, last
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,6 +12,7 @@ so they leave the loop at the same step and enter the checkpoint save together.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import secrets
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
 CONFIG_HISTORY = "config_history"  # each launch's config, named by time and the step it started from
+TENSORBOARD_DIR = "tensorboard"
+PROFILE_DIR = "profile"
 
 
 def fit_schema_from_config(dataset, config) -> encoding.Schema:
@@ -143,22 +146,65 @@ class StopSignals:
 
 
 class MetricsLog:
-  """metrics.jsonl, written by process 0 alone. On resume the rows past the restored step (logged by a
-  run stopped before it checkpointed them) are dropped, so every logged step appears once. The file is
-  rewritten whole at each row, atomically, so it is never cut mid-line and works on object stores."""
+  """metrics.jsonl and TensorBoard scalars (TENSORBOARD_DIR), written by process 0 alone.
 
-  def __init__(self, path: str, start_step: int, enabled: bool):
-    self.path, self.enabled, self.lines = path, enabled, []
-    if enabled and io_utils.exists(path):
-      lines = [line for line in io_utils.read_text(path).splitlines() if line.strip()]
+  On resume the rows past the restored step (logged by a run stopped before it checkpointed them) are
+  dropped, from both, so every logged step appears once. metrics.jsonl is rewritten whole at each row,
+  atomically, so it is never cut mid-line and works on object stores."""
+
+  def __init__(self, workdir: str, start_step: int, enabled: bool, tensorboard: bool = True):
+    self.path, self.enabled, self.lines, self.writer = io_utils.join(workdir, METRICS_FILE), enabled, [], None
+    if not enabled:
+      return
+    if io_utils.exists(self.path):
+      lines = [line for line in io_utils.read_text(self.path).splitlines() if line.strip()]
       self.lines = [line for line in lines if json.loads(line)["step"] <= start_step]
       if len(self.lines) < len(lines):
-        io_utils.write_text(path, "".join(line + "\n" for line in self.lines))
+        io_utils.write_text(self.path, "".join(line + "\n" for line in self.lines))
+    if not tensorboard:
+      return
+    import tensorboardX  # TensorBoard's event files without TensorFlow
+    self.writer = tensorboardX.SummaryWriter(io_utils.join(workdir, TENSORBOARD_DIR), purge_step=start_step + 1,
+                                             flush_secs=30)
 
   def append(self, row: dict) -> None:
-    if self.enabled:
-      self.lines.append(json.dumps(row))
-      io_utils.write_text(self.path, "".join(line + "\n" for line in self.lines))
+    if not self.enabled:
+      return
+    self.lines.append(json.dumps(row))
+    io_utils.write_text(self.path, "".join(line + "\n" for line in self.lines))
+    for name, value in row.items():
+      if name != "step" and self.writer is not None:
+        self.writer.add_scalar(f"train/{name}", value, row["step"])
+
+  def close(self) -> None:
+    if self.writer is not None:
+      self.writer.close()
+
+
+class Profiler:
+  """A JAX profiler trace (viewable in TensorBoard's profile tab or xprof) of the dispatches that run
+  training steps first..last (train.profile_steps="first,last"), written by process 0 into PROFILE_DIR."""
+
+  def __init__(self, window: tuple[int, int] | None, workdir: str, enabled: bool):
+    self.window = window if enabled else None
+    self.directory, self.active = io_utils.join(workdir, PROFILE_DIR), False
+
+  def before(self, step: int, k: int) -> None:
+    """Called before the dispatch that runs steps step+1..step+k."""
+    if self.window and not self.active and step < self.window[1] and step + k >= self.window[0]:
+      jax.profiler.start_trace(self.directory)
+      self.active = True
+
+  def after(self, step: int) -> None:
+    """Called after the dispatch that ended at `step` (its results fetched)."""
+    if self.window and self.active and step >= self.window[1]:
+      self.stop()
+      log.info("profiler trace of steps %d..%d in %s", *self.window, self.directory)
+
+  def stop(self) -> None:
+    if self.window and self.active:
+      jax.profiler.stop_trace()
+      self.active = False
 
 
 def _write_run_files(workdir: str, config_json: str, schema: encoding.Schema, start_step: int) -> None:
@@ -228,7 +274,8 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
   config_json = config.to_json(indent=1)
   if primary:
     _write_run_files(workdir, config_json, schema, start)
-  metrics_log = MetricsLog(io_utils.join(workdir, METRICS_FILE), start, primary)
+  metrics_log = MetricsLog(workdir, start, primary, tc.tensorboard)
+  profiler = Profiler(tc.profile_window, workdir, primary)
 
   step_fn = jax.jit(make_train_step(model, tc, mesh, pc), donate_argnums=0)
   batches = BatchIterator([encoded.features, encoded.attributes, encoded.additional_attributes],
@@ -237,13 +284,17 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
   step, t_start, window = start, time.time(), (start, time.time())
   deadline = t_start + 60 * tc.max_minutes if tc.max_minutes else None
   last, out_of_time, stopped = {}, False, False
-  with StopSignals() as signals:
+  with StopSignals() as signals, contextlib.ExitStack() as cleanup:
+    cleanup.callback(metrics_log.close)
+    cleanup.callback(profiler.stop)
     while step < end:
       k = tc.steps_per_dispatch if end - step >= tc.steps_per_dispatch else 1
+      profiler.before(step, k)
       state, metrics = step_fn(state, sharding.shard_batches(batch_dict(*batches.next(k)), mesh), key)
       metrics = jax.device_get(metrics)
       check_finite(metrics, step)
       step += k
+      profiler.after(step)
       last = {name: float(v[-1]) for name, v in metrics.items()}
       # every process leaves the loop at the same step, whichever of them ran out of time or got the signal
       out_of_time, stopped = sharding.any_process(

@@ -42,10 +42,10 @@ def test_remote_style_workdir_and_bundle(fake_bucket):
   save_npz(data, "gs://bucket/run/data.npz")
   np.testing.assert_array_equal(load_npz("gs://bucket/run/data.npz").features, data.features)
 
-  log = MetricsLog("gs://bucket/run/metrics.jsonl", 0, enabled=True)
+  log = MetricsLog("gs://bucket/run", 0, enabled=True, tensorboard=False)
   for step in (10, 20, 30):
     log.append(dict(step=step))
-  MetricsLog("gs://bucket/run/metrics.jsonl", 20, enabled=True)  # a resume from step 20
+  MetricsLog("gs://bucket/run", 20, enabled=True, tensorboard=False)  # a resume from step 20
   rows = (fake_bucket / "run" / "metrics.jsonl").read_text().splitlines()
   assert [json.loads(r)["step"] for r in rows] == [10, 20]
 

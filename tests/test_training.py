@@ -240,3 +240,33 @@ def test_checkpoints_round_trip_under_the_rbg_prng(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(state2), jax.device_get(state))
   finally:
     jax.config.update("jax_default_prng_impl", previous)
+
+
+def tensorboard_scalars(folder) -> dict:
+  """tag -> [(step, value)] from TensorBoard event files (TFRecords of Event protos)."""
+  import struct
+  from tensorboardX.proto import event_pb2
+  out = {}
+  for path in sorted(folder.glob("events.out.tfevents.*")):
+    data, i = path.read_bytes(), 0
+    while i < len(data):
+      (n,) = struct.unpack("<Q", data[i:i + 8])
+      event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])  # length, its CRC, the record, its CRC
+      i += 16 + n
+      for v in event.summary.value:
+        out.setdefault(v.tag, []).append((event.step, v.simple_value))
+  return out
+
+
+def test_tensorboard_scalars_and_profiler_trace(tmp_path):
+  train_and_evaluate(tiny_config(num_steps=10, profile_steps="3,7"), str(tmp_path))
+  train_and_evaluate(tiny_config(num_steps=20), str(tmp_path))  # resumed: the same event folder grows
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  scalars = tensorboard_scalars(tmp_path / "tensorboard")
+  for name in ("d_loss", "g_loss", "w_distance", "aux_w_distance", "steps_per_s"):
+    assert [s for s, _ in scalars[f"train/{name}"]] == [10, 20]
+    np.testing.assert_allclose([v for _, v in scalars[f"train/{name}"]], [r[name] for r in rows], rtol=1e-6)
+  traces = list((tmp_path / "profile").glob("plugins/profile/*/*.xplane.pb"))
+  assert len(traces) == 1 and traces[0].stat().st_size > 1000
+  with pytest.raises(ValueError, match="profile_steps='7,3'"):
+    train_and_evaluate(tiny_config(num_steps=30, profile_steps="7,3"), str(tmp_path))
