@@ -1,7 +1,7 @@
 """Datasets beyond the paper's three, end to end on a tiny model: no metadata (with and without
 auto-normalisation), categorical-only and mixed features, one-record series (T=1) and T not a
 multiple of S. Each trains, resumes, generates (also conditionally where there are attributes),
-exports a bundle, trains with DP and is evaluated."""
+exports a bundle and is evaluated; the cases whose critics differ also train with DP."""
 import json
 
 import numpy as np
@@ -55,12 +55,15 @@ CASES = {
     "one_record_series": (lambda: sines(t=1, attributes=True), {"model.sample_len": 1}),
     "t_not_a_multiple_of_s": (lambda: sines(t=10, attributes=True), {"model.sample_len": 4}),
 }
+# DP-SGD where the critics differ: no auxiliary critic, categorical features only, one record
+DP_CASES = ("no_metadata_no_auto_normalize", "categorical_only", "one_record_series")
 
 
 def config_for(path, overrides, **train):
   c = tiny.get_config()
   c.data.format, c.data.path = "npz", str(path)
   c.train.update(dict(num_steps=10, checkpoint_every=10, log_every=10), **train)
+  c.num_devices = 1  # compiles faster than the tests' 8 virtual devices (1 vs 8 is tested elsewhere)
   for name, value in overrides.items():
     section, field = name.split(".")
     c[section][field] = value
@@ -96,9 +99,10 @@ def test_edge_dataset_end_to_end(case, tmp_path):
   again = generate(DoppelGANger(schema, model_config(config)), bundle_params, 30, seed=1)
   np.testing.assert_array_equal(again.features, synthetic.features)
 
-  dp = config_for(tmp_path / "data.npz", overrides)
-  dp.privacy.enabled, dp.privacy.noise_multiplier = True, 1.0
-  assert np.isfinite(train_and_evaluate(dp, str(tmp_path / "dp"))["epsilon"])
+  if case in DP_CASES:
+    dp = config_for(tmp_path / "data.npz", overrides)
+    dp.privacy.enabled, dp.privacy.noise_multiplier = True, 1.0
+    assert np.isfinite(train_and_evaluate(dp, str(tmp_path / "dp"))["epsilon"])
 
   scores = write_report(data, synthetic, str(tmp_path / "report"))
   written = json.loads((tmp_path / "report" / "metrics.json").read_text())

@@ -21,5 +21,3 @@ def test_compile_cache_is_on_by_default_filled_once_and_reused(tmp_path):
   assert any(name.startswith("jit_multi_step") for name in entries), entries
   launch(tmp_path / "b", home=tmp_path / "home")  # the same program: read, not written again
   assert sorted(p.name for p in cache.iterdir() if p.name.endswith("-cache")) == entries
-  launch(tmp_path / "c", "--compile_cache=", home=tmp_path / "off")  # off
-  assert not (tmp_path / "off").exists()

@@ -17,7 +17,7 @@ from tests.conftest import run_cli, start_cli
 
 pytestmark = pytest.mark.slow
 
-STEPS = 3000  # about 6 s of tiny training: the signal lands mid-run
+STEPS = 2000  # about 4 s of tiny training on 2 CPU cores: the signal lands mid-run
 LOG_EVERY = 50
 OVERRIDES = dict(num_steps=STEPS, log_every=LOG_EVERY)
 
