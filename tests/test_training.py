@@ -20,9 +20,10 @@ from dg_jax.train import batch_dict, fit_schema_from_config, train_and_evaluate
 from dg_jax.train_step import init_state, make_train_step
 
 
-def tiny_config(**train):
+def tiny_config(num_devices: int = 0, **train):
   c = tiny.get_config()
   c.train.update(train)
+  c.num_devices = num_devices  # 0 = all 8 test devices
   return c
 
 
@@ -259,8 +260,8 @@ def tensorboard_scalars(folder) -> dict:
 
 
 def test_tensorboard_scalars_and_profiler_trace(tmp_path):
-  train_and_evaluate(tiny_config(num_steps=10, profile_steps="3,7"), str(tmp_path))
-  train_and_evaluate(tiny_config(num_steps=20), str(tmp_path))  # resumed: the same event folder grows
+  train_and_evaluate(tiny_config(num_devices=1, num_steps=10, profile_steps="3,7"), str(tmp_path))
+  train_and_evaluate(tiny_config(num_devices=1, num_steps=20), str(tmp_path))  # resumed: the same events grow
   rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   scalars = tensorboard_scalars(tmp_path / "tensorboard")
   for name in ("d_loss", "g_loss", "w_distance", "aux_w_distance", "steps_per_s"):
