@@ -3,11 +3,14 @@
   python launch.py --config=configs/default.py --workdir=W                 # train (resumes W by default)
   python launch.py --mode=generate --workdir=W --num_samples=N --output=F.npz [--csv_output=F.csv]
   python launch.py --mode=export --workdir=W --bundle=B                    # generator-only bundle to share
+      (generate and export take --seed_index=k --checkpoint=latest|best|STEP; default: the best-scored
+       replica's best generator when the run was scored, else replica 0's latest)
   python launch.py --mode=generate --bundle=B --num_samples=N --output=F.npz
   python launch.py --mode=retrain_attributes --workdir=W_OR_BUNDLE --attributes_file=A.npz --bundle=B
   python launch.py --config=configs/baselines.py:ar --workdir=W                # a baseline (hmm|ar|rnn|naive_gan)
   python launch.py --mode=evaluate --real=R.npz --synthetic=S.npz [--synthetic=S2.npz] --out=DIR
-  python launch.py --mode=sweep --config=configs/mba.py --workdir=W --sample_lens=1,2,4,8   # S ablation
+  python launch.py --mode=sweep --config=configs/mba.py --workdir=W --sample_lens=1,5,10,25,50 \
+      --config.train.num_seeds=4 --real_test=TEST.npz                      # S ablation, mean ± std over 4 seeds
   python launch.py --mode=devices                                          # what JAX sees (add the flags below)
 Any config field can be overridden: --config.train.num_steps=1000 --config.data.path=F.npz ...
 
@@ -41,6 +44,11 @@ _ATTRIBUTES_FILE = flags.DEFINE_string(
     "attributes_file", None, "generate: condition on these attribute rows (npz); retrain_attributes: the new mix.")
 _ATTRIBUTE = flags.DEFINE_multi_string("attribute", [], "generate: condition on name=label (repeat per attribute).")
 _BUNDLE = flags.DEFINE_string("bundle", None, "Generator bundle folder (export: written; generate: read).")
+_SEED_INDEX = flags.DEFINE_integer("seed_index", None, "generate, export: the replica k (seed train.seed + k) of a "
+                                   "train.num_seeds run; default the best-scored one when scored, else 0.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "auto", "generate, export: latest | best (the replica's best-scored "
+                                  "generator, train.eval_every) | a kept step number; auto = best when scored, "
+                                  "else latest.")
 _RETRAIN_STEPS = flags.DEFINE_integer("retrain_steps", 2000, "retrain_attributes: training steps.")
 _REAL = flags.DEFINE_string("real", None, "evaluate: the real data (npz).")
 _SYNTHETIC = flags.DEFINE_multi_string("synthetic", [], "evaluate: synthetic data (npz); repeat to compare sets.")
@@ -55,6 +63,9 @@ _COMPILE_CACHE = flags.DEFINE_string(
     "compile_cache", os.path.join(os.path.expanduser("~"), ".cache", "dg_jax", "xla"),
     "JAX's persistent compilation cache: later launches of the same program (a resume, generation, each run "
     "of a sweep) load it instead of compiling again. '' = off; JAX_COMPILATION_CACHE_DIR, when set, wins.")
+_REAL_TEST = flags.DEFINE_string("real_test", None, "sweep: held-out real data to score every seed against: an npz "
+                                 "file, or split:NAME for the training folder's data_NAME.npz (default: the training "
+                                 "data, which cannot show overfitting).")
 _SAMPLE_LENS = flags.DEFINE_string("sample_lens", "1,2,5,10,25,50", "sweep: the S values to train, comma-separated "
                                    "(values above T are an error).")
 
@@ -119,6 +130,14 @@ def _train():
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
+def _load_generator(workdir, bundle):
+  from dg_jax import sampling
+  try:
+    return sampling.load_generator(workdir, bundle, _SEED_INDEX.value, _CHECKPOINT.value)
+  except ValueError as e:  # a replica or checkpoint the run does not have
+    raise app.UsageError(str(e)) from None
+
+
 def _generate():
   from dg_jax import sampling, sharding
   if not _OUTPUT.value:
@@ -129,7 +148,7 @@ def _generate():
       raise app.UsageError("baselines generate unconditionally: drop --attributes_file/--attribute/--length")
     data = load_baseline(_WORKDIR.value).generate(_NUM_SAMPLES.value, _SEED.value)
   else:
-    model, params, _ = sampling.load_generator(None if _BUNDLE.value else _WORKDIR.value, _BUNDLE.value)
+    model, params, _ = _load_generator(None if _BUNDLE.value else _WORKDIR.value, _BUNDLE.value)
     attributes = None
     if _ATTRIBUTES_FILE.value:
       attributes = sampling.attributes_from_file(_ATTRIBUTES_FILE.value, model.schema)
@@ -145,8 +164,8 @@ def _export():
   from dg_jax.checkpoints import save_bundle
   if not _BUNDLE.value:
     raise app.UsageError("--mode=export needs --bundle=FOLDER")
-  model, params, config = sampling.load_generator(_WORKDIR.value)
-  if sharding.is_primary():
+  model, params, config = _load_generator(_WORKDIR.value, None)
+  if sharding.is_primary():  # the bundle's config says which replica and checkpoint (generated_from)
     save_bundle(_BUNDLE.value, sharding.to_host(params), model.schema, config.to_json(indent=1))
   std_logging.getLogger("dg_jax").info("exported the generator to %s", _BUNDLE.value)
 
@@ -170,7 +189,8 @@ def _sweep():
   from dg_jax.sweep import parse_sample_lens, run_sweep
   if _CONFIG.value is None or not _WORKDIR.value:
     raise app.UsageError("--mode=sweep needs --config and --workdir")
-  run_sweep(_CONFIG.value, _WORKDIR.value, parse_sample_lens(_SAMPLE_LENS.value), _NUM_SAMPLES.value, _SEED.value)
+  run_sweep(_CONFIG.value, _WORKDIR.value, parse_sample_lens(_SAMPLE_LENS.value), _NUM_SAMPLES.value, _SEED.value,
+            _REAL_TEST.value)
 
 
 def main(argv):

@@ -1,10 +1,15 @@
-"""A/B fidelity of two versions of the code (e.g. a git worktree of main and this checkout) on MBA and
-the demo data, over several training seeds, each scored with `launch.py --mode=evaluate` against
-held-out data: MBA's test split, and a second demo draw (data seed 1). Every run trains the default
-config for the same number of steps (so other load on the machine changes the time, not the result).
+"""A/B fidelity of two versions of the code (e.g. a git worktree of main and this checkout), or of two
+settings of one checkout, on MBA and the demo data, over several training seeds, each scored with
+`launch.py --mode=evaluate` against held-out data: MBA's test split, and a second demo draw (data seed 1).
+Every run trains the default config for the same number of steps (so other load on the machine changes
+the time, not the result), or with --minutes for the same wall-clock time (then run nothing else).
+Each run generates with launch.py's defaults (a scored run: its best replica's best generator).
 
   git worktree add /tmp/dg_before main
   python benchmarks/ab_fidelity.py --code before=/tmp/dg_before --code after=. --steps 5000 --out /tmp/ab
+  # equal wall time: one seed vs four seeds trained together, scored, the best one chosen
+  python benchmarks/ab_fidelity.py --code one=. --code k4=. --minutes 5 --seeds 0,4 --out /tmp/k4 \
+      --flags k4="--config.train.num_seeds=4 --config.train.eval_every=500"
 
 Prints, per dataset and metric, the value of each seed and the mean per version; writes ab.json and
 ab.md into --out. Runs already finished in --out are reused, so an interrupted comparison resumes.
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -48,13 +54,12 @@ def launch(code: str, *args: str) -> None:
     raise RuntimeError(f"{code}: launch.py {' '.join(args)} failed:\n{r.stderr[-3000:]}")
 
 
-def run(version: str, code: str, dataset: str, seed: int, steps: int, out: str) -> dict:
+def run(version: str, code: str, dataset: str, seed: int, budget: list[str], extra: list[str], out: str) -> dict:
   folder = os.path.join(out, version, f"{dataset}_seed{seed}")
   metrics_file = os.path.join(folder, "report", "metrics.json")
   if not os.path.exists(metrics_file):
     flags, num_samples = DATASETS[dataset]
-    launch(code, *flags, f"--workdir={folder}/run", f"--config.train.num_steps={steps}",
-           f"--config.train.seed={seed}")
+    launch(code, *flags, f"--workdir={folder}/run", *budget, f"--config.train.seed={seed}", *extra)
     launch(code, "--mode=generate", f"--workdir={folder}/run", f"--num_samples={num_samples}", "--seed=0",
            f"--output={folder}/synthetic.npz")
     launch(ROOT, "--mode=evaluate", f"--real={held_out(dataset, out)}", f"--synthetic={folder}/synthetic.npz",
@@ -84,9 +89,14 @@ def main():
   p.add_argument("--datasets", default="mba,demo")
   p.add_argument("--seeds", default="0,1")
   p.add_argument("--steps", type=int, default=5000)
+  p.add_argument("--minutes", type=float, default=0, help="train each run this long instead of --steps")
+  p.add_argument("--flags", action="append", default=[], help='NAME="FLAGS": extra launch.py flags of a version')
   p.add_argument("--out", default="/tmp/dg_ab")
   args = p.parse_args()
   codes = dict(c.split("=", 1) for c in args.code)
+  extra = {name: shlex.split(f) for name, f in (x.split("=", 1) for x in args.flags)}
+  budget = ([f"--config.train.max_minutes={args.minutes}", "--config.train.num_steps=100000000"] if args.minutes
+            else [f"--config.train.num_steps={args.steps}"])
   seeds = [int(s) for s in args.seeds.split(",")]
   os.makedirs(args.out, exist_ok=True)
   results = {}
@@ -95,7 +105,7 @@ def main():
     for seed in seeds:
       for version, code in codes.items():  # alternate the versions
         print(f"{dataset} seed {seed}: {version}", flush=True)
-        results[dataset][version][seed] = run(version, code, dataset, seed, args.steps, args.out)
+        results[dataset][version][seed] = run(version, code, dataset, seed, budget, extra.get(version, []), args.out)
   text = table(results, list(codes), seeds)
   print(text)
   with open(os.path.join(args.out, "ab.json"), "w") as fh:

@@ -18,3 +18,32 @@ def launch(*args: str, timeout: float | None = None) -> str:
   if result.returncode:
     raise RuntimeError(f"launch.py {' '.join(args)} failed:\n{result.stderr[-4000:]}")
   return result.stderr
+
+
+class Trainer:
+  """K replicas of a model training on encoded data, one dispatch (train.steps_per_dispatch steps) at a
+  time, as dg_jax/train.py runs them (metrics fetched after every dispatch)."""
+
+  def __init__(self, model, tc, encoded, num_seeds: int = 1, mesh=None):
+    import jax
+    import numpy as np
+    from dg_jax import sharding
+    from dg_jax.data.batching import BatchIterator
+    from dg_jax.train import batch_dict
+    from dg_jax.train_step import init_replicas, make_train_step
+    self.mesh = mesh or sharding.make_mesh(None, num_seeds)
+    self.state, self.keys = sharding.place(init_replicas(model, tc, 0, num_seeds), sharding.by_replica(self.mesh))
+    self.step = jax.jit(make_train_step(model, tc, self.mesh), donate_argnums=0)
+    arrays = [encoded.features, encoded.attributes, encoded.additional_attributes]
+    self.batches = [BatchIterator(arrays, tc.batch_size, r) for r in range(num_seeds)]
+    self.k = tc.steps_per_dispatch
+    self._stack = lambda k: batch_dict(*[np.stack(p, 1) for p in zip(*(b.next(k) for b in self.batches))])
+
+  def next_batches(self, k: int):
+    from dg_jax import sharding
+    return sharding.shard_batches(self._stack(k), self.mesh)
+
+  def dispatch(self) -> None:
+    import jax
+    self.state, metrics = self.step(self.state, self.next_batches(self.k), self.keys)
+    jax.device_get(metrics)

@@ -42,14 +42,11 @@ def make_dataset(n: int, t: int, seed: int = 0):
 def worker(case: str, path: str, steps: int) -> dict:
   import jax
   jax.config.update("jax_num_cpu_devices", os.cpu_count())  # as launch.py does on CPU
-  from dg_jax import sharding
   from dg_jax.data import encoding
-  from dg_jax.data.batching import BatchIterator
   from dg_jax.data.npz_format import load_npz
   from dg_jax.models.doppelganger import DoppelGANger
   from dg_jax.settings import ModelConfig, TrainConfig
-  from dg_jax.train import batch_dict
-  from dg_jax.train_step import init_state, make_train_step
+  from common import Trainer
 
   out = {}
   start = time.perf_counter()
@@ -61,16 +58,9 @@ def worker(case: str, path: str, steps: int) -> dict:
   out["encode_s"] = time.perf_counter() - start
   del data
   model, tc = DoppelGANger(schema, ModelConfig()), TrainConfig()
-  mesh = sharding.make_mesh()
-  state, key = sharding.replicate(init_state(model, tc, 0), mesh)
-  step = jax.jit(make_train_step(model, tc, mesh), donate_argnums=0)
-  batches = BatchIterator([enc.features, enc.attributes, enc.additional_attributes], tc.batch_size, 0)
+  trainer = Trainer(model, tc, enc)
   k = tc.steps_per_dispatch
-
-  def dispatch():
-    nonlocal state
-    state, metrics = step(state, sharding.shard_batches(batch_dict(*batches.next(k)), mesh), key)
-    jax.device_get(metrics)
+  dispatch = trainer.dispatch
   start = time.perf_counter()
   dispatch()
   out["first_dispatch_s"] = time.perf_counter() - start

@@ -22,9 +22,10 @@ import tempfile
 from common import SHARED_DATA  # noqa: E402  (puts the repository on sys.path)
 
 
-def make_inputs(directory: str) -> dict:
+def make_wwt(path: str) -> None:
+  """The WWT-shaped set: 1000 series x 550 daily steps of page views (weekly and yearly cycles), 3
+  categorical attributes of 9/3/2 categories."""
   import numpy as np
-  from dg_jax.data.dg_format import load_dg_folder
   from dg_jax.data.npz_format import save_npz
   from dg_jax.data.schema import Dataset, categorical, continuous
   rng = np.random.default_rng(0)
@@ -34,10 +35,16 @@ def make_inputs(directory: str) -> dict:
   views = level * (1 + 0.3 * np.sin(2 * np.pi * day / 7) + 0.3 * np.sin(2 * np.pi * day / 365)) \
       * rng.lognormal(0, 0.3, (n, t))
   attrs = np.stack([rng.integers(0, 9, n), rng.integers(0, 3, n), rng.integers(0, 2, n)], 1).astype(float)
-  wwt = Dataset(views[..., None].astype(np.float32), np.full(n, t), attrs, (continuous("views"),),
-                (categorical("domain", range(9)), categorical("access", range(3)), categorical("agent", range(2))))
+  save_npz(Dataset(views[..., None].astype(np.float32), np.full(n, t), attrs, (continuous("views"),),
+                   (categorical("domain", range(9)), categorical("access", range(3)), categorical("agent", range(2)))),
+           path)
+
+
+def make_inputs(directory: str) -> dict:
+  from dg_jax.data.dg_format import load_dg_folder
+  from dg_jax.data.npz_format import save_npz
   paths = dict(wwt=(os.path.join(directory, "wwt.npz"), 10), mba=(os.path.join(directory, "mba.npz"), 1))
-  save_npz(wwt, paths["wwt"][0])
+  make_wwt(paths["wwt"][0])
   save_npz(load_dg_folder(os.path.join(SHARED_DATA, "mba")), paths["mba"][0])
   return paths
 
@@ -57,40 +64,34 @@ def dg_jax_worker(path: str, sample_len: int, steps: int, num_generate: int) -> 
   import time
   import jax
   jax.config.update("jax_num_cpu_devices", os.cpu_count())
-  from dg_jax import sharding
   from dg_jax.data import encoding
-  from dg_jax.data.batching import BatchIterator
   from dg_jax.data.npz_format import load_npz
   from dg_jax.models.doppelganger import DoppelGANger
   from dg_jax.sampling import generate, generate_encoded
   from dg_jax.settings import ModelConfig, TrainConfig
-  from dg_jax.train import batch_dict
-  from dg_jax.train_step import init_state, make_train_step
+  from common import Trainer
+  from dg_jax.train_step import replica
 
   data = load_npz(path)
   schema = encoding.fit_schema(data)
   enc = encoding.encode(data, schema)
   model, tc = DoppelGANger(schema, ModelConfig(sample_len=sample_len)), TrainConfig()
-  mesh = sharding.make_mesh()
-  state, key = sharding.replicate(init_state(model, tc, 0), mesh)
-  step = jax.jit(make_train_step(model, tc, mesh), donate_argnums=0)
-  batches = BatchIterator([enc.features, enc.attributes, enc.additional_attributes], tc.batch_size, 0)
+  trainer = Trainer(model, tc, enc)
   k = tc.steps_per_dispatch
 
   def run(num):
-    nonlocal state
     for _ in range(num // k):
-      state, metrics = step(state, sharding.shard_batches(batch_dict(*batches.next(k)), mesh), key)
-      jax.device_get(metrics)  # the training loop fetches metrics every dispatch too
+      trainer.dispatch()
   start = time.perf_counter()
   run(k)
   compile_s = time.perf_counter() - start
   start = time.perf_counter()
   run(steps)
   train_rate = steps // k * k / (time.perf_counter() - start)
-  compiles = step._cache_size()  # 1: the step never recompiled after its first call
+  compiles = trainer.step._cache_size()  # 1: the step never recompiled after its first call
+  state = replica(jax.device_get(trainer.state), 0)
   params = state["params"]["generator"]
-  flops = arithmetic(model, tc, state, batches, key)
+  flops = arithmetic(model, tc, trainer)
   generate_encoded(model, params, 1000, chunk_size=1000)  # compile
   start = time.perf_counter()
   generate_encoded(model, params, num_generate, chunk_size=1000)
@@ -103,7 +104,7 @@ def dg_jax_worker(path: str, sample_len: int, steps: int, num_generate: int) -> 
                         devices=jax.device_count(), **flops)))
 
 
-def arithmetic(model, tc, state, batches, key) -> dict:
+def arithmetic(model, tc, trainer) -> dict:
   """XLA's FLOP count of one training step (global batch) and of one generated series, and this
   machine's float32 matmul rate: what a speed target asks of the hardware.
 
@@ -116,17 +117,16 @@ def arithmetic(model, tc, state, batches, key) -> dict:
   import numpy as np
   from dg_jax import sharding
   from dg_jax.models.doppelganger import DoppelGANger, num_rollout_steps, sample_noise
-  from dg_jax.train import batch_dict
-  from dg_jax.train_step import make_train_step
+  from dg_jax.train_step import make_train_step, replica
   unrolled = DoppelGANger(model.schema, model.cfg, unroll=num_rollout_steps(model.schema.max_length, model.sample_len))
   mesh = sharding.make_mesh(1)
   step = jax.jit(make_train_step(unrolled, tc, mesh))
-  one_batch = sharding.shard_batches(batch_dict(*batches.next(1)), mesh)
-  single, key = jax.device_put((state, key), sharding.replicated(mesh))
-  train_flops = step.lower(single, one_batch, key).cost_analysis()["flops"]
+  one_batch = sharding.shard_batches(trainer._stack(1), mesh)
+  single, keys = jax.device_put((trainer.state, trainer.keys), sharding.replicated(mesh))
+  train_flops = step.lower(single, one_batch, keys).cost_analysis()["flops"]
   n = 100
-  noise = sample_noise(key, n, model.schema, model.cfg)
-  gen = jax.jit(unrolled.generator.apply).lower(single["params"]["generator"], noise)
+  noise = sample_noise(keys[0], n, model.schema, model.cfg)
+  gen = jax.jit(unrolled.generator.apply).lower(replica(single, 0)["params"]["generator"], noise)
   a = jnp.ones((2048, 2048), jnp.float32)
   matmul = jax.jit(lambda x: x @ x)
   matmul(a).block_until_ready()

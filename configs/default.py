@@ -52,7 +52,8 @@ def get_config():
   c.model.pack = 1                  # PacGAN packing degree (1 = off)
 
   c.train = ml_collections.ConfigDict()
-  c.train.batch_size = 100          # global batch, a multiple of the device count
+  c.train.batch_size = 100          # each replica's batch, a multiple of the devices that split it
+  c.train.num_seeds = 1             # K replicas (seeds seed..seed+K-1) trained as one vectorised program
   c.train.num_steps = 100_000       # training steps (one step = d_rounds critic + g_rounds generator updates)
   c.train.max_minutes = 0.0         # wall-clock budget in minutes; checkpoints and stops when spent (0 = none)
   c.train.seed = 0                  # seeds parameters, noise and batch order
@@ -68,6 +69,11 @@ def get_config():
   c.train.keep_checkpoints = 2      # checkpoints kept on disk
   c.train.tensorboard = True        # also write the logged scalars as TensorBoard events in <workdir>/tensorboard
                                     # (gs:// workdirs: pip install google-cloud-storage, or set False)
+  c.train.eval_every = 0            # score every replica's generator on device every this many steps and keep
+                                    # each replica's best-scored generator (dg_jax/scoring.py); 0 = off
+  c.train.eval_samples = 200        # series generated per replica at each scoring
+  c.train.eval_holdout = 0.1        # with scoring on: fraction of the series held out of training and scored
+                                    # against (none when under 20 series); 0 = score against the training data
   c.train.profile_steps = ""        # "first,last": JAX profiler trace of the dispatches running those steps,
                                     # in <workdir>/profile (TensorBoard's profile tab, xprof); "" = none
 

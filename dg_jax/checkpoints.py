@@ -42,22 +42,29 @@ class Checkpointer:
         config=ocp.args.JsonSave(json.loads(config_json)),
         schema=ocp.args.JsonSave(json.loads(schema.to_json())), **extra))
 
-  def restore(self, abstract_state: dict, step: int | None = None, sharding: jax.sharding.Sharding | None = None):
+  def restore(self, abstract: tuple[dict, jax.ShapeDtypeStruct], step: int | None = None,
+              sharding: jax.sharding.Sharding | None = None):
     """-> (state, key, config dict, schema) of `step` (default: the latest), placed with `sharding`
     (default: the first local device), whatever device layout the checkpoint was saved from.
+    `abstract`: the shapes of (state, key), e.g. jax.eval_shape of init_replicas.
     The key comes back under the current jax_default_prng_impl, which must be the one it was saved with."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract_state, abstract_key = abstract
     template = jax.random.key(0)  # the current PRNG implementation: its key data's shape and its name
-    abstract = dict(abstract_state, rng=jax.eval_shape(jax.random.key_data, template))
+    key_data = jax.ShapeDtypeStruct(abstract_key.shape + jax.random.key_data(template).shape, jax.numpy.uint32)
+    abstract = dict(abstract_state, rng=key_data)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract)
     out = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), config=ocp.args.JsonRestore(), schema=ocp.args.JsonRestore()))
     state = dict(out["state"])
     key = jax.random.wrap_key_data(state.pop("rng"), impl=jax.random.key_impl(template))
     return state, key, out["config"], Schema.from_json(json.dumps(out["schema"]))
+
+  def steps(self) -> list[int]:
+    return list(self.manager.all_steps())
 
   def read_metadata(self, step: int | None = None) -> tuple[dict, Schema]:
     """The config (as a dict) and schema of a checkpoint, without loading any arrays."""

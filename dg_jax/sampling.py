@@ -17,37 +17,92 @@ from dg_jax.data.schema import DataError, Dataset
 from dg_jax.models.doppelganger import DoppelGANger, sample_noise
 from dg_jax.settings import model_config, train_config
 from dg_jax.sharding import DATA
-from dg_jax.train_step import NOISE_SPECS, init_state
+from dg_jax.train_step import NOISE_SPECS, init_replicas
 
 log = logging.getLogger(__name__)
 
 
-def restore_run(workdir: str):
-  """-> (model, training state, config) of a workdir's latest checkpoint."""
+def restore_run(workdir: str, step: int | None = None):
+  """-> (model, training state of all K replicas, config) of a workdir's checkpoint at `step` (default: the latest)."""
   ckpt = Checkpointer(workdir)
   if ckpt.latest_step() is None:
     raise FileNotFoundError(f"{workdir}: no checkpoint to generate from (train first, or pass --bundle)")
-  config, schema = ckpt.read_metadata()
+  if step is not None and step not in ckpt.steps():
+    raise ValueError(f"{workdir}: no checkpoint of step {step}; the kept ones are {ckpt.steps()} "
+                     "(train.keep_checkpoints says how many are kept)")
+  config, schema = ckpt.read_metadata(step)
   config = ml_collections.ConfigDict(config)
-  spent = ckpt.read_privacy_spent()
+  spent = ckpt.read_privacy_spent(step)
   if spent:  # travels into exported bundles: what a data user may rely on
     config.privacy_spent = spent
   model = DoppelGANger(schema, model_config(config))
-  abstract_state = jax.eval_shape(lambda: init_state(model, train_config(config), 0)[0])
+  tc = train_config(config)
+  abstract = jax.eval_shape(lambda: init_replicas(model, tc, 0, tc.num_seeds))
   # replicated over every device of every process: what generation (and a multi-process sweep) needs
-  state, _, _, _ = ckpt.restore(abstract_state, sharding=sharding.replicated(sharding.make_mesh()))
+  state, _, _, _ = ckpt.restore(abstract, step, sharding=sharding.replicated(sharding.make_mesh()))
   ckpt.close()
   return model, state, config
 
 
-def load_generator(workdir: str | None = None, bundle: str | None = None):
-  """-> (model, generator params, config) from a workdir's latest checkpoint or a generator bundle."""
+CHECKPOINTS = ("auto", "latest", "best")  # or a step number
+
+
+def choose_generator(state: dict, seed_index: int | None = None, checkpoint: str = "auto", source: str = ""):
+  """-> (generator params, dict(replica, checkpoint, step)) chosen from a K-replica training state.
+
+  checkpoint: "best" (the replica's best-scored generator, train.eval_every), "latest" (the state's
+  own), "step" (the same, of a checkpoint restore_run chose by step), or "auto": best when the run was
+  scored, else latest.
+  seed_index: the replica; default the one with the lowest best score when scored, else 0."""
+  best_scores = np.asarray(jax.device_get(state["best"]["score"]))
+  scored = np.isfinite(best_scores)
+  num = len(best_scores)
+  kind = ("best" if scored.any() else "latest") if checkpoint == "auto" else checkpoint
+  if kind == "best" and not scored.any():
+    raise ValueError(f"{source}: --checkpoint=best needs a run scored while training (train.eval_every > 0)")
+  if seed_index is None:
+    seed_index = int(np.nanargmin(np.where(scored, best_scores, np.nan))) if scored.any() else 0
+  if not 0 <= seed_index < num:
+    raise ValueError(f"{source}: --seed_index={seed_index}, but the run has {num} replica(s) (0..{num - 1})")
+  if kind == "best" and not scored[seed_index]:
+    raise ValueError(f"{source}: replica {seed_index} was never scored")
+  pick = lambda tree: jax.tree.map(lambda x: x[seed_index], tree)
+  if kind == "best":
+    params, step = pick(state["best"]["generator"]), int(jax.device_get(state["best"]["step"])[seed_index])
+  else:
+    params, step = pick(state["params"]["generator"]), int(jax.device_get(state["step"])[seed_index])
+  chosen = dict(replica=seed_index, checkpoint=kind, step=step)
+  if scored[seed_index]:
+    chosen["best_score"] = float(best_scores[seed_index])
+  what = "the checkpointed" if kind == "step" else f"the {kind}"
+  log.info("generating from %s: replica %d of %d, %s generator (step %d)%s", source, seed_index, num, what, step,
+           f"; best score {best_scores[seed_index]:.4g}" if scored[seed_index] else "")
+  return params, chosen
+
+
+def load_generator(workdir: str | None = None, bundle: str | None = None, seed_index: int | None = None,
+                   checkpoint: str = "auto"):
+  """-> (model, generator params, config) from a workdir's checkpoint (choose_generator picks the replica
+  and checkpoint: `checkpoint` is auto|latest|best or a step number; config.generated_from records the
+  choice) or a generator bundle."""
   if not bundle:
-    model, state, config = restore_run(workdir)
-    return model, state["params"]["generator"], config
+    step = None if str(checkpoint) in CHECKPOINTS else _step_number(checkpoint)
+    model, state, config = restore_run(workdir, step)
+    params, chosen = choose_generator(state, seed_index, "step" if step is not None else str(checkpoint), workdir)
+    config.generated_from = chosen
+    return model, params, config
+  if seed_index is not None or str(checkpoint) != "auto":
+    raise ValueError(f"{bundle}: a bundle holds one generator; --seed_index and --checkpoint apply to workdirs")
   params, schema, config = load_bundle(bundle)
   config = ml_collections.ConfigDict(config)
   return DoppelGANger(schema, model_config(config)), params, config
+
+
+def _step_number(checkpoint) -> int:
+  try:
+    return int(checkpoint)
+  except ValueError:
+    raise ValueError(f"--checkpoint={checkpoint!r}: expected one of {CHECKPOINTS} or a step number") from None
 
 
 def _pad_rows(x, rows: int, axis: int = 0):

@@ -37,7 +37,8 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  batch_size: int = 100
+  batch_size: int = 100                 # per replica
+  num_seeds: int = 1                    # K replicas trained as one program: seeds seed, seed+1, ..., seed+K-1
   num_steps: int = 100_000
   max_minutes: float = 0.0              # wall-clock budget; 0 = none
   seed: int = 0
@@ -51,13 +52,19 @@ class TrainConfig:
   log_every: int = 100
   checkpoint_every: int = 1000
   keep_checkpoints: int = 2
+  eval_every: int = 0                   # score every replica's generator every this many steps (0 = off)
+  eval_samples: int = 200               # series each replica generates per scoring
+  eval_holdout: float = 0.1             # with scoring: fraction of the series held out of training to score against
   profile_steps: str = ""               # "first,last": JAX profiler trace of those steps ("" = none)
   tensorboard: bool = True              # TensorBoard scalars in <workdir>/tensorboard
 
   def __post_init__(self):
-    for name in ("batch_size", "d_rounds", "g_rounds", "steps_per_dispatch", "log_every", "checkpoint_every"):
+    for name in ("batch_size", "num_seeds", "d_rounds", "g_rounds", "steps_per_dispatch", "log_every", "checkpoint_every"):
       if getattr(self, name) < 1:
         raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+    if self.eval_every < 0 or self.eval_samples < 2 or not 0 <= self.eval_holdout < 1:
+      raise ValueError(f"train.eval_every must be >= 0 (got {self.eval_every}), train.eval_samples >= 2 (got "
+                       f"{self.eval_samples}) and train.eval_holdout in [0, 1) (got {self.eval_holdout})")
     self.profile_window  # noqa: B018  (fails early on a malformed value)
 
   @property

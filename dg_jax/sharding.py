@@ -1,5 +1,10 @@
-"""The only module that knows about devices and processes: the ('data',) mesh, how arrays are placed
-on it, and the few decisions that every process of a multi-process run must share.
+"""The only module that knows about devices and processes: the ('seeds', 'data') mesh, how arrays are
+placed on it, and the few decisions that every process of a multi-process run must share.
+
+Two axes of parallelism: 'seeds' splits the K replicas of a run (train.num_seeds independent runs,
+vectorised), 'data' splits each replica's batch. With K replicas on n devices the seeds axis has
+gcd(K, n) devices: 8 devices and K=4 give each replica's batch 2 devices; K=3 on 8 devices (or any K
+on one device) puts every replica on every device, each batch split 8 ways (or not at all).
 
 With several processes (JAX's multi-controller runtime: one process per host, all running the same
 program), every process computes the same host values (same seed, same config) and contributes the
@@ -8,17 +13,20 @@ so nothing assumes that process p owns the p-th block of the data axis.
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-DATA = "data"
+SEEDS, DATA = "seeds", "data"
 
 
-def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
-  """A 1-D data-parallel mesh over all (or the first `num_devices`) devices of all processes."""
+def make_mesh(num_devices: int | None = None, num_seeds: int = 1) -> jax.sharding.Mesh:
+  """The ('seeds', 'data') mesh over all (or the first `num_devices`) devices of all processes, for
+  `num_seeds` replicas (generation: 1, i.e. every device on the data axis)."""
   devices = jax.devices()
   if num_devices:
     if num_devices > len(devices):
@@ -27,13 +35,16 @@ def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
       raise ValueError(f"num_devices={num_devices}: a multi-process run uses all {len(devices)} devices")
     devices = devices[:num_devices]
   # Auto axes: shard_map and jit move freshly drawn (unsharded) noise onto the batch split themselves.
-  return jax.make_mesh((len(devices),), (DATA,), (jax.sharding.AxisType.Auto,), devices=devices)
+  seeds = math.gcd(num_seeds, len(devices))
+  return jax.make_mesh((seeds, len(devices) // seeds), (SEEDS, DATA), (jax.sharding.AxisType.Auto,) * 2,
+                       devices=devices)
 
 
 def check_batch_size(batch_size: int, mesh, pack: int = 1) -> None:
-  n = mesh.devices.size
+  n = mesh.shape[DATA]
   if batch_size % n:
-    raise ValueError(f"train.batch_size={batch_size} must be a multiple of the {n} devices in use")
+    raise ValueError(f"train.batch_size={batch_size} must be a multiple of the {n} devices that split each "
+                     f"replica's batch")
   if (batch_size // n) % pack:
     raise ValueError(f"each device's share of the batch ({batch_size // n}) must be a multiple of "
                      f"model.pack={pack}")
@@ -57,10 +68,15 @@ def replicate(tree, mesh):
   return place(tree, replicated(mesh))
 
 
+def by_replica(mesh) -> NamedSharding:
+  """Arrays with a leading replica axis (training state, keys, scores), split over the seeds axis."""
+  return NamedSharding(mesh, P(SEEDS))
+
+
 def shard_batches(arrays, mesh):
-  """Place stacked host batches [k, B, ...] on the mesh, split over B. Every process holds the same
-  global batches (same seed) and hands over the rows its devices hold."""
-  return place(arrays, NamedSharding(mesh, P(None, DATA)))
+  """Place stacked host batches [steps, K, B, ...] on the mesh: replicas over 'seeds', B over 'data'.
+  Every process holds the same global batches (same seeds) and hands over the rows its devices hold."""
+  return place(arrays, NamedSharding(mesh, P(None, SEEDS, DATA)))
 
 
 def to_host(tree):
@@ -92,5 +108,6 @@ def from_primary(value: int) -> int:
 
 def describe(mesh) -> str:
   d = mesh.devices.flat[0]
+  seeds = f", {mesh.shape[SEEDS]} along 'seeds'" if mesh.shape[SEEDS] > 1 else ""
   return (f"{mesh.devices.size} device(s) ({d.platform}, {d.device_kind}) across "
-          f"{jax.process_count()} process(es)")
+          f"{jax.process_count()} process(es){seeds}")

@@ -25,14 +25,14 @@ import ml_collections
 import numpy as np
 import logging
 
-from dg_jax import io_utils, privacy, sharding
+from dg_jax import io_utils, privacy, scoring, sharding
 from dg_jax.checkpoints import Checkpointer
 from dg_jax.data import encoding
 from dg_jax.data.batching import BatchIterator
 from dg_jax.data.loaders import load_dataset
 from dg_jax.models.doppelganger import DoppelGANger
 from dg_jax.settings import PrivacyConfig, TrainConfig, model_config, privacy_config, train_config
-from dg_jax.train_step import init_state, make_train_step
+from dg_jax.train_step import init_replicas, make_train_step
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
@@ -54,7 +54,8 @@ def batch_dict(features, attributes, additional):
 
 # train fields that change what a run computes: a resumed run must keep them (budgets, logging and
 # checkpoint cadence may change between launches)
-FIXED_ON_RESUME = ("seed", "batch_size", "learning_rate", "beta1", "beta2", "gp_weight", "d_rounds", "g_rounds")
+FIXED_ON_RESUME = ("seed", "num_seeds", "eval_holdout", "batch_size", "learning_rate", "beta1", "beta2", "gp_weight",
+                   "d_rounds", "g_rounds")
 
 
 def _check_resumable(saved: dict, config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -64,6 +65,9 @@ def _check_resumable(saved: dict, config: ml_collections.ConfigDict, workdir: st
                        "use a new --workdir (or the same config) to resume")
   saved_privacy = saved.get("privacy", {})
   secret_seed = saved_privacy.get("enabled") and saved_privacy.get("secret_seed")
+  if bool(saved["train"].get("eval_every")) != bool(config.train.eval_every) and config.train.eval_holdout:
+    raise ValueError(f"{workdir}: turning scoring (train.eval_every) on or off on resume would change the held-out "
+                     "slice, i.e. the training data; use a new --workdir, or train.eval_holdout=0")
   for name in FIXED_ON_RESUME:
     if name == "seed" and secret_seed:  # the run's secret seed is kept, whatever --config.train.seed says
       continue
@@ -101,12 +105,15 @@ def _privacy_budget(pc: PrivacyConfig, tc: TrainConfig, num_examples: int) -> tu
 
 
 def check_finite(metrics: dict, first_step: int) -> None:
-  bad = {name: np.flatnonzero(~np.isfinite(v)) for name, v in metrics.items()}
-  bad = {name: idx[0] for name, idx in bad.items() if idx.size}
+  """metrics: name -> [steps, K]; raises naming the first bad step (and replica, when K > 1)."""
+  bad = {name: np.argwhere(~np.isfinite(v)) for name, v in metrics.items()}
+  bad = {name: tuple(idx[0]) for name, idx in bad.items() if idx.size}
   if bad:
     name = min(bad, key=lambda n: (bad[n], n))
-    raise FloatingPointError(f"non-finite {name} ({metrics[name][bad[name]]}) at training step "
-                             f"{first_step + bad[name] + 1}; the last good checkpoint is kept")
+    i, k = bad[name]
+    where = f" of replica {k} (seed + {k})" if metrics[name].shape[1] > 1 else ""
+    raise FloatingPointError(f"non-finite {name} ({metrics[name][i, k]}) at training step "
+                             f"{first_step + i + 1}{where}; the last good checkpoint is kept")
 
 
 class Preempted(Exception):
@@ -168,13 +175,23 @@ class MetricsLog:
                                              flush_secs=30)
 
   def append(self, row: dict) -> None:
+    """row: step, then floats, or lists of K floats (one per replica: TensorBoard tags <name>/replica_<k>)."""
     if not self.enabled:
       return
     self.lines.append(json.dumps(row))
     io_utils.write_text(self.path, "".join(line + "\n" for line in self.lines))
+    if self.writer is None:
+      return
     for name, value in row.items():
-      if name != "step" and self.writer is not None:
+      if isinstance(value, list):
+        for k, v in enumerate(value):
+          self.writer.add_scalar(f"train/{name}/replica_{k}", v, row["step"])
+      elif name != "step":
         self.writer.add_scalar(f"train/{name}", value, row["step"])
+
+  def add_figure(self, tag: str, figure, step: int) -> None:
+    if self.writer is not None:
+      self.writer.add_figure(tag, figure, step)
 
   def close(self) -> None:
     if self.writer is not None:
@@ -222,7 +239,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   calls this with the same config; process 0 alone writes files. Raises Preempted after a SIGTERM or
   SIGINT, once the step reached is checkpointed."""
   tc, mc, pc = train_config(config), model_config(config), privacy_config(config)
-  mesh = sharding.make_mesh(config.num_devices or None)
+  mesh = sharding.make_mesh(config.num_devices or None, tc.num_seeds)
   sharding.check_batch_size(tc.batch_size, mesh, mc.pack)
   log.info("training on %s", sharding.describe(mesh))
   primary = sharding.is_primary()
@@ -239,6 +256,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpointer, workdir: str,
            primary: bool) -> dict:
   dataset = load_dataset(config.data)
+  if tc.eval_every and pc.enabled:
+    raise ValueError("train.eval_every with privacy.enabled: scoring reads the training data outside DP-SGD, so "
+                     "choosing checkpoints by it would void the guarantee; set train.eval_every=0")
+  held_out = None
+  if tc.eval_every:
+    dataset, held_out = scoring.split_holdout(dataset, tc.eval_holdout)
   resume_step = ckpt.latest_step()
   saved_config = None
   if resume_step is not None:
@@ -258,29 +281,37 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
     accountant, end = _privacy_budget(pc, tc, dataset.num_samples)
   encoded = encoding.encode(dataset, schema)
   model = DoppelGANger(schema, mc)
-  log.info("data: %d series, T=%d, %d features, %d attributes; S=%d (%d LSTM steps)",
+  log.info("data: %d series, T=%d, %d features, %d attributes; S=%d (%d LSTM steps)%s",
            dataset.num_samples, schema.max_length, len(schema.feature_vars), len(schema.attribute_vars),
-           model.sample_len, -(-schema.max_length // model.sample_len))
+           model.sample_len, -(-schema.max_length // model.sample_len),
+           f"; {tc.num_seeds} replicas (seeds {tc.seed}..{tc.seed + tc.num_seeds - 1})" if tc.num_seeds > 1 else "")
   if mc.aux_critic and not model.has_aux_critic:
     log.info("no metadata (no attributes, no min/max): the auxiliary critic has nothing to see; training without it")
 
-  state, key = init_state(model, tc, tc.seed)
+  abstract = jax.eval_shape(lambda: init_replicas(model, tc, tc.seed, tc.num_seeds))
   if resume_step is None:
-    state, key = sharding.replicate((state, key), mesh)
+    state, keys = sharding.place(init_replicas(model, tc, tc.seed, tc.num_seeds), sharding.by_replica(mesh))
   else:
-    state, key, _, _ = ckpt.restore(jax.eval_shape(lambda: state), resume_step, sharding.replicated(mesh))
+    state, keys, _, _ = ckpt.restore(abstract, resume_step, sharding.by_replica(mesh))
     log.info("resumed from step %d", resume_step)
-  start = int(state["step"])
+  start = int(sharding.to_host(state["step"])[0])
   config_json = config.to_json(indent=1)
   if primary:
     _write_run_files(workdir, config_json, schema, start)
   metrics_log = MetricsLog(workdir, start, primary, tc.tensorboard)
   profiler = Profiler(tc.profile_window, workdir, primary)
+  score_fn, reference, scored_step = None, None, None
+  if tc.eval_every:
+    scorer = scoring.Scorer.build(model, tc.eval_samples, held_out if held_out is not None else dataset, dataset,
+                                  held_out is not None)
+    reference = sharding.replicate(scorer.reference, mesh)
+    score_fn = jax.jit(scorer.score, donate_argnums=0)
 
   step_fn = jax.jit(make_train_step(model, tc, mesh, pc), donate_argnums=0)
-  batches = BatchIterator([encoded.features, encoded.attributes, encoded.additional_attributes],
-                          tc.batch_size, tc.seed, start_step=start,
-                          sampling="independent" if pc.enabled else "epochs")
+  arrays = [encoded.features, encoded.attributes, encoded.additional_attributes]
+  sampling = "independent" if pc.enabled else "epochs"
+  batches = [BatchIterator(arrays, tc.batch_size, tc.seed + r, start_step=start, sampling=sampling)
+             for r in range(tc.num_seeds)]  # replica r's batches: those of the run with seed + r
   step, t_start, window = start, time.time(), (start, time.time())
   deadline = t_start + 60 * tc.max_minutes if tc.max_minutes else None
   last, out_of_time, stopped = {}, False, False
@@ -290,17 +321,28 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
     while step < end:
       k = tc.steps_per_dispatch if end - step >= tc.steps_per_dispatch else 1
       profiler.before(step, k)
-      state, metrics = step_fn(state, sharding.shard_batches(batch_dict(*batches.next(k)), mesh), key)
-      metrics = jax.device_get(metrics)
+      batch = [np.stack(parts, axis=1) for parts in zip(*(b.next(k) for b in batches))]  # [k, K, B, ...]
+      state, metrics = step_fn(state, sharding.shard_batches(batch_dict(*batch), mesh), keys)
+      metrics = sharding.to_host(metrics)
       check_finite(metrics, step)
       step += k
       profiler.after(step)
-      last = {name: float(v[-1]) for name, v in metrics.items()}
+      last = {name: _per_replica(v[-1]) for name, v in metrics.items()}
       # every process leaves the loop at the same step, whichever of them ran out of time or got the signal
       out_of_time, stopped = sharding.any_process(
           [deadline is not None and time.time() > deadline, signals.received is not None])
       stop = out_of_time or stopped
-      if step // tc.log_every > (step - k) // tc.log_every or step == end or stop:
+      scores = {}
+      if score_fn is not None and not stopped and (step // tc.eval_every > (step - k) // tc.eval_every or
+                                                   step == end or out_of_time):
+        state, scores, preview = score_fn(state, reference)
+        scores = {f"score/{name}": _per_replica(v) for name, v in sharding.to_host(scores).items()}
+        scored_step = step
+        if tc.tensorboard:
+          preview = sharding.to_host(preview)  # collective: every process takes part
+          if primary:
+            _preview_figures(metrics_log, dataset, preview, step)
+      if scores or step // tc.log_every > (step - k) // tc.log_every or step == end or stop:
         now = time.time()
         rate = (step - window[0]) / max(now - window[1], 1e-9)
         if accountant is not None:
@@ -308,13 +350,15 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
         window = (step, time.time())
         eta = (end - step) / rate if rate > 0 else float("inf")
         log.info("step %d/%d  %.2f steps/s  ETA %s  %s", step, end, rate, format_duration(eta),
-                 "  ".join(f"{n}={v:.4g}" for n, v in sorted(last.items())))
-        metrics_log.append(dict(step=step, seconds=round(now - t_start, 3), steps_per_s=rate, **last))
+                 "  ".join(f"{n}={_show(v)}" for n, v in sorted(last.items())))
+        if scores:
+          log.info("scores at step %d: %s", step, "  ".join(f"{n[6:]}={_show(v)}" for n, v in scores.items()))
+        metrics_log.append(dict(step=step, seconds=round(now - t_start, 3), steps_per_s=rate, **last, **scores))
       if step // tc.checkpoint_every > (step - k) // tc.checkpoint_every or step == end or stop:
         spent = None if accountant is None else dict(
             epsilon=accountant.epsilon(step), delta=pc.delta, steps=step, num_examples=dataset.num_samples,
             unit="series", neighbouring="replace-one")
-        ckpt.save(step, state, key, config_json, schema, spent)
+        ckpt.save(step, state, keys, config_json, schema, spent)
       if stop:
         break
     ckpt.wait()  # still catching signals: a second SIGTERM cannot cut this save short
@@ -323,11 +367,33 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
     raise Preempted(signals.received or signal.SIGTERM, step)
   if out_of_time:
     log.info("wall-clock budget (train.max_minutes) spent at step %d; checkpointed", step)
+  if scored_step is not None:
+    best = sharding.to_host(state["best"])
+    log.info("best scores: %s", "  ".join(f"replica {r}: {best['score'][r]:.4g} at step {best['step'][r]}"
+                                          for r in range(tc.num_seeds)))
   if accountant is not None:
     last["epsilon"] = accountant.epsilon(step)
     log.info("privacy: the generator is (%.4g, %.3g)-differentially private after %d steps "
              "(series-level, replace-one neighbours)", last["epsilon"], pc.delta, step)
   return dict(last, step=step)
+
+
+def _per_replica(values: np.ndarray):
+  """[K] values -> a float when K = 1 (one run's logs look as they always did), else a list."""
+  values = [float(v) for v in np.ravel(values)]
+  return values[0] if len(values) == 1 else values
+
+
+def _show(value) -> str:
+  return "/".join(f"{v:.4g}" for v in value) if isinstance(value, list) else f"{value:.4g}"
+
+
+def _preview_figures(metrics_log: MetricsLog, real, preview, step: int) -> None:
+  """TensorBoard: per replica, a few generated series of each continuous feature beside real ones."""
+  from dg_jax.evaluation import plots
+  features, lengths = preview
+  for r in range(features.shape[0]):
+    metrics_log.add_figure(f"samples/replica_{r}", plots.sample_series(real, features[r], lengths[r]), step)
 
 
 def format_duration(seconds: float) -> str:

@@ -1,4 +1,9 @@
-"""The pure training step `(state, batches, key) -> (state, metrics)`.
+"""The pure training step `(state, batches, keys) -> (state, metrics)` of K replicas at once.
+
+The state holds K independent runs (train.num_seeds; replica k is the run with seed train.seed + k)
+on a leading axis; the step is vmapped over it inside one compiled program, and the replicas are
+split over the mesh's 'seeds' axis (dg_jax/sharding.py). Replica k computes exactly what a
+one-replica run with seed + k computes (its own noise, batches and parameters).
 
 One step = `d_rounds` critic updates then `g_rounds` generator updates. Per-device work runs under
 `shard_map` over the batch, and gradients cross devices once per update (one `pmean` after the
@@ -22,7 +27,7 @@ from jax.sharding import PartitionSpec as P
 from dg_jax import losses, privacy
 from dg_jax.models.doppelganger import DoppelGANger, sample_noise
 from dg_jax.settings import PrivacyConfig, TrainConfig
-from dg_jax.sharding import DATA
+from dg_jax.sharding import DATA, SEEDS
 
 DP_NOISE_STREAM = 0x5eed  # fold_in tag of the DP noise keys, apart from the step's other keys
 NOISE_SPECS = dict(attribute=P(DATA), additional=P(DATA), feature=P(None, DATA),
@@ -37,14 +42,41 @@ def critic_params(params: dict) -> dict:
   return {k: v for k, v in params.items() if k != "generator"}
 
 
-def init_state(model: DoppelGANger, tc: TrainConfig, seed: int) -> tuple[dict, jax.Array]:
-  """Fresh training state and the run's RNG key (split by purpose once from the seed)."""
+def init_state(model: DoppelGANger, tc: TrainConfig, seed) -> tuple[dict, jax.Array]:
+  """One replica's fresh training state and RNG key (split by purpose once from the seed).
+
+  `best` holds the generator of the best-scored step so far (dg_jax/scoring.py), its score (inf
+  until scored) and step."""
   init_key, run_key = jax.random.split(jax.random.key(seed))
   params = model.init(init_key)
   opt = optimizer(tc)
   state = dict(params=params, g_opt=opt.init(params["generator"]), d_opt=opt.init(critic_params(params)),
-               step=jnp.zeros((), jnp.int32))
+               step=jnp.zeros((), jnp.int32),
+               best=dict(generator=params["generator"], score=jnp.full((), jnp.inf), step=jnp.zeros((), jnp.int32)))
   return state, run_key
+
+
+def init_replicas(model: DoppelGANger, tc: TrainConfig, seed: int, num_seeds: int = 1) -> tuple[dict, jax.Array]:
+  """The states and keys of replicas seed, seed+1, ..., stacked on a leading axis of num_seeds."""
+  seeds = jnp.arange(num_seeds, dtype=jnp.int32) + seed
+  return jax.jit(jax.vmap(lambda s: init_state(model, tc, s)))(seeds)
+
+
+def replica(tree, k: int):
+  """Replica k of a stacked tree (a state, keys, metrics)."""
+  return jax.tree.map(lambda x: x[k], tree)
+
+
+def per_replica(fn):
+  """fn over a leading replica axis: vmapped, or called directly when the axis holds one replica
+  (the common K=1 case then runs exactly the unbatched computation)."""
+  def wrapped(*args):
+    leaves = jax.tree.leaves(args)
+    if leaves and leaves[0].shape[0] == 1:
+      out = fn(*replica(args, 0))
+      return jax.tree.map(lambda x: x[None], out)
+    return jax.vmap(fn)(*args)
+  return wrapped
 
 
 def critic_fns(model: DoppelGANger, d_params: dict):
@@ -91,11 +123,12 @@ def private_critic_grads(model: DoppelGANger, tc: TrainConfig, pc: PrivacyConfig
 def make_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfig | None = None):
   """Returns the un-jitted multi-step function `(state, batches, key) -> (state, metrics)`.
 
-  key: the run's key; step i draws its noise from fold_in(key, i) on device.
+  keys: [K] the replicas' keys; replica r's step i draws its noise from fold_in(keys[r], i) on device.
   pc: an enabled, resolved privacy config (privacy.resolve) for DP-SGD critics; None or disabled = off.
 
-  batches: dict(features [k, B, T, F], attributes [k, B, A], additional_attributes [k, B, 2Kc]).
-  metrics: dict of [k] arrays.
+  state: K replicas stacked on axis 0 (init_replicas).
+  batches: dict(features [k, K, B, T, F], attributes [k, K, B, A], additional_attributes [k, K, B, 2Kc]).
+  metrics: dict of [k, K] arrays.
   """
   gen, opt = model.generator, optimizer(tc)
   dp = pc is not None and pc.enabled
@@ -134,27 +167,33 @@ def make_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfi
                      step=state["step"] + 1)
     return new_state, metrics
 
+  noise_specs = {name: P(SEEDS, *spec) for name, spec in NOISE_SPECS.items()}
   sharded_step = jax.shard_map(
-      local_step, mesh=mesh,
-      in_specs=(P(), P(DATA), [NOISE_SPECS] * (tc.d_rounds + tc.g_rounds - 1), [P(DATA)] * tc.d_rounds,
-                [P()] * (tc.d_rounds if dp else 0)),
-      out_specs=(P(), P()),
+      per_replica(local_step), mesh=mesh,
+      in_specs=(P(SEEDS), P(SEEDS, DATA), [noise_specs] * (tc.d_rounds + tc.g_rounds - 1),
+                [P(SEEDS, DATA)] * tc.d_rounds, [P(SEEDS)] * (tc.d_rounds if dp else 0)),
+      out_specs=(P(SEEDS), P(SEEDS)),
       # Unchecked: with replication checking on, gradients of replicated params are psum'd
       # implicitly at every use, inside the LSTM's backward loop; here the one pmean does it.
       check_vma=False)
 
-  def one_step(state, real_batch, run_key):
-    batch_size = real_batch["features"].shape[0]
-    key = jax.random.fold_in(run_key, state["step"])
+  def draws(run_key, step, batch_size):
+    """One replica's random inputs of one step."""
+    key = jax.random.fold_in(run_key, step)
     keys = jax.random.split(key, 2 * tc.d_rounds + tc.g_rounds)
     n_noise = tc.d_rounds + tc.g_rounds - 1
     noises = [sample_noise(k, batch_size, model.schema, model.cfg) for k in keys[:n_noise]]
     ts = [jax.random.uniform(k, (batch_size,)) for k in keys[n_noise:n_noise + tc.d_rounds]]
-    # replicated: every device adds the same draw to the psum'd gradient, i.e. noise once per update
+    # replicated over 'data': every device adds the same draw to the psum'd gradient, i.e. noise once per update
     dp_keys = list(jax.random.split(jax.random.fold_in(key, DP_NOISE_STREAM), tc.d_rounds)) if dp else []
+    return noises, ts, dp_keys
+
+  def one_step(state, real_batch, run_keys):
+    batch_size = real_batch["features"].shape[1]
+    noises, ts, dp_keys = jax.vmap(functools.partial(draws, batch_size=batch_size))(run_keys, state["step"])
     return sharded_step(state, real_batch, noises, ts, dp_keys)
 
-  def multi_step(state, batches, key):
-    return jax.lax.scan(functools.partial(one_step, run_key=key), state, batches)
+  def multi_step(state, batches, keys):
+    return jax.lax.scan(functools.partial(one_step, run_keys=keys), state, batches)
 
   return multi_step

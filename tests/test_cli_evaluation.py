@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from dg_jax.data.demo import make_demo
 from dg_jax.data.npz_format import load_npz, save_npz
@@ -35,18 +36,39 @@ def test_baseline_and_evaluate_modes(tmp_path, cli):
   assert "| metric | real | hmm |" in (out / "report.md").read_text()
 
 
-def test_sweep_mode(tmp_path, cli):
+def test_sweep_mode_with_seeds_a_held_out_file_and_resume(tmp_path, cli):
+  """K=2 seeds per S, each scored (its best checkpoint) against a held-out draw; the tables give mean ± std
+  over seeds; a second launch with one more S reuses the finished ones."""
+  save_npz(make_demo(64, 24, seed=1, variable_lengths=True), str(tmp_path / "test.npz"))  # tiny.py's, another draw
   w = tmp_path / "sweep"
-  log = cli("--mode=sweep", "--config=configs/tiny.py", f"--workdir={w}", "--sample_lens=2,4",
-            "--config.train.num_steps=10", "--num_samples=32")
+  args = ("--mode=sweep", "--config=configs/tiny.py", f"--workdir={w}", "--config.train.num_steps=10",
+          "--config.train.num_seeds=2", "--config.train.eval_every=5", "--config.train.eval_holdout=0",
+          "--num_samples=32", f"--real_test={tmp_path / 'test.npz'}")
+  log = cli(*args, "--sample_lens=2,4")
   result = json.loads((w / "sweep.json").read_text())
-  assert set(result["runs"]) == {"2", "4"}
+  assert set(result["runs"]) == {"2", "4"} and result["num_seeds"] == 2
+  assert result["scored_against"] == str(tmp_path / "test.npz")
   assert all(os.path.isdir(w / f"sample_len_{s}" / "checkpoints") for s in (2, 4))  # one run folder per S
-  means = {int(s): r["autocorrelation_mse/mean"] for s, r in result["runs"].items()}
+  for s in ("2", "4"):
+    run = result["runs"][s]
+    assert len(run["seeds"]) == 2 and run["seeds"][0] != run["seeds"][1]
+    for name in ("autocorrelation_mse/mean", "length_w1", "jsd/region"):
+      values = [seed[name] for seed in run["seeds"]]
+      assert run["mean"][name] == pytest.approx(np.mean(values)) and run["std"][name] == pytest.approx(np.std(values))
+    # each seed was scored from its best checkpoint (scored at steps 5 and 10)
+    assert all(seed["generated_from/step"] in (5, 10) for seed in run["seeds"])
+  means = {int(s): r["mean"]["autocorrelation_mse/mean"] for s, r in result["runs"].items()}
   assert result["best_sample_len"] == min(means, key=means.get)
   assert f"best S={result['best_sample_len']}" in log
-  assert (w / "sweep.md").read_text() == sweep_table({s: result["runs"][str(s)] for s in (2, 4)},
-                                                      result["best_sample_len"])
+  table = (w / "sweep.md").read_text()
+  assert "mean ± std over 2 seed(s)" in table and " ± " in table.splitlines()[-1]
+  assert (w / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+  log = cli(*args, "--sample_lens=2,4,6")
+  assert "S=2 already trained and scored" in log and "S=4 already trained and scored" in log
+  again = json.loads((w / "sweep.json").read_text())
+  assert again["runs"]["2"] == result["runs"]["2"] and set(again["runs"]) == {"2", "4", "6"}
+  assert sweep_table({int(s): r for s, r in again["runs"].items()}, again["best_sample_len"], str(tmp_path / "test.npz"),
+                     2) == (w / "sweep.md").read_text()
 
 
 def test_parse_sample_lens():

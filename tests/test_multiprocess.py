@@ -11,6 +11,7 @@ from dg_jax.checkpoints import Checkpointer
 from dg_jax.data.npz_format import load_npz
 from dg_jax.sampling import generate, load_generator, restore_run
 from dg_jax.train import train_and_evaluate
+from dg_jax.train_step import replica
 from tests.conftest import run_processes
 
 pytestmark = pytest.mark.slow
@@ -19,7 +20,7 @@ TINY = ("--config=configs/tiny.py", "--config.train.num_steps=30")
 
 
 def params_of(workdir):
-  return jax.device_get(restore_run(str(workdir))[1]["params"])
+  return replica(jax.device_get(restore_run(str(workdir))[1]), 0)["params"]
 
 
 def assert_same_run(a, b):
@@ -68,6 +69,25 @@ def test_two_processes_train_generate_and_sweep_as_one(tmp_path):
   result = json.loads((sweep / "sweep.json").read_text())
   assert sorted(result["runs"]) == ["2", "4"]
   assert all(Checkpointer(str(sweep / f"sample_len_{s}")).latest_step() == 10 for s in (2, 4))
+
+
+def test_two_processes_train_and_score_k_seeds_as_one(tmp_path):
+  """K=2 on the 2 x 2 devices: a ('seeds', 'data') = (2, 2) mesh whose replicas are sharded across the
+  processes, scored every 10 steps; the same parameters and best scores as one process."""
+  flags = dict(num_seeds=2, eval_every=10, num_steps=20)
+  mp, single = tmp_path / "two", tmp_path / "one"
+  logs = run_processes("--config=configs/tiny.py", "--config.data.demo.num_samples=200", f"--workdir={mp}",
+                       *(f"--config.train.{k}={v}" for k, v in flags.items()))
+  assert "across 2 process(es), 2 along 'seeds'" in logs[0] and "scores at step 20" in logs[0]
+  c = tiny.get_config()
+  c.data.demo.num_samples, c.num_devices = 200, 4
+  c.train.update(flags)
+  train_and_evaluate(c, str(single))
+  a, b = (jax.device_get(restore_run(str(w))[1]) for w in (mp, single))
+  close = lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)  # noqa: E731
+  jax.tree.map(close, a["params"], b["params"])
+  jax.tree.map(close, a["best"], b["best"])
+  assert np.isfinite(a["best"]["score"]).all()
 
 
 def test_two_processes_share_one_secret_seed(tmp_path):

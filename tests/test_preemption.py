@@ -13,6 +13,7 @@ from configs import tiny
 from dg_jax.checkpoints import Checkpointer
 from dg_jax.sampling import restore_run
 from dg_jax.train import train_and_evaluate
+from dg_jax.train_step import replica
 from tests.conftest import run_cli, start_cli
 
 pytestmark = pytest.mark.slow
@@ -35,7 +36,7 @@ def straight(tmp_path_factory):
   c.num_devices = 2
   workdir = str(tmp_path_factory.mktemp("straight"))
   train_and_evaluate(c, workdir)
-  return jax.device_get(restore_run(workdir)[1])
+  return replica(jax.device_get(restore_run(workdir)[1]), 0)
 
 
 def interrupt(workdir, checkpoint_every, signals):
@@ -59,7 +60,7 @@ def assert_resumes_to_the_straight_run(workdir, straight):
   steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert steps == sorted(set(steps)) and steps[-1] == STEPS  # none repeated
   assert set(range(LOG_EVERY, STEPS + 1, LOG_EVERY)) <= set(steps)  # none lost (a stop adds its own row)
-  resumed = jax.device_get(restore_run(str(workdir))[1])
+  resumed = replica(jax.device_get(restore_run(str(workdir))[1]), 0)
   assert int(resumed["step"]) == STEPS
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), resumed, straight)
 

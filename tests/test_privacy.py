@@ -26,7 +26,7 @@ from dg_jax.sampling import load_generator, restore_run
 from dg_jax.settings import PrivacyConfig, model_config, privacy_config, train_config
 from dg_jax.sharding import DATA
 from dg_jax.train import batch_dict, fit_schema_from_config, train_and_evaluate
-from dg_jax.train_step import init_state, make_train_step
+from dg_jax.train_step import init_replicas, make_train_step, replica
 from tests.test_training import _while_depths
 
 
@@ -87,11 +87,11 @@ def setup():
 def run_steps(model, tc, batches, num_devices, pc=None):
   """3 training steps; -> (state, metrics, compiled HLO text)."""
   mesh = sharding.make_mesh(num_devices)
-  state, key = init_state(model, tc, 0)
-  args = (sharding.replicate(state, mesh), sharding.shard_batches(batches, mesh), key)
+  state, keys = sharding.place(init_replicas(model, tc, 0, 1), sharding.by_replica(mesh))
+  args = (state, sharding.shard_batches(jax.tree.map(lambda x: x[:, None], batches), mesh), keys)
   compiled = jax.jit(make_train_step(model, tc, mesh, pc)).lower(*args).compile()
-  state, metrics = compiled(*args)
-  return jax.device_get(state), jax.device_get(metrics), compiled.as_text()
+  state, metrics = jax.device_get(compiled(*args))
+  return replica(state, 0), {k: v[:, 0] for k, v in metrics.items()}, compiled.as_text()
 
 
 def test_dp_step_without_noise_or_clipping_is_ordinary_training_on_1_or_8_devices(setup):
@@ -261,7 +261,7 @@ def test_resume_keeps_the_spent_budget_and_stops_within_it(tmp_path, monkeypatch
   b_out = train_and_evaluate(private_config(15, target=budget), split)
   assert a["step"] == b_out["step"] == 10
   assert a["epsilon"] == b_out["epsilon"] == pytest.approx(budget)
-  pa, pb = (jax.device_get(restore_run(w)[1]) for w in (straight, split))
+  pa, pb = (replica(jax.device_get(restore_run(w)[1]), 0) for w in (straight, split))
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), pa, pb)
   rows = [json.loads(line) for line in open(os.path.join(split, "metrics.jsonl"))]
   assert [r["step"] for r in rows] == [5, 10] and rows[-1]["epsilon"] == pytest.approx(budget)
@@ -280,3 +280,22 @@ def test_resume_keeps_the_spent_budget_and_stops_within_it(tmp_path, monkeypatch
   bigger.train.batch_size = 32
   with pytest.raises(ValueError, match="holds a run with train.batch_size=16"):
     train_and_evaluate(bigger, split)
+
+
+def test_k_replicas_are_k_private_runs_with_the_same_accounting(tmp_path):
+  """Each replica of a private K=2 run is the private run with its seed (own batches and DP noise), and
+  spends what one run spends; scoring (which reads training data outside DP-SGD) is refused."""
+  both = private_config(5)
+  both.train.num_seeds = 2
+  out = train_and_evaluate(both, str(tmp_path / "both"))
+  alone = private_config(5)
+  alone.train.seed = 1
+  single = train_and_evaluate(alone, str(tmp_path / "alone"))
+  assert out["epsilon"] == pytest.approx(single["epsilon"])
+  pb, pa = (jax.device_get(restore_run(str(tmp_path / w))[1]) for w in ("both", "alone"))
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5), replica(pb, 1)["params"],
+               replica(pa, 0)["params"])
+  scored = private_config(5)
+  scored.train.eval_every = 5
+  with pytest.raises(ValueError, match="void the guarantee"):
+    train_and_evaluate(scored, str(tmp_path / "scored"))

@@ -17,7 +17,7 @@ from dg_jax.models.doppelganger import DoppelGANger
 from dg_jax.settings import model_config, train_config
 from dg_jax.sampling import restore_run
 from dg_jax.train import batch_dict, fit_schema_from_config, train_and_evaluate
-from dg_jax.train_step import init_state, make_train_step
+from dg_jax.train_step import init_replicas, init_state, make_train_step, replica
 
 
 def tiny_config(num_devices: int = 0, **train):
@@ -38,12 +38,20 @@ def setup():
   return model, train_config(c), batches
 
 
-def run_steps(model, tc, batches, num_devices):
-  mesh = sharding.make_mesh(num_devices)
-  state, key = init_state(model, tc, 0)
+def run_steps(model, tc, batches, num_devices, seed=0, num_seeds=1):
+  """Steps on `batches` ([steps, B, ...], or [steps, K, B, ...] with num_seeds=K); -> (state, metrics),
+  those of replica 0 when K = 1."""
+  mesh = sharding.make_mesh(num_devices, num_seeds)
+  state, keys = init_replicas(model, tc, seed, num_seeds)
+  if num_seeds == 1:
+    batches = jax.tree.map(lambda x: x[:, None], batches)
   step = jax.jit(make_train_step(model, tc, mesh))
-  state, metrics = step(sharding.replicate(state, mesh), sharding.shard_batches(batches, mesh), key)
-  return jax.device_get(state), jax.device_get(metrics)
+  state, metrics = step(sharding.place(state, sharding.by_replica(mesh)), sharding.shard_batches(batches, mesh),
+                        sharding.place(keys, sharding.by_replica(mesh)))
+  state, metrics = jax.device_get((state, metrics))
+  if num_seeds == 1:
+    return replica(state, 0), {k: v[:, 0] for k, v in metrics.items()}
+  return state, metrics
 
 
 def test_one_vs_eight_devices_and_determinism(setup):
@@ -91,9 +99,9 @@ def _while_depths(hlo: str) -> dict:
 def test_gradients_cross_devices_outside_the_lstm_loops(setup):
   model, tc, batches = setup
   mesh = sharding.make_mesh(8)
-  state, key = init_state(model, tc, 0)
+  state, keys = sharding.place(init_replicas(model, tc, 0, 1), sharding.by_replica(mesh))
   hlo = jax.jit(make_train_step(model, tc, mesh)).lower(
-      sharding.replicate(state, mesh), sharding.shard_batches(batches, mesh), key).compile().as_text()
+      state, sharding.shard_batches(jax.tree.map(lambda x: x[:, None], batches), mesh), keys).compile().as_text()
   with_reduce = {n: d for n, (d, text) in _while_depths(hlo).items() if "all-reduce" in text}
   assert with_reduce, "the 8-device step must average gradients"
   # depth 1 = the loop over fused training steps; the LSTM rollouts and their backward passes are deeper
@@ -101,7 +109,7 @@ def test_gradients_cross_devices_outside_the_lstm_loops(setup):
 
 
 def checkpoint_params(workdir):
-  return jax.device_get(restore_run(workdir)[1])
+  return replica(jax.device_get(restore_run(workdir)[1]), 0)
 
 
 def test_resume_is_exact(tmp_path):
@@ -229,12 +237,12 @@ def test_checkpoints_round_trip_under_the_rbg_prng(tmp_path):
     data = load_dataset(c.data)
     schema = fit_schema_from_config(data, c)
     model = DoppelGANger(schema, model_config(c))
-    state, key = init_state(model, train_config(c), 0)
-    assert jax.random.key_data(key).shape == (4,)  # rbg keys are 4 words, threefry's 2
+    state, key = init_replicas(model, train_config(c), 0, 2)
+    assert jax.random.key_data(key).shape == (2, 4)  # rbg keys are 4 words, threefry's 2
     ckpt = Checkpointer(str(tmp_path))
     ckpt.save(3, state, key, c.to_json(), schema)
     ckpt.wait()
-    state2, key2, _, _ = ckpt.restore(jax.eval_shape(lambda: state))
+    state2, key2, _, _ = ckpt.restore(jax.eval_shape(lambda: (state, key)))
     ckpt.close()
     assert jax.random.key_impl(key2) == jax.random.key_impl(key)
     np.testing.assert_array_equal(jax.random.key_data(key2), jax.random.key_data(key))

@@ -39,8 +39,9 @@ def attack_success_rate(member_scores: np.ndarray, nonmember_scores: np.ndarray)
 def _model_and_params(run: str | tuple[DoppelGANger, dict]) -> tuple[DoppelGANger, dict]:
   if isinstance(run, str):
     from dg_jax.sampling import restore_run
+    from dg_jax.train_step import replica
     model, state, _ = restore_run(run)
-    return model, state["params"]
+    return model, replica(state, 0)["params"]  # replica 0 of a train.num_seeds run
   return run
 
 

@@ -182,3 +182,34 @@ def nearest_real(train: Dataset, name: str, synthetic: Dataset, out_dir: str, nu
   axes[0, 0].legend(fontsize="x-small")
   fig.tight_layout()
   return _save(fig, out_dir, f"nearest_neighbours_{slug(name)}.png")
+
+
+def sample_series(real: Dataset, features: np.ndarray, lengths: np.ndarray, count: int = 3):
+  """A figure (not saved: TensorBoard's) of `count` real series (black) above the given generated
+  ones (colour), one column per feature (up to 3); features [p, T, K] decoded, lengths [p]."""
+  columns = list(range(min(3, real.features.shape[2])))
+  fig, axes = plt.subplots(2, len(columns), figsize=(3.6 * len(columns), 4), squeeze=False)
+  for col, k in enumerate(columns):
+    for i in range(min(count, real.num_samples)):
+      axes[0, col].plot(real.features[i, :real.lengths[i], k], color="black", alpha=0.7)
+    for i in range(min(count, len(features))):
+      axes[1, col].plot(features[i, :lengths[i], k], color=_colour(i))
+    axes[0, col].set_title(f"{real.feature_vars[k].name}: real", fontsize="small")
+    axes[1, col].set_title(f"{real.feature_vars[k].name}: generated", fontsize="small")
+  fig.tight_layout()
+  return fig
+
+
+def sweep(summary: dict[int, dict], names, out_dir: str, subtitle: str) -> str:
+  """Figure 4 of the paper with error bars: each metric's mean over seeds against S, ± one std."""
+  names = [n for n in names if any(n in r["mean"] for r in summary.values())]
+  fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3), squeeze=False)
+  for ax, name in zip(axes[0], names):
+    s = [k for k in summary if name in summary[k]["mean"]]
+    ax.errorbar(s, [summary[k]["mean"][name] for k in s], yerr=[summary[k]["std"][name] for k in s],
+                marker="o", capsize=3, color=_colour(0))
+    ax.set(xlabel="S (records per LSTM step)", title=name, xscale="log" if max(s) > 10 * min(s) else "linear")
+    ax.set_xticks(s, [str(k) for k in s])
+  fig.suptitle(subtitle, fontsize="small")
+  fig.tight_layout()
+  return _save(fig, out_dir, "sweep.png")
