@@ -4,6 +4,8 @@ settings of one checkout, on MBA and the demo data, over several training seeds,
 Every run trains the default config for the same number of steps (so other load on the machine changes
 the time, not the result), or with --minutes for the same wall-clock time (then run nothing else).
 Each run generates with launch.py's defaults (a scored run: its best replica's best generator).
+--datasets also takes demo_npz (the demo data as an npz file without its log1p flag) and wwt_like
+(benchmarks/train_speed.py's WWT-shaped set), both through the generic npz input, held out: another draw.
 
   git worktree add /tmp/dg_before main
   python benchmarks/ab_fidelity.py --code before=/tmp/dg_before --code after=. --steps 5000 --out /tmp/ab
@@ -31,18 +33,42 @@ from dg_jax.data.demo import make_demo
 from dg_jax.data.dg_format import MBA_ATTRIBUTE_NAMES, MBA_FEATURE_NAMES, load_dg_folder
 from dg_jax.data.npz_format import save_npz
 
-DATASETS = {  # name -> (config flags, number of series to generate)
+DATASETS = {  # name -> (config flags, number of series to generate); {out}: the --out folder
     "mba": (["--config=configs/mba.py", f"--config.data.path={os.path.join(SHARED_DATA, 'mba')}"], 600),
     "demo": (["--config=configs/default.py"], 1000),
+    # generic npz input, no log1p flags (as a user's own file arrives): the demo data, and a WWT-like set
+    "demo_npz": (["--config=configs/default.py", "--config.data.path={out}/demo_npz_train.npz"], 1000),
+    "wwt_like": (["--config=configs/default.py", "--config.data.path={out}/wwt_like_train.npz"], 1000),
 }
+
+
+def _without_log_flags(data):
+  import dataclasses
+  plain = lambda vs: tuple(dataclasses.replace(v, log1p=False) for v in vs)  # noqa: E731
+  return dataclasses.replace(data, feature_vars=plain(data.feature_vars), attribute_vars=plain(data.attribute_vars))
+
+
+def _write(name: str, seed: int, path: str) -> None:
+  """The npz-input datasets: training draw (seed 0) and held-out draw (seed 1)."""
+  if name == "wwt_like":
+    from train_speed import make_wwt
+    make_wwt(path, seed)
+  else:
+    save_npz(_without_log_flags(make_demo(seed=seed)), path)
 
 
 def held_out(name: str, out: str) -> str:
   path = os.path.join(out, f"{name}_held_out.npz")
   if not os.path.exists(path):
-    data = (load_dg_folder(os.path.join(SHARED_DATA, "mba"), "test", MBA_FEATURE_NAMES, MBA_ATTRIBUTE_NAMES)
-            if name == "mba" else make_demo(seed=1))
-    save_npz(data, path)
+    if name == "mba":
+      save_npz(load_dg_folder(os.path.join(SHARED_DATA, "mba"), "test", MBA_FEATURE_NAMES, MBA_ATTRIBUTE_NAMES), path)
+    elif name == "demo":
+      save_npz(make_demo(seed=1), path)
+    else:
+      _write(name, 1, path)
+  train = os.path.join(out, f"{name}_train.npz")
+  if name in ("demo_npz", "wwt_like") and not os.path.exists(train):
+    _write(name, 0, train)
   return path
 
 
@@ -59,6 +85,8 @@ def run(version: str, code: str, dataset: str, seed: int, budget: list[str], ext
   metrics_file = os.path.join(folder, "report", "metrics.json")
   if not os.path.exists(metrics_file):
     flags, num_samples = DATASETS[dataset]
+    held_out(dataset, out)  # writes the npz inputs too
+    flags = [f.format(out=os.path.abspath(out)) for f in flags]
     launch(code, *flags, f"--workdir={folder}/run", *budget, f"--config.train.seed={seed}", *extra)
     launch(code, "--mode=generate", f"--workdir={folder}/run", f"--num_samples={num_samples}", "--seed=0",
            f"--output={folder}/synthetic.npz")

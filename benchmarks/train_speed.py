@@ -22,13 +22,13 @@ import tempfile
 from common import SHARED_DATA  # noqa: E402  (puts the repository on sys.path)
 
 
-def make_wwt(path: str) -> None:
-  """The WWT-shaped set: 1000 series x 550 daily steps of page views (weekly and yearly cycles), 3
-  categorical attributes of 9/3/2 categories."""
+def make_wwt(path: str, seed: int = 0) -> None:
+  """The WWT-shaped set: 1000 series x 550 daily steps of page views (weekly and yearly cycles, levels
+  spanning orders of magnitude, no log1p flag), 3 categorical attributes of 9/3/2 categories."""
   import numpy as np
   from dg_jax.data.npz_format import save_npz
   from dg_jax.data.schema import Dataset, categorical, continuous
-  rng = np.random.default_rng(0)
+  rng = np.random.default_rng(seed)
   n, t = 1000, 550
   day = np.arange(t)[None, :]
   level = rng.lognormal(5, 2, (n, 1))

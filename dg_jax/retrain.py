@@ -78,7 +78,8 @@ def retrained_privacy_claim(spent: dict, attributes_file: str) -> dict:
 
 
 def retrain_attributes_cli(source: str, attributes_file: str, bundle: str, num_steps: int, seed: int) -> None:
-  """Retrains the attribute generator of a workdir's latest checkpoint or of a bundle (`source`)."""
+  """Retrains the attribute generator of a bundle or of a workdir (`source`; the generator --mode=generate
+  would use by default: the best-scored replica's best when scored, else the latest)."""
   from dg_jax import sharding
   from dg_jax.checkpoints import is_bundle, save_bundle
   from dg_jax.sampling import attributes_from_file, load_generator

@@ -91,7 +91,7 @@ def decode(sample: dict, schema: encoding.Schema) -> tuple[jax.Array, jax.Array,
     u = y if schema.normalization == encoding.ZERO_ONE else (y + 1) / 2
     width = var.high - var.low
     t = u * width + var.low if width > 0 else u + var.low
-    return jnp.expm1(t) if var.log1p else t
+    return jnp.expm1(t) if var.log1p else jnp.sinh(t) if var.asinh else t
 
   blocks = split(sample["features"], schema.feature_heads)
   lengths = flags_to_lengths(blocks[-1])

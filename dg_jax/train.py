@@ -43,9 +43,18 @@ PROFILE_DIR = "profile"
 
 
 def fit_schema_from_config(dataset, config) -> encoding.Schema:
+  """data.log1p: "auto" (encoding.fit_schema's auto_log) or the names of variables to model as log1p(x)."""
   dc = config.data
-  return encoding.fit_schema(dataset, dc.normalization, dc.auto_normalize,
-                             [x.strip() for x in dc.log1p.split(",") if x.strip()])
+  names = [x.strip() for x in dc.log1p.split(",") if x.strip()]
+  auto = names == ["auto"]
+  schema = encoding.fit_schema(dataset, dc.normalization, dc.auto_normalize, [] if auto else names, auto)
+  if auto:
+    given = {v.name: v for v in dataset.feature_vars + dataset.attribute_vars}
+    chosen = [f"{v.name} ({'log1p' if v.log1p else 'asinh'})" for v in schema.feature_vars + schema.attribute_vars
+              if (v.log1p or v.asinh) and not (given[v.name].log1p or given[v.name].asinh)]
+    log.info("data.log1p=auto: %s", ", ".join(chosen) + " span orders of magnitude: modelled in log scale"
+             if chosen else "no variable spans orders of magnitude")
+  return schema
 
 
 def batch_dict(features, attributes, additional):

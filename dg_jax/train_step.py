@@ -121,7 +121,7 @@ def private_critic_grads(model: DoppelGANger, tc: TrainConfig, pc: PrivacyConfig
 
 
 def make_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfig | None = None):
-  """Returns the un-jitted multi-step function `(state, batches, key) -> (state, metrics)`.
+  """Returns the un-jitted multi-step function `(state, batches, keys) -> (state, metrics)`.
 
   keys: [K] the replicas' keys; replica r's step i draws its noise from fold_in(keys[r], i) on device.
   pc: an enabled, resolved privacy config (privacy.resolve) for DP-SGD critics; None or disabled = off.

@@ -188,3 +188,24 @@ def test_npz_errors(tmp_path):
            attributes=np.zeros((2, 0)), feature_types=np.array(["ordinal"]), attribute_types=np.array([], str))
   with pytest.raises(DataError, match="kind.npz: feature 'feature_0' has type 'ordinal'"):
     load_npz(tmp_path / "kind.npz")
+
+
+def test_auto_log_picks_heavy_tailed_variables_and_round_trips(tmp_path):
+  """log1p=auto: byte counts spanning decades -> log1p, signed heavy tails -> asinh, a loss rate in
+  [0, 1] and a normal variable -> unchanged; encode/decode and npz keep the choice exactly."""
+  rng = np.random.default_rng(0)
+  n, t = 50, 20
+  f = np.stack([rng.lognormal(8, 2.5, (n, t)), rng.uniform(0, 1, (n, t)),
+                rng.choice([-1, 1], (n, t)) * rng.lognormal(6, 2, (n, t)), rng.normal(50, 5, (n, t))], -1)
+  fvars = tuple(continuous(name) for name in ("bytes", "loss_rate", "net_flow", "temperature"))
+  data = Dataset(f.astype(np.float32), np.full(n, t), np.zeros((n, 0)), fvars, ()).validate()
+  schema = encoding.fit_schema(data, auto_log=True)
+  assert [(v.log1p, v.asinh) for v in schema.feature_vars] == [(True, False), (False, False), (False, True),
+                                                                (False, False)]
+  assert not any(v.log1p or v.asinh for v in encoding.fit_schema(data).feature_vars)  # off unless asked
+  back = encoding.decode(encoding.encode(data, schema), schema)
+  np.testing.assert_allclose(back.features, data.features, rtol=2e-4, atol=1e-3)
+  save_npz(back, str(tmp_path / "x.npz"))
+  assert [(v.log1p, v.asinh) for v in load_npz(str(tmp_path / "x.npz")).feature_vars] == \
+      [(v.log1p, v.asinh) for v in schema.feature_vars]
+  assert encoding.Schema.from_json(schema.to_json()) == schema

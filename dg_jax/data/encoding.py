@@ -107,9 +107,25 @@ class Encoded:
     return int(self.features.shape[0])
 
 
+# A continuous variable spans orders of magnitude (log1p=auto) when the 99th percentile of |x| is this
+# many decades above the median, counted as log10(1 + |x|) so that values below 1 never qualify.
+HEAVY_TAIL_DECADES = 2.0
+
+
+def heavy_tailed(values: np.ndarray) -> bool:
+  """Whether values (a variable's, over valid steps) span orders of magnitude (HEAVY_TAIL_DECADES)."""
+  if values.size == 0:
+    return False
+  median, top = np.quantile(np.abs(values.astype(np.float64)), [0.5, 0.99])
+  return bool(np.log10(1 + top) - np.log10(1 + median) >= HEAVY_TAIL_DECADES)
+
+
 def fit_schema(dataset: Dataset, normalization: str = ZERO_ONE, auto_normalize: bool = True,
-               log1p: Iterable[str] = ()) -> Schema:
-  """Global per-variable ranges (over valid steps only) of `dataset`; `log1p` names more variables to log."""
+               log1p: Iterable[str] = (), auto_log: bool = False) -> Schema:
+  """Global per-variable ranges (over valid steps only) of `dataset`; `log1p` names more variables to log.
+
+  auto_log: also transform every continuous variable that is `heavy_tailed` in this data: log1p(x)
+  when it is never negative, asinh(x) (signed, log-like in both tails) when it is."""
   dataset = dataset.validate()
   log1p = set(log1p)
   known = {v.name for v in dataset.feature_vars + dataset.attribute_vars}
@@ -121,6 +137,8 @@ def fit_schema(dataset: Dataset, normalization: str = ZERO_ONE, auto_normalize: 
     if var.is_categorical:
       return var
     var = dataclasses.replace(var, log1p=var.log1p or var.name in log1p)
+    if auto_log and not (var.log1p or var.asinh) and heavy_tailed(values):
+      var = dataclasses.replace(var, **{"log1p" if values.min() >= 0 else "asinh": True})
     if var.log1p and np.any(values < 0):
       raise DataError(f"{dataset.source}: variable {var.name!r} uses log1p but has negative values")
     t = _forward(var, values.astype(np.float64))
@@ -133,7 +151,7 @@ def fit_schema(dataset: Dataset, normalization: str = ZERO_ONE, auto_normalize: 
 
 
 def _forward(var: Variable, x: np.ndarray) -> np.ndarray:
-  return np.log1p(x) if var.log1p else x
+  return np.log1p(x) if var.log1p else np.arcsinh(x) if var.asinh else x
 
 
 def _valid_mask(lengths: np.ndarray, t: int) -> np.ndarray:
@@ -158,7 +176,7 @@ def _unscale(var: Variable, y: np.ndarray, normalization: str) -> np.ndarray:
   u = y if normalization == ZERO_ONE else (y + 1) / 2
   width = var.high - var.low
   t = u * width + var.low if width > 0 else u + var.low
-  return np.expm1(t) if var.log1p else t
+  return np.expm1(t) if var.log1p else np.sinh(t) if var.asinh else t
 
 
 def _one_hot(codes: np.ndarray, k: int) -> np.ndarray:

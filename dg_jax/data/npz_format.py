@@ -27,6 +27,7 @@ def save_npz(dataset: Dataset, path: str) -> None:
     arrays[f"{role}_types"] = np.array([v.kind for v in variables], dtype=str)
     arrays[f"{role}_names"] = np.array([v.name for v in variables], dtype=str)
     arrays[f"{role}_log1p"] = np.array([v.log1p for v in variables], dtype=bool)
+    arrays[f"{role}_asinh"] = np.array([v.asinh for v in variables], dtype=bool)
     for j, v in enumerate(variables):
       if v.is_categorical:
         arrays[f"{role}_labels_{j}"] = np.array(v.categories, dtype=str)
@@ -57,8 +58,10 @@ def load_npz(path: str) -> Dataset:
     types = [str(t) for t in np.atleast_1d(arrays[f"{role}_types"])]
     names = [str(x) for x in arrays.get(f"{role}_names", [f"{role}_{j}" for j in range(len(types))])]
     log1p = arrays.get(f"{role}_log1p", np.zeros(len(types), bool))
-    if len(names) != len(types) or len(log1p) != len(types):
-      raise DataError(f"{path}: {role}_names / {role}_log1p must have one entry per {role} ({len(types)})")
+    asinh = arrays.get(f"{role}_asinh", np.zeros(len(types), bool))
+    if len(names) != len(types) or len(log1p) != len(types) or len(asinh) != len(types):
+      raise DataError(f"{path}: {role}_names / {role}_log1p / {role}_asinh must have one entry per {role} "
+                      f"({len(types)})")
     out = []
     for j, (kind, name) in enumerate(zip(types, names)):
       if kind not in KINDS:
@@ -71,7 +74,7 @@ def load_npz(path: str) -> Dataset:
           labels = [str(c) for c in range(int(finite.max()) + 1 if finite.size else 1)]
         out.append(Variable(name, kind, tuple(str(x) for x in labels)))
       else:
-        out.append(Variable(name, kind, log1p=bool(log1p[j])))
+        out.append(Variable(name, kind, log1p=bool(log1p[j]), asinh=bool(asinh[j])))
     variables[role] = tuple(out)
   return Dataset(features, arrays["lengths"], attributes, variables["feature"], variables["attribute"],
                  source=path).validate()

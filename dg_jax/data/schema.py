@@ -25,14 +25,15 @@ class Variable:
   """One attribute or feature.
 
   For categorical variables `categories` holds the label of each code. For
-  continuous ones `log1p` models log1p(x) (heavy-tailed counts, x >= 0), and
-  `low`/`high` are the global range of the (transformed) values, set by
-  `encoding.fit_schema`.
+  continuous ones `log1p` models log1p(x) (heavy-tailed counts, x >= 0), `asinh`
+  models asinh(x) (heavy-tailed values of both signs), and `low`/`high` are the
+  global range of the (transformed) values, set by `encoding.fit_schema`.
   """
   name: str
   kind: str
   categories: tuple[str, ...] = ()
   log1p: bool = False
+  asinh: bool = False
   low: float | None = None
   high: float | None = None
 
@@ -42,8 +43,10 @@ class Variable:
     if self.kind == CATEGORICAL:
       if not self.categories:
         raise DataError(f"variable {self.name!r}: a categorical variable needs at least one category")
-      if self.log1p:
-        raise DataError(f"variable {self.name!r}: log1p applies to continuous variables only")
+      if self.log1p or self.asinh:
+        raise DataError(f"variable {self.name!r}: log1p and asinh apply to continuous variables only")
+    if self.log1p and self.asinh:
+      raise DataError(f"variable {self.name!r}: log1p or asinh, not both")
     object.__setattr__(self, "categories", tuple(str(c) for c in self.categories))
 
   @property
