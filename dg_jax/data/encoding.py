@@ -107,8 +107,8 @@ class Encoded:
     return int(self.features.shape[0])
 
 
-# A continuous variable spans orders of magnitude (log1p=auto) when the 99th percentile of |x| is this
-# many decades above the median, counted as log10(1 + |x|) so that values below 1 never qualify.
+# A continuous variable spans orders of magnitude (log1p=auto) when the central 98% of |x| (1st to 99th
+# percentile) spans this many decades, counted in log10(1 + |x|) so that values below 1 never qualify.
 HEAVY_TAIL_DECADES = 2.0
 
 
@@ -116,8 +116,8 @@ def heavy_tailed(values: np.ndarray) -> bool:
   """Whether values (a variable's, over valid steps) span orders of magnitude (HEAVY_TAIL_DECADES)."""
   if values.size == 0:
     return False
-  median, top = np.quantile(np.abs(values.astype(np.float64)), [0.5, 0.99])
-  return bool(np.log10(1 + top) - np.log10(1 + median) >= HEAVY_TAIL_DECADES)
+  low, high = np.quantile(np.abs(values.astype(np.float64)), [0.01, 0.99])
+  return bool(np.log10(1 + high) - np.log10(1 + low) >= HEAVY_TAIL_DECADES)
 
 
 def fit_schema(dataset: Dataset, normalization: str = ZERO_ONE, auto_normalize: bool = True,
