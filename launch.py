@@ -160,7 +160,7 @@ def _generate():
 
 
 def _export():
-  from dg_jax import sampling, sharding
+  from dg_jax import sharding
   from dg_jax.checkpoints import save_bundle
   if not _BUNDLE.value:
     raise app.UsageError("--mode=export needs --bundle=FOLDER")

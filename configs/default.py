@@ -21,7 +21,8 @@ def get_config():
   c.data.max_samples = 0            # random subsample of this many series (0 = all)
   c.data.normalization = "zero_one"  # continuous values scaled to [0,1] ("zero_one") or [-1,1] ("minus_one_one")
   c.data.auto_normalize = True      # per-series min/max as generated "additional attributes" (§4.2)
-  c.data.log1p = ""                 # comma-separated continuous variables to model as log1p(x)
+  c.data.log1p = ""                 # comma-separated continuous variables to model as log1p(x), or "auto":
+                                    # those spanning two decades or more (log1p, or asinh if signed)
   c.data.id_column = "id"           # csv_long: series id column
   c.data.time_column = ""           # csv_long: column to order records by ("" = file order)
   c.data.attribute_columns = ""     # csv_long: comma-separated attribute columns

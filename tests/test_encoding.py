@@ -209,3 +209,17 @@ def test_auto_log_picks_heavy_tailed_variables_and_round_trips(tmp_path):
   assert [(v.log1p, v.asinh) for v in load_npz(str(tmp_path / "x.npz")).feature_vars] == \
       [(v.log1p, v.asinh) for v in schema.feature_vars]
   assert encoding.Schema.from_json(schema.to_json()) == schema
+
+
+def test_log1p_auto_from_the_config():
+  """data.log1p="auto" reaches fit_schema from the training config; names still work as before."""
+  from configs import tiny
+  from dg_jax.data.demo import make_demo
+  from dg_jax.train import fit_schema_from_config
+  demo = make_demo(64, 24, seed=0)
+  plain = dataclasses.replace(demo, feature_vars=tuple(dataclasses.replace(v, log1p=False) for v in demo.feature_vars))
+  c = tiny.get_config()
+  c.data.log1p = "auto"
+  assert [v.log1p for v in fit_schema_from_config(plain, c).feature_vars] == [True, False]  # traffic_bytes only
+  c.data.log1p = "latency_ms"
+  assert [v.log1p for v in fit_schema_from_config(plain, c).feature_vars] == [False, True]
