@@ -17,7 +17,7 @@ from dg_jax.data.schema import DataError, Dataset
 from dg_jax.models.doppelganger import DoppelGANger, sample_noise
 from dg_jax.settings import model_config, train_config
 from dg_jax.sharding import DATA
-from dg_jax.train_step import NOISE_SPECS, init_replicas
+from dg_jax.train_step import NOISE_SPECS, init_replicas, replica
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +66,8 @@ def choose_generator(state: dict, seed_index: int | None = None, checkpoint: str
     raise ValueError(f"{source}: --seed_index={seed_index}, but the run has {num} replica(s) (0..{num - 1})")
   if kind == "best" and not scored[seed_index]:
     raise ValueError(f"{source}: replica {seed_index} was never scored")
-  pick = lambda tree: jax.tree.map(lambda x: x[seed_index], tree)
-  if kind == "best":
-    params, step = pick(state["best"]["generator"]), int(jax.device_get(state["best"]["step"])[seed_index])
-  else:
-    params, step = pick(state["params"]["generator"]), int(jax.device_get(state["step"])[seed_index])
+  source_state = state["best"] if kind == "best" else dict(generator=state["params"]["generator"], step=state["step"])
+  params, step = replica(source_state["generator"], seed_index), int(jax.device_get(source_state["step"])[seed_index])
   chosen = dict(replica=seed_index, checkpoint=kind, step=step)
   if scored[seed_index]:
     chosen["best_score"] = float(best_scores[seed_index])

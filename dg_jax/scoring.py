@@ -168,7 +168,7 @@ def _histogram(data: Dataset, j: int, role: str) -> np.ndarray:
   if role == "attribute":
     k = data.attribute_vars[j].dim
     return np.bincount(data.attributes[:, j].astype(int), minlength=k)[:k].astype(np.float32)
-  valid = metrics._valid(data)
+  valid = np.arange(data.max_length)[None, :] < data.lengths[:, None]
   k = data.feature_vars[j].dim
   return np.bincount(data.features[:, :, j][valid].astype(int), minlength=k)[:k].astype(np.float32)
 
@@ -203,8 +203,7 @@ class Scorer:
       memo = train.subset(np.sort(subset))
       std = metrics.feature_scaling(memo)[1]
       _, held = memorisation.nearest_neighbours(memo, reference)
-      ref.update(memo_train=memorisation._flat(memo, None, std).astype(np.float32), memo_std=std.astype(np.float32),
-                 held_out_median=float(np.median(held)))
+      ref.update(memo_train=_flat_scaled(memo.features, std), memo_std=std, held_out_median=float(np.median(held)))
     return cls(model, num_samples, jax.tree.map(lambda x: np.asarray(x, np.float32), ref))
 
   def names(self) -> list[str]:

@@ -59,7 +59,8 @@ class TrainConfig:
   tensorboard: bool = True              # TensorBoard scalars in <workdir>/tensorboard
 
   def __post_init__(self):
-    for name in ("batch_size", "num_seeds", "d_rounds", "g_rounds", "steps_per_dispatch", "log_every", "checkpoint_every"):
+    for name in ("batch_size", "num_seeds", "d_rounds", "g_rounds", "steps_per_dispatch", "log_every",
+                 "checkpoint_every"):
       if getattr(self, name) < 1:
         raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
     if self.eval_every < 0 or self.eval_samples < 2 or not 0 <= self.eval_holdout < 1:

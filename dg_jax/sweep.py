@@ -2,7 +2,8 @@
 training train.num_seeds = K seeds at once; every seed's generator (its best-scored one when
 train.eval_every scores the run, else its latest) generates a sample that the §5 metrics score against
 held-out data (`real_test`: an npz file, or `split:test` for the training folder's test split) or,
-without it, against the training data (the tables then say so). The S with the lowest mean autocorrelation MSE (averaged over features, then seeds) wins.
+without it, against the training data (the tables then say so). The S with the lowest mean
+autocorrelation MSE (averaged over features, then seeds) wins.
 
 Each run lives in `<workdir>/sample_len_<S>` and resumes like any run; each run's per-seed scores are
 kept in its folder (SCORES_FILE) once computed, so an interrupted sweep picks up where it stopped.

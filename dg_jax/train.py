@@ -309,7 +309,7 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
     _write_run_files(workdir, config_json, schema, start)
   metrics_log = MetricsLog(workdir, start, primary, tc.tensorboard)
   profiler = Profiler(tc.profile_window, workdir, primary)
-  score_fn, reference, scored_step = None, None, None
+  score_fn, reference, scored = None, None, False
   if tc.eval_every:
     scorer = scoring.Scorer.build(model, tc.eval_samples, held_out if held_out is not None else dataset, dataset,
                                   held_out is not None)
@@ -318,8 +318,8 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
 
   step_fn = jax.jit(make_train_step(model, tc, mesh, pc), donate_argnums=0)
   arrays = [encoded.features, encoded.attributes, encoded.additional_attributes]
-  sampling = "independent" if pc.enabled else "epochs"
-  batches = [BatchIterator(arrays, tc.batch_size, tc.seed + r, start_step=start, sampling=sampling)
+  batch_sampling = "independent" if pc.enabled else "epochs"
+  batches = [BatchIterator(arrays, tc.batch_size, tc.seed + r, start_step=start, sampling=batch_sampling)
              for r in range(tc.num_seeds)]  # replica r's batches: those of the run with seed + r
   step, t_start, window = start, time.time(), (start, time.time())
   deadline = t_start + 60 * tc.max_minutes if tc.max_minutes else None
@@ -346,7 +346,7 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
                                                    step == end or out_of_time):
         state, scores, preview = score_fn(state, reference)
         scores = {f"score/{name}": _per_replica(v) for name, v in sharding.to_host(scores).items()}
-        scored_step = step
+        scored = True
         if tc.tensorboard:
           preview = sharding.to_host(preview)  # collective: every process takes part
           if primary:
@@ -376,8 +376,8 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
     raise Preempted(signals.received or signal.SIGTERM, step)
   if out_of_time:
     log.info("wall-clock budget (train.max_minutes) spent at step %d; checkpointed", step)
-  if scored_step is not None:
-    best = sharding.to_host(state["best"])
+  if scored:
+    best = sharding.to_host(dict(score=state["best"]["score"], step=state["best"]["step"]))
     log.info("best scores: %s", "  ".join(f"replica {r}: {best['score'][r]:.4g} at step {best['step'][r]}"
                                           for r in range(tc.num_seeds)))
   if accountant is not None:
