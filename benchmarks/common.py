@@ -25,15 +25,14 @@ class Trainer:
   time, as dg_jax/train.py runs them (metrics fetched after every dispatch)."""
 
   def __init__(self, model, tc, encoded, num_seeds: int = 1, mesh=None):
-    import jax
     import numpy as np
     from dg_jax import sharding
     from dg_jax.data.batching import BatchIterator
     from dg_jax.train import batch_dict
-    from dg_jax.train_step import init_replicas, make_train_step
+    from dg_jax.train_step import init_replicas, jit_train_step
     self.mesh = mesh or sharding.make_mesh(None, num_seeds)
     self.state, self.keys = sharding.place(init_replicas(model, tc, 0, num_seeds), sharding.by_replica(self.mesh))
-    self.step = jax.jit(make_train_step(model, tc, self.mesh), donate_argnums=0)
+    self.step = jit_train_step(model, tc, self.mesh)
     arrays = [encoded.features, encoded.attributes, encoded.additional_attributes]
     self.batches = [BatchIterator(arrays, tc.batch_size, r) for r in range(num_seeds)]
     self.k = tc.steps_per_dispatch

@@ -68,9 +68,10 @@ def replicate(tree, mesh):
   return place(tree, replicated(mesh))
 
 
-def by_replica(mesh) -> NamedSharding:
-  """Arrays with a leading replica axis (training state, keys, scores), split over the seeds axis."""
-  return NamedSharding(mesh, P(SEEDS))
+def by_replica(mesh, after: int = 0) -> NamedSharding:
+  """Arrays with a replica axis (training state, keys, scores: axis 0; per-step metrics [steps, K]:
+  after=1), split over the seeds axis."""
+  return NamedSharding(mesh, P(*(None,) * after, SEEDS))
 
 
 def shard_batches(arrays, mesh):

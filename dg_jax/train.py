@@ -32,7 +32,7 @@ from dg_jax.data.batching import BatchIterator
 from dg_jax.data.loaders import load_dataset
 from dg_jax.models.doppelganger import DoppelGANger
 from dg_jax.settings import PrivacyConfig, TrainConfig, model_config, privacy_config, train_config
-from dg_jax.train_step import init_replicas, make_train_step
+from dg_jax.train_step import init_replicas, jit_train_step
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
@@ -314,9 +314,9 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
     scorer = scoring.Scorer.build(model, tc.eval_samples, held_out if held_out is not None else dataset, dataset,
                                   held_out is not None)
     reference = sharding.replicate(scorer.reference, mesh)
-    score_fn = jax.jit(scorer.score, donate_argnums=0)
+    score_fn = jax.jit(scorer.score, donate_argnums=0, out_shardings=sharding.by_replica(mesh))
 
-  step_fn = jax.jit(make_train_step(model, tc, mesh, pc), donate_argnums=0)
+  step_fn = jit_train_step(model, tc, mesh, pc)
   arrays = [encoded.features, encoded.attributes, encoded.additional_attributes]
   batch_sampling = "independent" if pc.enabled else "epochs"
   batches = [BatchIterator(arrays, tc.batch_size, tc.seed + r, start_step=start, sampling=batch_sampling)

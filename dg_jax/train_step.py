@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
-from dg_jax import losses, privacy
+from dg_jax import losses, privacy, sharding
 from dg_jax.models.doppelganger import DoppelGANger, sample_noise
 from dg_jax.settings import PrivacyConfig, TrainConfig
 from dg_jax.sharding import DATA, SEEDS
@@ -118,6 +118,14 @@ def private_critic_grads(model: DoppelGANger, tc: TrainConfig, pc: PrivacyConfig
                                                  pc.noise_multiplier, key, batch_size, DATA)
   metrics = jax.tree.map(jnp.mean, metrics)
   return grads, dict(metrics, clipped_fraction=clipped / batch_size)
+
+
+def jit_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfig | None = None):
+  """make_train_step jitted, the state donated and its output laid out as its input (P('seeds') even
+  when that axis has one device, which JAX would otherwise normalise to P() and so recompile the step
+  at its second call)."""
+  return jax.jit(make_train_step(model, tc, mesh, pc), donate_argnums=0,
+                 out_shardings=(sharding.by_replica(mesh), sharding.by_replica(mesh, after=1)))
 
 
 def make_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfig | None = None):

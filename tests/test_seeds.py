@@ -199,3 +199,19 @@ def test_composite_score_penalises_memorisation():
   copying = float(scorer.composite(dict(base, memorisation_ratio=0.0), ref))
   assert copying == pytest.approx(fair + 1.0)
   assert float(scorer.composite(dict(base, memorisation_ratio=2.0), ref)) == pytest.approx(fair)
+
+
+@pytest.mark.parametrize("num_seeds", [1, 2])
+def test_the_step_compiles_once(setup, num_seeds):
+  """The output state is laid out as the input (P('seeds') even on a one-device seeds axis), so the
+  second dispatch reuses the first one's executable."""
+  from dg_jax import sharding
+  from dg_jax.train_step import init_replicas, jit_train_step
+  model, tc, batches = setup
+  mesh = sharding.make_mesh(2, num_seeds)
+  state, keys = sharding.place(init_replicas(model, tc, 0, num_seeds), sharding.by_replica(mesh))
+  stacked = sharding.shard_batches(jax.tree.map(lambda x: np.stack([x] * num_seeds, 1), batches), mesh)
+  step = jit_train_step(model, tc, mesh)
+  for _ in range(2):
+    state, _ = step(state, stacked, keys)
+  assert step._cache_size() == 1
