@@ -25,22 +25,21 @@ class Trainer:
   time, as dg_jax/train.py runs them (metrics fetched after every dispatch)."""
 
   def __init__(self, model, tc, encoded, num_seeds: int = 1, mesh=None):
-    import numpy as np
     from dg_jax import sharding
-    from dg_jax.data.batching import BatchIterator
+    from dg_jax.data.batching import ReplicaBatches
     from dg_jax.train import batch_dict
     from dg_jax.train_step import init_replicas, jit_train_step
     self.mesh = mesh or sharding.make_mesh(None, num_seeds)
     self.state, self.keys = sharding.place(init_replicas(model, tc, 0, num_seeds), sharding.by_replica(self.mesh))
     self.step = jit_train_step(model, tc, self.mesh)
     arrays = [encoded.features, encoded.attributes, encoded.additional_attributes]
-    self.batches = [BatchIterator(arrays, tc.batch_size, r) for r in range(num_seeds)]
+    self.batches = ReplicaBatches(arrays, tc.batch_size, 0, num_seeds)
     self.k = tc.steps_per_dispatch
-    self._stack = lambda k: batch_dict(*[np.stack(p, 1) for p in zip(*(b.next(k) for b in self.batches))])
+    self.host_batches = lambda k: batch_dict(*self.batches.next(k))  # [k, K, B, ...] arrays
 
   def next_batches(self, k: int):
     from dg_jax import sharding
-    return sharding.shard_batches(self._stack(k), self.mesh)
+    return sharding.shard_batches(self.host_batches(k), self.mesh)
 
   def dispatch(self) -> None:
     import jax

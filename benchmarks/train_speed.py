@@ -121,7 +121,7 @@ def arithmetic(model, tc, trainer) -> dict:
   unrolled = DoppelGANger(model.schema, model.cfg, unroll=num_rollout_steps(model.schema.max_length, model.sample_len))
   mesh = sharding.make_mesh(1)
   step = jax.jit(make_train_step(unrolled, tc, mesh))
-  one_batch = sharding.shard_batches(trainer._stack(1), mesh)
+  one_batch = sharding.shard_batches(trainer.host_batches(1), mesh)
   single, keys = jax.device_put((trainer.state, trainer.keys), sharding.replicated(mesh))
   train_flops = step.lower(single, one_batch, keys).cost_analysis()["flops"]
   n = 100

@@ -207,7 +207,7 @@ class Scorer:
     return cls(model, num_samples, jax.tree.map(lambda x: np.asarray(x, np.float32), ref))
 
   def names(self) -> list[str]:
-    """The score names, in the order of `terms`."""
+    """The names of the per-variable scores, in the order `metrics` computes them."""
     s = self.model.schema
     out = [f"autocorrelation_mse/{v.name}" for v in s.feature_vars if not v.is_categorical]
     out += [f"midrange_w1/{v.name}" for v in s.feature_vars if not v.is_categorical]
@@ -237,7 +237,10 @@ class Scorer:
       t = ref["memo_train"]
       nearest = jnp.argmin(jnp.sum(t * t, 1)[None, :] - 2.0 * q @ t.T, axis=1)
       distances = jnp.sum((q - t[nearest]) ** 2, 1)  # the winner's distance, recomputed directly
-      out["memorisation_ratio"] = jnp.median(distances) / ref["held_out_median"]
+      # as memorisation_summary: a held-out median of 0 (duplicated series) gives inf, or 1 for exact copies
+      median = jnp.median(distances)
+      out["memorisation_ratio"] = jnp.where(ref["held_out_median"] > 0, median / ref["held_out_median"],
+                                            jnp.where(median > 0, jnp.inf, 1.0))
     out["score"] = self.composite(out, ref)
     return out
 

@@ -28,7 +28,7 @@ import logging
 from dg_jax import io_utils, privacy, scoring, sharding
 from dg_jax.checkpoints import Checkpointer
 from dg_jax.data import encoding
-from dg_jax.data.batching import BatchIterator
+from dg_jax.data.batching import ReplicaBatches
 from dg_jax.data.loaders import load_dataset
 from dg_jax.models.doppelganger import DoppelGANger
 from dg_jax.settings import PrivacyConfig, TrainConfig, model_config, privacy_config, train_config
@@ -318,9 +318,8 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
 
   step_fn = jit_train_step(model, tc, mesh, pc)
   arrays = [encoded.features, encoded.attributes, encoded.additional_attributes]
-  batch_sampling = "independent" if pc.enabled else "epochs"
-  batches = [BatchIterator(arrays, tc.batch_size, tc.seed + r, start_step=start, sampling=batch_sampling)
-             for r in range(tc.num_seeds)]  # replica r's batches: those of the run with seed + r
+  batches = ReplicaBatches(arrays, tc.batch_size, tc.seed, tc.num_seeds, start_step=start,
+                           sampling="independent" if pc.enabled else "epochs")
   step, t_start, window = start, time.time(), (start, time.time())
   deadline = t_start + 60 * tc.max_minutes if tc.max_minutes else None
   last, out_of_time, stopped = {}, False, False
@@ -330,8 +329,7 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
     while step < end:
       k = tc.steps_per_dispatch if end - step >= tc.steps_per_dispatch else 1
       profiler.before(step, k)
-      batch = [np.stack(parts, axis=1) for parts in zip(*(b.next(k) for b in batches))]  # [k, K, B, ...]
-      state, metrics = step_fn(state, sharding.shard_batches(batch_dict(*batch), mesh), keys)
+      state, metrics = step_fn(state, sharding.shard_batches(batch_dict(*batches.next(k)), mesh), keys)
       metrics = sharding.to_host(metrics)
       check_finite(metrics, step)
       step += k

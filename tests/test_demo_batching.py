@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from dg_jax.data import encoding
-from dg_jax.data.batching import BatchIterator
+from dg_jax.data.batching import BatchIterator, ReplicaBatches
 from dg_jax.data.demo import make_demo
 
 
@@ -56,3 +56,14 @@ def test_batch_larger_than_dataset_and_errors():
     BatchIterator([np.zeros(0)], 4, 0)
   with pytest.raises(ValueError, match="different numbers of rows"):
     BatchIterator([np.zeros(3), np.zeros(4)], 4, 0)
+
+
+def test_replica_batches_are_each_seeds_own_and_resume():
+  x = np.arange(30)[:, None] * np.ones((1, 2))
+  batches = ReplicaBatches([x], 4, seed=5, num_replicas=3, start_step=2)
+  (stacked,) = batches.next(3)
+  assert stacked.shape == (3, 3, 4, 2)
+  for r in range(3):
+    (alone,) = BatchIterator([x], 4, 5 + r, start_step=2).next(3)
+    np.testing.assert_array_equal(stacked[:, r], alone)
+  assert not np.array_equal(stacked[:, 0], stacked[:, 1])

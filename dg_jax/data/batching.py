@@ -75,3 +75,15 @@ class BatchIterator:
 
   def __next__(self):
     return self.next()
+
+
+class ReplicaBatches:
+  """The batches of K replicas (train.num_seeds): replica r's are those of the run with seed + r."""
+
+  def __init__(self, arrays: Sequence[np.ndarray], batch_size: int, seed: int, num_replicas: int,
+               start_step: int = 0, sampling: str = "epochs"):
+    self.replicas = [BatchIterator(arrays, batch_size, seed + r, start_step, sampling) for r in range(num_replicas)]
+
+  def next(self, num_steps: int) -> tuple[np.ndarray, ...]:
+    """The next `num_steps` batches of every replica: arrays [num_steps, K, batch_size, ...]."""
+    return tuple(np.stack(parts, axis=1) for parts in zip(*(b.next(num_steps) for b in self.replicas)))
