@@ -13,8 +13,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs import tiny
-from dg_jax import privacy, sharding, train
-from dg_jax.data import encoding
+from dg_jax import privacy, sharding
+from dg_jax.data import batching, encoding
 from dg_jax.data.batching import BatchIterator
 from dg_jax.data.loaders import load_dataset
 from dg_jax.data.npz_format import save_npz
@@ -250,7 +250,7 @@ def test_resume_keeps_the_spent_budget_and_stops_within_it(tmp_path, monkeypatch
       samplings.append(kwargs.get("sampling"))
       super().__init__(*args, **kwargs)
 
-  monkeypatch.setattr(train, "BatchIterator", RecordingIterator)
+  monkeypatch.setattr(batching, "BatchIterator", RecordingIterator)  # what train.py's ReplicaBatches builds
   n, b = 64, 16  # configs/tiny.py
   budget = privacy.Accountant(n, b, 1.0, privacy.default_delta(n)).epsilon(10)
   straight, split = str(tmp_path / "straight"), str(tmp_path / "split")

@@ -82,7 +82,8 @@ class ReplicaBatches:
 
   def __init__(self, arrays: Sequence[np.ndarray], batch_size: int, seed: int, num_replicas: int,
                start_step: int = 0, sampling: str = "epochs"):
-    self.replicas = [BatchIterator(arrays, batch_size, seed + r, start_step, sampling) for r in range(num_replicas)]
+    self.replicas = [BatchIterator(arrays, batch_size, seed + r, start_step=start_step, sampling=sampling)
+                     for r in range(num_replicas)]
 
   def next(self, num_steps: int) -> tuple[np.ndarray, ...]:
     """The next `num_steps` batches of every replica: arrays [num_steps, K, batch_size, ...]."""
