@@ -43,6 +43,8 @@ def get_config():
   c.model.attribute_num_units = 100
   c.model.additional_num_layers = 2  # hidden layers of the min/max MLP
   c.model.additional_num_units = 100
+  c.model.metadata_batch_norm = True  # BatchNorm after each hidden layer of both metadata MLPs, as in the
+                                    # original (closer attribute histograms: README, Benchmarks)
   c.model.feature_num_units = 100   # LSTM units
   c.model.initial_state = "random"  # LSTM initial state: "random" N(0,1) or "zero"
   c.model.critic_num_layers = 4     # hidden layers of both critics

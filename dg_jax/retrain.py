@@ -17,7 +17,7 @@ import optax
 from dg_jax import losses
 from dg_jax.data import encoding
 from dg_jax.data.batching import BatchIterator
-from dg_jax.models.doppelganger import MLP, Critic, DoppelGANger, activate
+from dg_jax.models.doppelganger import MLP, STATS, Critic, DoppelGANger, activate, split_stats
 
 log = logging.getLogger(__name__)
 
@@ -30,21 +30,24 @@ def retrain_attributes(model: DoppelGANger, g_params, attributes: np.ndarray, nu
   if schema.attribute_dim == 0:
     raise ValueError("the model has no attributes to retrain")
   real = encoding.encode_attributes(np.asarray(attributes, np.float64), schema)
-  mlp = MLP(cfg.attribute_num_layers, cfg.attribute_num_units, schema.attribute_dim)
+  mlp = MLP(cfg.attribute_num_layers, cfg.attribute_num_units, schema.attribute_dim, cfg.metadata_batch_norm)
   critic = Critic(cfg.critic_num_layers, cfg.critic_num_units)
   key_init, key_run = jax.random.split(jax.random.key(seed))
+  mlp_stats = {k: v["attribute_mlp"] for k, v in split_stats(g_params)[1].items()}  # BatchNorm's, if on
   params = dict(generator=g_params["params"]["attribute_mlp"], critic=critic.init(key_init, real[:2]))
   opt = optax.adam(learning_rate, b1=0.5, b2=0.999)
   opt_state = dict(generator=opt.init(params["generator"]), critic=opt.init(params["critic"]))
 
-  def fake_attributes(p, noise):
-    return activate(mlp.apply({"params": p}, noise), schema.attribute_heads)
+  def fake_attributes(p, noise, stats):
+    logits, updated = mlp.apply(dict(stats, params=p), noise, train=True, mutable=[STATS])
+    return activate(logits, schema.attribute_heads), dict(updated)
 
   @jax.jit
-  def step(params, opt_state, batch, i):
+  def step(params, stats, opt_state, batch, i):
     k_noise, k_t = jax.random.split(jax.random.fold_in(key_run, i))
     noise = jax.random.normal(k_noise, (batch.shape[0], cfg.attribute_noise_dim))
-    fake, pullback = jax.vjp(functools.partial(fake_attributes, noise=noise), params["generator"])
+    fake, pullback, stats = jax.vjp(functools.partial(fake_attributes, noise=noise, stats=stats),
+                                    params["generator"], has_aux=True)
     d_loss = lambda c: losses.critic_loss(lambda x: critic.apply(c, x), batch, jax.lax.stop_gradient(fake),
                                           jax.random.uniform(k_t, (batch.shape[0],)), gp_weight)[0]
     d_value, grads = jax.value_and_grad(d_loss)(params["critic"])
@@ -53,15 +56,18 @@ def retrain_attributes(model: DoppelGANger, g_params, attributes: np.ndarray, nu
     g_value, d_fake = jax.value_and_grad(lambda f: losses.generator_loss(lambda x: critic.apply(c_params, x), f))(fake)
     updates, g_opt = opt.update(pullback(d_fake)[0], opt_state["generator"])
     new = dict(generator=optax.apply_updates(params["generator"], updates), critic=c_params)
-    return new, dict(generator=g_opt, critic=c_opt), d_value, g_value
+    return new, stats, dict(generator=g_opt, critic=c_opt), d_value, g_value
 
   batches = BatchIterator([real], batch_size, seed)
   for i in range(num_steps):
-    params, opt_state, d_value, g_value = step(params, opt_state, jnp.asarray(batches.next()[0]), i)
+    params, mlp_stats, opt_state, d_value, g_value = step(params, mlp_stats, opt_state,
+                                                          jnp.asarray(batches.next()[0]), i)
     if (i + 1) % max(num_steps // 10, 1) == 0:
       log.info("retrain attributes: step %d/%d  d_loss=%.4g  g_loss=%.4g", i + 1, num_steps, d_value, g_value)
   out = jax.tree.map(lambda x: x, g_params)  # a copy: the caller's params stay as they were
   out["params"] = dict(out["params"], attribute_mlp=params["generator"])
+  for name, value in mlp_stats.items():
+    out[name] = dict(out[name], attribute_mlp=value)
   return out
 
 

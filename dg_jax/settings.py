@@ -20,6 +20,8 @@ class ModelConfig:
   attribute_num_units: int = 100
   additional_num_layers: int = 2
   additional_num_units: int = 100
+  metadata_batch_norm: bool = False     # BatchNorm in the metadata MLPs (configs/default.py turns it on;
+                                        # off here: configs saved before it existed had none)
   feature_num_units: int = 100
   initial_state: str = "random"         # "random" (N(0,1), as the paper) or "zero"
   critic_num_layers: int = 4

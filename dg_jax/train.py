@@ -31,7 +31,7 @@ from dg_jax.data import encoding
 from dg_jax.data.batching import ReplicaBatches
 from dg_jax.data.loaders import load_dataset
 from dg_jax.models.doppelganger import DoppelGANger
-from dg_jax.settings import PrivacyConfig, TrainConfig, model_config, privacy_config, train_config
+from dg_jax.settings import ModelConfig, PrivacyConfig, TrainConfig, model_config, privacy_config, train_config
 from dg_jax.train_step import init_replicas, jit_train_step
 
 log = logging.getLogger(__name__)
@@ -69,9 +69,14 @@ FIXED_ON_RESUME = ("seed", "num_seeds", "eval_holdout", "batch_size", "learning_
 
 def _check_resumable(saved: dict, config: ml_collections.ConfigDict, workdir: str) -> None:
   for section in ("model", "data"):
-    if saved.get(section) != json.loads(config[section].to_json()):
-      raise ValueError(f"{workdir} holds a run with a different config.{section}; "
-                       "use a new --workdir (or the same config) to resume")
+    was, now = saved.get(section) or {}, json.loads(config[section].to_json())
+    if section == "model":  # a field added since the run began has the default that reproduces the old model
+      was = dict(dataclasses.asdict(ModelConfig()), **was)
+    changed = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
+    if changed:
+      raise ValueError(f"{workdir} holds a run with a different config.{section} ("
+                       + ", ".join(f"{k}={was.get(k)!r}, not {now.get(k)!r}" for k in changed)
+                       + "); use a new --workdir (or the same config) to resume")
   saved_privacy = saved.get("privacy", {})
   secret_seed = saved_privacy.get("enabled") and saved_privacy.get("secret_seed")
   if bool(saved["train"].get("eval_every")) != bool(config.train.eval_every) and config.train.eval_holdout:

@@ -25,7 +25,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from dg_jax import losses, privacy, sharding
-from dg_jax.models.doppelganger import DoppelGANger, sample_noise
+from dg_jax.models.doppelganger import STATS, DoppelGANger, sample_noise, split_stats
 from dg_jax.settings import PrivacyConfig, TrainConfig
 from dg_jax.sharding import DATA, SEEDS
 
@@ -50,7 +50,8 @@ def init_state(model: DoppelGANger, tc: TrainConfig, seed) -> tuple[dict, jax.Ar
   init_key, run_key = jax.random.split(jax.random.key(seed))
   params = model.init(init_key)
   opt = optimizer(tc)
-  state = dict(params=params, g_opt=opt.init(params["generator"]), d_opt=opt.init(critic_params(params)),
+  trainable, _ = split_stats(params["generator"])  # BatchNorm's running averages are not optimised
+  state = dict(params=params, g_opt=opt.init(trainable), d_opt=opt.init(critic_params(params)),
                step=jnp.zeros((), jnp.int32),
                best=dict(generator=params["generator"], score=jnp.full((), jnp.inf), step=jnp.zeros((), jnp.int32)))
   return state, run_key
@@ -138,22 +139,27 @@ def make_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfi
   batches: dict(features [k, K, B, T, F], attributes [k, K, B, A], additional_attributes [k, K, B, 2Kc]).
   metrics: dict of [k, K] arrays.
   """
-  gen, opt = model.generator, optimizer(tc)
+  gen, opt = model.generator.clone(axis_name=DATA), optimizer(tc)
   dp = pc is not None and pc.enabled
 
   def local_step(state, real_batch, noises, ts, dp_keys):
     """Runs on each device's slice of the batch; gradients are averaged over devices."""
     params = state["params"]
-    g_params, d_params = params["generator"], critic_params(params)
+    (g_params, stats), d_params = split_stats(params["generator"]), critic_params(params)
     g_opt, d_opt = state["g_opt"], state["d_opt"]
     real = model.flatten(real_batch)
     pmean = functools.partial(jax.lax.pmean, axis_name=DATA)
 
     def forward(noise):
-      return jax.vjp(lambda p: model.flatten(gen.apply(p, noise)), g_params)
+      """Fake samples, their pullback to g_params, and the BatchNorm running averages updated by this
+      forward pass (each training forward updates them, as in the original; {} without BatchNorm)."""
+      def apply(p):
+        out, updated = gen.apply(dict(p, **stats), noise, train=True, mutable=[STATS])
+        return model.flatten(out), dict(updated)
+      return jax.vjp(apply, g_params, has_aux=True)
 
     for r in range(tc.d_rounds):
-      fake, pullback = forward(noises[r])
+      fake, pullback, stats = forward(noises[r])
       if dp:
         grads, metrics = private_critic_grads(model, tc, pc, d_params, real, jax.lax.stop_gradient(fake), ts[r],
                                               dp_keys[r], real.shape[0] * mesh.shape[DATA])
@@ -165,13 +171,13 @@ def make_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfi
       d_params = optax.apply_updates(d_params, updates)
     for r in range(tc.g_rounds):
       if r > 0:
-        fake, pullback = forward(noises[tc.d_rounds + r - 1])
+        fake, pullback, stats = forward(noises[tc.d_rounds + r - 1])
       g_loss, d_fake = jax.value_and_grad(functools.partial(g_loss_fn, model, d_params))(fake)
       (grads,) = pullback(d_fake)
       updates, g_opt = opt.update(pmean(grads), g_opt, g_params)
       g_params = optax.apply_updates(g_params, updates)
     metrics = pmean(dict(metrics, g_loss=g_loss))
-    new_state = dict(state, params=dict(d_params, generator=g_params), g_opt=g_opt, d_opt=d_opt,
+    new_state = dict(state, params=dict(d_params, generator=dict(g_params, **stats)), g_opt=g_opt, d_opt=d_opt,
                      step=state["step"] + 1)
     return new_state, metrics
 

@@ -57,15 +57,32 @@ def forced_flags(flags: jax.Array, min_length: int) -> jax.Array:
 
 
 class MLP(nn.Module):
+  """ReLU MLP; with batch_norm, a BatchNorm after each hidden layer's ReLU, as the original's metadata
+  generators (decay 0.9, epsilon 1e-5): batch statistics while training (pooled over the devices of
+  `axis_name`, so a batch split over devices is normalised as the whole batch), running averages
+  (the `batch_stats` collection) when generating."""
   num_layers: int
   num_units: int
   out_dim: int
+  batch_norm: bool = False
+  axis_name: str | None = None
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, train: bool = False):
     for _ in range(self.num_layers):
       x = nn.relu(nn.Dense(self.num_units)(x))
+      if self.batch_norm:
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, axis_name=self.axis_name)(x)
     return nn.Dense(self.out_dim)(x)
+
+
+STATS = "batch_stats"  # the non-trainable collection of the generator's BatchNorm running averages
+
+
+def split_stats(variables: dict) -> tuple[dict, dict]:
+  """Generator variables -> (trainable ones, {STATS: running averages} or {})."""
+  return ({k: v for k, v in variables.items() if k != STATS},
+          {k: v for k, v in variables.items() if k == STATS})
 
 
 class FeatureLSTM(nn.Module):
@@ -103,6 +120,7 @@ class Generator(nn.Module):
   schema: Schema
   cfg: ModelConfig
   unroll: int = 1
+  axis_name: str | None = None  # the devices that split a training batch (BatchNorm statistics)
 
   @property
   def sample_len(self) -> int:
@@ -111,25 +129,29 @@ class Generator(nn.Module):
   def setup(self):
     s, c = self.schema, self.cfg
     # no attributes or no min/max (no continuous feature, or no auto-normalisation): no MLP for them
+    bn = dict(batch_norm=c.metadata_batch_norm, axis_name=self.axis_name)
     if s.attribute_dim:
-      self.attribute_mlp = MLP(c.attribute_num_layers, c.attribute_num_units, s.attribute_dim)
+      self.attribute_mlp = MLP(c.attribute_num_layers, c.attribute_num_units, s.attribute_dim, **bn)
     if s.additional_dim:
-      self.additional_mlp = MLP(c.additional_num_layers, c.additional_num_units, s.additional_dim)
+      self.additional_mlp = MLP(c.additional_num_layers, c.additional_num_units, s.additional_dim, **bn)
     self.lstm = FeatureLSTM(c.feature_num_units, self.unroll)
     self.heads = nn.Dense(self.sample_len * s.feature_dim)  # one head per position in the S-record chunk
 
-  def __call__(self, noise: dict, attributes: jax.Array | None = None, length: int | None = None):
+  def __call__(self, noise: dict, attributes: jax.Array | None = None, length: int | None = None,
+               train: bool = False):
     """noise: from `sample_noise`. attributes: given (encoded) attributes for conditional generation.
-    length: force this many records (no flag masking); default: the schema's T with flag masking."""
+    length: force this many records (no flag masking); default: the schema's T with flag masking.
+    train: BatchNorm (model.metadata_batch_norm) on batch statistics, updating the running averages
+    (apply with mutable=[STATS]); otherwise on the running averages."""
     s = self.schema
     batch = noise["attribute"].shape[0]
     if attributes is None:
-      attributes = (activate(self.attribute_mlp(noise["attribute"]), s.attribute_heads) if s.attribute_dim
+      attributes = (activate(self.attribute_mlp(noise["attribute"], train), s.attribute_heads) if s.attribute_dim
                     else jnp.zeros((batch, 0)))
     discrete = jax.lax.stop_gradient(discretize(attributes, s.attribute_heads))
     additional = jnp.zeros((batch, 0))
     if s.additional_dim:
-      additional = activate(self.additional_mlp(jnp.concatenate([discrete, noise["additional"]], -1)),
+      additional = activate(self.additional_mlp(jnp.concatenate([discrete, noise["additional"]], -1), train),
                             s.additional_heads)
     # all generated metadata enters the LSTM stop-gradient, as in the original (§4.3's decoupling): the
     # feature critic's gradient reaches the metadata generators only through the flattened critic input
