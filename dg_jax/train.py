@@ -70,8 +70,8 @@ FIXED_ON_RESUME = ("seed", "num_seeds", "eval_holdout", "batch_size", "learning_
 def _check_resumable(saved: dict, config: ml_collections.ConfigDict, workdir: str) -> None:
   for section in ("model", "data"):
     was, now = saved.get(section) or {}, json.loads(config[section].to_json())
-    if section == "model":  # a field added since the run began has the default that reproduces the old model
-      was = dict(dataclasses.asdict(ModelConfig()), **was)
+    if section == "model":  # a field absent (e.g. added since the run began) has the default: the old model
+      was, now = (dict(dataclasses.asdict(ModelConfig()), **d) for d in (was, now))
     changed = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
     if changed:
       raise ValueError(f"{workdir} holds a run with a different config.{section} ("

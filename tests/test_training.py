@@ -160,12 +160,17 @@ def test_resume_of_a_run_saved_before_a_model_field_existed(tmp_path, monkeypatc
 
   def saved_without_the_field(self, step=None):
     config, schema = read(self, step)
-    del config["model"]["metadata_batch_norm"]
+    config["model"].pop("metadata_batch_norm", None)
     return config, schema
   monkeypatch.setattr(Checkpointer, "read_metadata", saved_without_the_field)
   c.train.num_steps = 10
   train_and_evaluate(c, str(tmp_path))
   assert Checkpointer(str(tmp_path)).latest_step() == 10
+  without = c.copy_and_resolve_references()  # a user's config file that does not name the field either
+  del without.model["metadata_batch_norm"]
+  without.train.num_steps = 15
+  train_and_evaluate(without, str(tmp_path))
+  assert Checkpointer(str(tmp_path)).latest_step() == 15
   c.model.metadata_batch_norm = True
   with pytest.raises(ValueError, match=r"\(metadata_batch_norm=False, not True\)"):
     train_and_evaluate(c, str(tmp_path))
