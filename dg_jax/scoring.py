@@ -168,9 +168,8 @@ def _histogram(data: Dataset, j: int, role: str) -> np.ndarray:
   if role == "attribute":
     k = data.attribute_vars[j].dim
     return np.bincount(data.attributes[:, j].astype(int), minlength=k)[:k].astype(np.float32)
-  valid = np.arange(data.max_length)[None, :] < data.lengths[:, None]
   k = data.feature_vars[j].dim
-  return np.bincount(data.features[:, :, j][valid].astype(int), minlength=k)[:k].astype(np.float32)
+  return np.bincount(data.features[:, :, j][data.valid_steps].astype(int), minlength=k)[:k].astype(np.float32)
 
 
 def _flat_scaled(features, std):

@@ -180,7 +180,7 @@ def test_categorical_feature_jsd_on_device():
   got = jax.device_get(scorer.metrics(scoring.decode(dict(features=enc.features, attributes=enc.attributes,
                                                           additional_attributes=enc.additional_attributes),
                                                      schema), scorer.reference))
-  hist = lambda d: np.bincount(d.features[:, :, 0][metrics._valid(d)].astype(int), minlength=3)  # noqa: E731
+  hist = lambda d: np.bincount(d.features[:, :, 0][d.valid_steps].astype(int), minlength=3)  # noqa: E731
   np.testing.assert_allclose(got["jsd/state"], metrics.jensen_shannon(hist(data), hist(other)), rtol=1e-4)
   np.testing.assert_allclose(got["length_w1"], metrics.wasserstein1(data.lengths, other.lengths), rtol=1e-5)
   assert "memorisation_ratio" not in got and np.isfinite(got["score"])

@@ -40,8 +40,7 @@ class HMMBaseline(common.Baseline):
     hp, seed = common.hyperparameters(HMMConfig, config, cls.name), train_config(config).seed
     data = data.validate()
     schema, enc = common.prepare(data, config)
-    valid = np.arange(schema.max_length)[None, :] < data.lengths[:, None]
-    records = enc.features[..., :-2][valid]  # valid steps, series after series; flags left out
+    records = enc.features[..., :-2][data.valid_steps]  # valid steps, series after series; flags left out
     if len(records) < hp.num_states:
       raise ValueError(f"{data.source}: {len(records)} records cannot fit {hp.num_states} HMM states")
     hmm = GaussianHMM(hp.num_states, covariance_type="diag", n_iter=hp.n_iter, tol=hp.tol,

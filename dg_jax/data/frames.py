@@ -244,7 +244,7 @@ def wide_columns(dataset: Dataset, step_format: str = "{name}_{t}") -> dict[str,
 def to_wide_frame(dataset: Dataset, id_column=None, step_format: str = "{name}_{t}") -> pd.DataFrame:
   """Dataset -> one row per series: optional id, attributes, then `step_format` columns (empty after the end)."""
   ds = dataset.validate()
-  missing = np.arange(ds.max_length)[None, :] >= ds.lengths[:, None]
+  missing = ~ds.valid_steps
   cols = {} if id_column is None else {id_column: np.arange(ds.num_samples)}
   for j, var in enumerate(ds.attribute_vars):
     cols[var.name] = _decode(var, ds.attributes[:, j])

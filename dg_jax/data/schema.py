@@ -103,6 +103,11 @@ class Dataset:
   def max_length(self) -> int:
     return int(self.features.shape[1])
 
+  @property
+  def valid_steps(self) -> np.ndarray:
+    """[n, T] True on each series' records before its end."""
+    return np.arange(self.max_length)[None, :] < np.asarray(self.lengths)[:, None]
+
   def subset(self, index) -> "Dataset":
     return dataclasses.replace(self, features=self.features[index], lengths=self.lengths[index],
                                attributes=self.attributes[index])

@@ -99,7 +99,7 @@ def _check_pair(train: Dataset, test: Dataset) -> None:
 
 def series_matrix(data: Dataset, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
   """[n, T*K] scaled features, 0 after each series' end (so the length shows too)."""
-  valid = (np.arange(data.max_length)[None, :] < data.lengths[:, None])[..., None]
+  valid = data.valid_steps[..., None]
   x = (data.features.astype(np.float64) - mean) / std
   return np.where(valid, x, 0.0).reshape(data.num_samples, -1)
 

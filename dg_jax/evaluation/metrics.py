@@ -39,14 +39,9 @@ def series_autocorrelation(x: np.ndarray, max_lag: int) -> np.ndarray | None:
   return np.array([np.dot(x[:len(x) - k], x[k:]) / denom for k in range(lags + 1)])
 
 
-def _valid(data: Dataset) -> np.ndarray:
-  """[n, T] True on each series' valid steps."""
-  return np.arange(data.max_length)[None, :] < np.asarray(data.lengths)[:, None]
-
-
 def feature_scaling(data: Dataset) -> tuple[np.ndarray, np.ndarray]:
   """Per feature mean and std ([K] each) over valid steps (std 1 for a constant feature)."""
-  x = data.features[_valid(data)].astype(np.float64)  # [valid steps, K]
+  x = data.features[data.valid_steps].astype(np.float64)  # [valid steps, K]
   std = x.std(0)
   return x.mean(0), np.where(std > 0, std, 1.0)
 
@@ -55,7 +50,7 @@ def _centred(data: Dataset, feature: int, rows: slice = slice(None)) -> tuple[np
   """A feature with each series' mean over its valid steps removed (0 after the end), and [n] True for
   series that are not constant."""
   x = data.features[rows, :, feature].astype(np.float64)
-  valid = _valid(data)[rows]
+  valid = data.valid_steps[rows]
   hi, lo = np.where(valid, x, -np.inf).max(1), np.where(valid, x, np.inf).min(1)
   mean = np.where(valid, x, 0).sum(1) / valid.sum(1)
   return np.where(valid, x - mean[:, None], 0.0), hi > lo
@@ -137,7 +132,7 @@ def total_w1_by_category(real: Dataset, synthetic: Dataset, feature: int, attrib
 
 def series_midranges(data: Dataset, feature: int) -> np.ndarray:
   """Per series (max+min)/2 of a feature over its valid steps (Figure 6)."""
-  valid = _valid(data)
+  valid = data.valid_steps
   x = data.features[:, :, feature].astype(np.float64)
   return (np.where(valid, x, -np.inf).max(1) + np.where(valid, x, np.inf).min(1)) / 2
 
