@@ -189,8 +189,11 @@ def _sweep():
   from dg_jax.sweep import parse_sample_lens, run_sweep
   if _CONFIG.value is None or not _WORKDIR.value:
     raise app.UsageError("--mode=sweep needs --config and --workdir")
-  run_sweep(_CONFIG.value, _WORKDIR.value, parse_sample_lens(_SAMPLE_LENS.value), _NUM_SAMPLES.value, _SEED.value,
-            _REAL_TEST.value)
+  try:
+    sample_lens = parse_sample_lens(_SAMPLE_LENS.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  run_sweep(_CONFIG.value, _WORKDIR.value, sample_lens, _NUM_SAMPLES.value, _SEED.value, _REAL_TEST.value)
 
 
 def main(argv):

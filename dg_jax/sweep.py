@@ -19,6 +19,7 @@ import numpy as np
 
 from dg_jax import io_utils, sampling, sharding
 from dg_jax.data.loaders import load_dataset
+from dg_jax.data.schema import DataError
 from dg_jax.evaluation import metrics
 from dg_jax.settings import train_config
 from dg_jax.train import train_and_evaluate
@@ -55,10 +56,11 @@ def run_sweep(config, workdir: str, sample_lens: list[int], num_samples: int = 0
   """Trains K seeds per S, generates `num_samples` series (0 = as many as the scoring data) from each
   seed and scores them; returns what sweep.json holds."""
   train = load_dataset(config.data)
-  if not any(not v.is_categorical for v in train.feature_vars):
-    raise ValueError("the S sweep ranks S by autocorrelation, which needs at least one continuous feature")
+  if train.max_length < 2 or all(v.is_categorical for v in train.feature_vars):
+    raise DataError(f"{train.source}: the S sweep ranks S by the autocorrelation of continuous features, which "
+                    f"needs one and series of 2 or more records (T={train.max_length})")
   if max(sample_lens) > train.max_length:
-    raise ValueError(f"sample_len {max(sample_lens)} exceeds the series length T={train.max_length}")
+    raise DataError(f"{train.source}: sample_len {max(sample_lens)} exceeds the series length T={train.max_length}")
   if real_test:
     real, against = load_real_test(config, real_test), real_test
     metrics.check_same_schema(train, real)

@@ -139,6 +139,22 @@ def test_cli_bad_input_ends_with_one_line(tmp_path, real):
   assert r.stderr.strip().splitlines()[-1].startswith(f"error: {path}: ") and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("case", ["one_record_series", "categorical_only"])
+def test_cli_sweep_refuses_data_without_autocorrelation_in_one_line(tmp_path, case):
+  """The S sweep ranks S by autocorrelation: T=1 or categorical-only data end with one line, exit 2."""
+  import subprocess
+  import sys
+  from tests.conftest import ROOT
+  path = str(tmp_path / "data.npz")
+  save_npz(CASES[case][0]().validate(), path)
+  r = subprocess.run([sys.executable, "launch.py", "--mode=sweep", "--config=configs/tiny.py",
+                      f"--config.data.path={path}", f"--workdir={tmp_path / 'w'}", "--sample_lens=1"],
+                     cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2, r.stderr[-2000:]
+  last = r.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"error: {path}: the S sweep ranks S by the autocorrelation") and "Traceback" not in r.stderr
+
+
 def labels(data: Dataset) -> list[np.ndarray]:
   """Each feature and attribute column in the user's terms: category labels, or values."""
   valid = np.arange(data.max_length)[None] < data.lengths[:, None]
