@@ -17,12 +17,16 @@ Any config field can be overridden: --config.train.num_steps=1000 --config.data.
 Several processes (one per host of a pod, or several on one machine), each with the same flags plus
   --coordinator_address=HOST:PORT --num_processes=N --process_id=I
 or --config.distributed=True where JAX finds the cluster itself (SLURM, TPU pods, Open MPI, Kubernetes).
-A run stopped by SIGTERM/SIGINT checkpoints the step reached and exits with status 128 + the signal
-number; bad input data exits with status 2 and one line naming the file and the problem.
+
+Exit statuses (dg_jax/failures.py): 0 success; 1 crash; 2 bad input (one line naming the file and the
+problem); 3 diverged (replicas frozen, everything saved); 4 the workdir is held by another trainer;
+128 + N stopped by signal N and checkpointed (143 for SIGTERM). With several processes, all exit
+with the status and line of the first that failed.
 """
 import logging as std_logging
 import os
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -132,10 +136,7 @@ def _train():
 
 def _load_generator(workdir, bundle):
   from dg_jax import sampling
-  try:
-    return sampling.load_generator(workdir, bundle, _SEED_INDEX.value, _CHECKPOINT.value)
-  except ValueError as e:  # a replica or checkpoint the run does not have
-    raise app.UsageError(str(e)) from None
+  return sampling.load_generator(workdir, bundle, _SEED_INDEX.value, _CHECKPOINT.value)
 
 
 def _generate():
@@ -196,12 +197,7 @@ def _sweep():
   run_sweep(_CONFIG.value, _WORKDIR.value, sample_lens, _NUM_SAMPLES.value, _SEED.value, _REAL_TEST.value)
 
 
-def main(argv):
-  del argv
-  # Libraries (Orbax above all) log at INFO through absl; keep their chatter out of the progress log.
-  logging.set_verbosity(logging.WARNING)
-  std_logging.getLogger("dg_jax").setLevel(std_logging.INFO)
-  mode = _MODE.value
+def _run(mode: str) -> None:
   if (mode not in ("train", "sweep", "evaluate", "devices") and not _WORKDIR.value
       and not (_BUNDLE.value and mode == "generate")):
     raise app.UsageError(f"--mode={mode} needs --workdir" + (" or --bundle" if mode == "generate" else ""))
@@ -209,17 +205,34 @@ def main(argv):
     _configure_cpu_devices(_CONFIG.value)
   _use_compile_cache()
   _start_processes()
-  from dg_jax.data.schema import DataError
-  from dg_jax.train import Preempted
+  from dg_jax import failures
+  failures.watch_peers()
+  dict(train=_train, generate=_generate, export=_export, retrain_attributes=_retrain_attributes,
+       evaluate=_evaluate, sweep=_sweep, devices=_devices)[mode]()
+
+
+def main(argv):
+  del argv
+  # Libraries (Orbax above all) log at INFO through absl; keep their chatter out of the progress log.
+  logging.set_verbosity(logging.WARNING)
+  std_logging.getLogger("dg_jax").setLevel(std_logging.INFO)
+  from dg_jax import failures
   try:
-    dict(train=_train, generate=_generate, export=_export, retrain_attributes=_retrain_attributes,
-         evaluate=_evaluate, sweep=_sweep, devices=_devices)[mode]()
-  except DataError as e:  # bad input: one line that names the file and the problem, no traceback
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except Preempted as e:
-    std_logging.getLogger("dg_jax").warning("%s", e)
-    sys.exit(128 + e.signum)
+    _run(_MODE.value)
+  except (Exception, KeyboardInterrupt) as e:  # every failure: its own status, one line, the same on every process
+    if isinstance(e, app.UsageError):
+      e = failures.BadInput(f"{e} (python launch.py --helpshort lists the flags)")
+    if isinstance(e, failures.Preempted):
+      std_logging.getLogger("dg_jax").warning("%s", e)
+      sys.exit(e.status)
+    if not hasattr(e, "status"):
+      traceback.print_exc()  # an unexpected failure (a bug, the environment): its traceback, then the line
+    shared = failures.announce(e)
+    print(failures.one_line(e), file=sys.stderr, flush=True)
+    if shared:  # the peers are leaving: skip JAX's shutdown barrier with them
+      std_logging.shutdown()
+      os._exit(failures.exit_status(e))
+    sys.exit(failures.exit_status(e))
 
 
 if __name__ == "__main__":

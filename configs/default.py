@@ -70,6 +70,11 @@ def get_config():
   c.train.log_every = 200           # progress line and metrics.jsonl row every this many steps
   c.train.checkpoint_every = 2000   # checkpoint every this many steps (and at the end)
   c.train.keep_checkpoints = 2      # checkpoints kept on disk
+  c.train.max_rollbacks = 3         # a replica whose loss or parameters turn non-finite goes back to its state
+                                    # before the dispatch (fresh random streams); one more than this freezes it
+  c.train.init_from = ""            # start a new run from another: WORKDIR, WORKDIR@STEP or a bundle folder
+                                    # (weights, and that run's schema; the data must fit that schema)
+  c.train.init_optimizer = False    # with init_from a workdir: also take its Adam states
   c.train.tensorboard = True        # also write the logged scalars as TensorBoard events in <workdir>/tensorboard
                                     # (gs:// workdirs: pip install google-cloud-storage, or set False)
   c.train.eval_every = 0            # score every replica's generator on device every this many steps and keep

@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
-from dg_jax import io_utils, sampling
+from dg_jax import io_utils, sampling, workdir_lock
 from dg_jax.checkpoints import is_bundle, save_bundle
 from dg_jax.data.frames import from_long_frame
 from dg_jax.data.npz_format import save_npz
@@ -46,9 +46,13 @@ class DoppelGANgerModel:
     config = (config or default_config()).copy_and_resolve_references()
     config.train.update(train_overrides)
     path = io_utils.join(io_utils.as_path(workdir), "training_data.npz")
-    save_npz(data, path)
     config.data.format, config.data.path = "npz", path
-    train_and_evaluate(config, workdir)
+    lock = workdir_lock.acquire(workdir)  # before the data file is written, not only before training
+    try:
+      save_npz(data, path)
+      train_and_evaluate(config, workdir, lock=lock)
+    finally:
+      lock.release()
     return cls.load(workdir)
 
   @classmethod

@@ -11,37 +11,40 @@ import numpy as np
 import logging
 
 from dg_jax import sharding
-from dg_jax.checkpoints import Checkpointer, load_bundle
+from dg_jax.checkpoints import PRIVACY_ITEM, Checkpointer, load_bundle
 from dg_jax.data import encoding
 from dg_jax.data.schema import DataError, Dataset
+from dg_jax.failures import BadInput
 from dg_jax.models.doppelganger import DoppelGANger, sample_noise
 from dg_jax.settings import model_config, train_config
 from dg_jax.sharding import DATA
-from dg_jax.train_step import NOISE_SPECS, init_replicas, replica
+from dg_jax.train_step import NOISE_SPECS, fields_added_since, init_replicas, replica
 
 log = logging.getLogger(__name__)
 
 
 def restore_run(workdir: str, step: int | None = None):
-  """-> (model, training state of all K replicas, config) of a workdir's checkpoint at `step` (default: the latest)."""
+  """-> (model, training state of all K replicas, config) of a workdir's checkpoint at `step` (default: the
+  newest readable one). Read-only: a run may be read while it trains, and is never changed."""
   ckpt = Checkpointer(workdir)
-  if ckpt.latest_step() is None:
-    raise FileNotFoundError(f"{workdir}: no checkpoint to generate from (train first, or pass --bundle)")
-  if step is not None and step not in ckpt.steps():
-    raise ValueError(f"{workdir}: no checkpoint of step {step}; the kept ones are {ckpt.steps()} "
-                     "(train.keep_checkpoints says how many are kept)")
-  config, schema = ckpt.read_metadata(step)
-  config = ml_collections.ConfigDict(config)
-  spent = ckpt.read_privacy_spent(step)
-  if spent:  # travels into exported bundles: what a data user may rely on
-    config.privacy_spent = spent
-  model = DoppelGANger(schema, model_config(config))
-  tc = train_config(config)
-  abstract = jax.eval_shape(lambda: init_replicas(model, tc, 0, tc.num_seeds))
-  # replicated over every device of every process: what generation (and a multi-process sweep) needs
-  state, _, _, _ = ckpt.restore(abstract, step, sharding=sharding.replicated(sharding.make_mesh()))
-  ckpt.close()
-  return model, state, config
+
+  def read(step):
+    config, schema = ckpt.read_metadata(step)
+    config = ml_collections.ConfigDict(config)
+    spent = ckpt.read_json(step, PRIVACY_ITEM)
+    if spent:  # travels into exported bundles: what a data user may rely on
+      config.privacy_spent = spent
+    model = DoppelGANger(schema, model_config(config))
+    tc = train_config(config)
+    abstract = jax.eval_shape(lambda: init_replicas(model, tc, 0, tc.num_seeds))
+    # replicated over every device of every process: what generation (and a multi-process sweep) needs
+    state, _ = ckpt.restore_arrays(step, abstract, sharding.replicated(sharding.make_mesh()),
+                                   fields_added_since(tc.num_seeds))
+    return model, state, config
+  try:
+    return ckpt.restore_newest(read, step)[1]
+  finally:
+    ckpt.close()
 
 
 CHECKPOINTS = ("auto", "latest", "best")  # or a step number
@@ -53,21 +56,30 @@ def choose_generator(state: dict, seed_index: int | None = None, checkpoint: str
   checkpoint: "best" (the replica's best-scored generator, train.eval_every), "latest" (the state's
   own), "step" (the same, of a checkpoint restore_run chose by step), or "auto": best when the run was
   scored, else latest.
-  seed_index: the replica; default the one with the lowest best score when scored, else 0."""
+  seed_index: the replica; default the one with the lowest best score when scored, else the first that
+  did not diverge (train_step.guard freezes those; their latest generator is the last finite one)."""
   best_scores = np.asarray(jax.device_get(state["best"]["score"]))
+  frozen_at = np.asarray(jax.device_get(state["health"]["frozen_at"]))
   scored = np.isfinite(best_scores)
   num = len(best_scores)
   kind = ("best" if scored.any() else "latest") if checkpoint == "auto" else checkpoint
   if kind == "best" and not scored.any():
-    raise ValueError(f"{source}: --checkpoint=best needs a run scored while training (train.eval_every > 0)")
+    raise BadInput(f"{source}: --checkpoint=best needs a run scored while training (train.eval_every > 0)")
   if seed_index is None:
-    seed_index = int(np.nanargmin(np.where(scored, best_scores, np.nan))) if scored.any() else 0
+    healthy = frozen_at < 0 if (frozen_at < 0).any() else np.ones(num, bool)
+    seed_index = (int(np.nanargmin(np.where(scored & healthy, best_scores, np.nan))) if (scored & healthy).any()
+                  else int(np.argmax(healthy)))
   if not 0 <= seed_index < num:
-    raise ValueError(f"{source}: --seed_index={seed_index}, but the run has {num} replica(s) (0..{num - 1})")
+    raise BadInput(f"{source}: --seed_index={seed_index}, but the run has {num} replica(s) (0..{num - 1})")
   if kind == "best" and not scored[seed_index]:
-    raise ValueError(f"{source}: replica {seed_index} was never scored")
+    raise BadInput(f"{source}: replica {seed_index} was never scored")
+  if frozen_at[seed_index] >= 0:
+    log.warning("%s: replica %d diverged and was frozen with its state before step %d", source, seed_index,
+                frozen_at[seed_index] + 1)
   source_state = state["best"] if kind == "best" else dict(generator=state["params"]["generator"], step=state["step"])
   params, step = replica(source_state["generator"], seed_index), int(jax.device_get(source_state["step"])[seed_index])
+  if kind != "best" and frozen_at[seed_index] >= 0:
+    step = int(frozen_at[seed_index])
   chosen = dict(replica=seed_index, checkpoint=kind, step=step)
   if scored[seed_index]:
     chosen["best_score"] = float(best_scores[seed_index])
@@ -89,7 +101,7 @@ def load_generator(workdir: str | None = None, bundle: str | None = None, seed_i
     config.generated_from = chosen
     return model, params, config
   if seed_index is not None or str(checkpoint) != "auto":
-    raise ValueError(f"{bundle}: a bundle holds one generator; --seed_index and --checkpoint apply to workdirs")
+    raise BadInput(f"{bundle}: a bundle holds one generator; --seed_index and --checkpoint apply to workdirs")
   params, schema, config = load_bundle(bundle)
   config = ml_collections.ConfigDict(config)
   return DoppelGANger(schema, model_config(config)), params, config
@@ -99,7 +111,7 @@ def _step_number(checkpoint) -> int:
   try:
     return int(checkpoint)
   except ValueError:
-    raise ValueError(f"--checkpoint={checkpoint!r}: expected one of {CHECKPOINTS} or a step number") from None
+    raise BadInput(f"--checkpoint={checkpoint!r}: expected one of {CHECKPOINTS} or a step number") from None
 
 
 def _pad_rows(x, rows: int, axis: int = 0):

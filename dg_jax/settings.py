@@ -54,6 +54,10 @@ class TrainConfig:
   log_every: int = 100
   checkpoint_every: int = 1000
   keep_checkpoints: int = 2
+  max_rollbacks: int = 3                # a replica whose loss turns non-finite is rolled back; one more
+                                        # divergence than this freezes it (dg_jax/train_step.py)
+  init_from: str = ""                   # start a new run from another: WORKDIR[@STEP] or a bundle folder
+  init_optimizer: bool = False          # with init_from (a workdir): also take its Adam states
   eval_every: int = 0                   # score every replica's generator every this many steps (0 = off)
   eval_samples: int = 200               # series each replica generates per scoring
   eval_holdout: float = 0.1             # with scoring: fraction of the series held out of training to score against
@@ -65,6 +69,8 @@ class TrainConfig:
                  "checkpoint_every"):
       if getattr(self, name) < 1:
         raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+    if self.max_rollbacks < 0:
+      raise ValueError(f"train.max_rollbacks must be >= 0, got {self.max_rollbacks}")
     if self.eval_every < 0 or self.eval_samples < 2 or not 0 <= self.eval_holdout < 1:
       raise ValueError(f"train.eval_every must be >= 0 (got {self.eval_every}), train.eval_samples >= 2 (got "
                        f"{self.eval_samples}) and train.eval_holdout in [0, 1) (got {self.eval_holdout})")

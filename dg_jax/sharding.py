@@ -112,3 +112,24 @@ def describe(mesh) -> str:
   seeds = f", {mesh.shape[SEEDS]} along 'seeds'" if mesh.shape[SEEDS] > 1 else ""
   return (f"{mesh.devices.size} device(s) ({d.platform}, {d.device_kind}) across "
           f"{jax.process_count()} process(es){seeds}")
+
+
+def process_index() -> int:
+  return jax.process_index()
+
+
+def process_count() -> int:
+  return jax.process_count()
+
+
+def coordination_client():
+  """JAX's coordination-service client (its key-value store reaches every process even while they are
+  blocked in a collective), or None when jax.distributed was not initialised (one process)."""
+  from jax._src import distributed  # the client Orbax also uses; JAX has no public handle on it
+  return distributed.global_state.client
+
+
+def wait_for_primary() -> None:
+  """Several processes: returns once process 0 got here (e.g. after it took the workdir's lock)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("dg_jax: process 0 ready")

@@ -17,7 +17,7 @@ import logging
 
 import numpy as np
 
-from dg_jax import io_utils, sampling, sharding
+from dg_jax import io_utils, sampling, sharding, workdir_lock
 from dg_jax.data.loaders import load_dataset
 from dg_jax.data.schema import DataError
 from dg_jax.evaluation import metrics
@@ -54,7 +54,19 @@ def _score(real, synthetic) -> dict:
 def run_sweep(config, workdir: str, sample_lens: list[int], num_samples: int = 0, seed: int = 0,
               real_test: str | None = None) -> dict:
   """Trains K seeds per S, generates `num_samples` series (0 = as many as the scoring data) from each
-  seed and scores them; returns what sweep.json holds."""
+  seed and scores them; returns what sweep.json holds. The sweep holds `workdir`'s lock (each run
+  holds its own folder's)."""
+  lock = workdir_lock.acquire(workdir) if sharding.is_primary() else None
+  try:
+    sharding.wait_for_primary()
+    return _run_sweep(config, workdir, sample_lens, num_samples, seed, real_test)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _run_sweep(config, workdir: str, sample_lens: list[int], num_samples: int, seed: int,
+               real_test: str | None) -> dict:
   train = load_dataset(config.data)
   if train.max_length < 2 or all(v.is_categorical for v in train.feature_vars):
     raise DataError(f"{train.source}: the S sweep ranks S by the autocorrelation of continuous features, which "

@@ -9,15 +9,22 @@ Preemption: on SIGTERM or SIGINT the dispatch in flight finishes, the step reach
 `Preempted` is raised (launch.py exits with 128 + the signal number); the next launch resumes exactly.
 Several processes take every decision to stop (steps, wall clock, privacy budget, signals) jointly,
 so they leave the loop at the same step and enter the checkpoint save together.
+
+Trust: the trainer holds the workdir's lock for its whole life (dg_jax/workdir_lock.py); a checkpoint
+records a fingerprint of the training data, and resuming on other data is refused; a replica whose loss
+turns non-finite is rolled back (dg_jax/train_step.py), and once frozen the run goes on with the others
+and ends with `Diverged` after saving everything. train.init_from starts a new run from another run's
+weights (and Adam states with train.init_optimizer), with that run's schema.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
+import math
 import secrets
 import signal
-import threading
 import time
 
 import jax
@@ -25,14 +32,15 @@ import ml_collections
 import numpy as np
 import logging
 
-from dg_jax import io_utils, privacy, scoring, sharding
-from dg_jax.checkpoints import Checkpointer
+from dg_jax import io_utils, privacy, scoring, sharding, workdir_lock
+from dg_jax.checkpoints import DATA_ITEM, Checkpointer, is_bundle, load_bundle
 from dg_jax.data import encoding
 from dg_jax.data.batching import ReplicaBatches
 from dg_jax.data.loaders import load_dataset
 from dg_jax.models.doppelganger import DoppelGANger
+from dg_jax.failures import BadInput, Diverged, Preempted, StopSignals
 from dg_jax.settings import ModelConfig, PrivacyConfig, TrainConfig, model_config, privacy_config, train_config
-from dg_jax.train_step import init_replicas, jit_train_step
+from dg_jax.train_step import fields_added_since, init_replicas, jit_train_step
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
@@ -67,26 +75,31 @@ FIXED_ON_RESUME = ("seed", "num_seeds", "eval_holdout", "batch_size", "learning_
                    "d_rounds", "g_rounds")
 
 
+def _differences(section: str, was: dict, now: dict) -> str:
+  """'' or "field=saved, not now, ..." between two config sections (absent model fields: their defaults,
+  i.e. the model a config saved before the field existed describes)."""
+  if section == "model":
+    was, now = (dict(dataclasses.asdict(ModelConfig()), **d) for d in (was, now))
+  return ", ".join(f"{k}={was.get(k)!r}, not {now.get(k)!r}" for k in sorted(set(was) | set(now))
+                   if was.get(k) != now.get(k))
+
+
 def _check_resumable(saved: dict, config: ml_collections.ConfigDict, workdir: str) -> None:
   for section in ("model", "data"):
-    was, now = saved.get(section) or {}, json.loads(config[section].to_json())
-    if section == "model":  # a field absent (e.g. added since the run began) has the default: the old model
-      was, now = (dict(dataclasses.asdict(ModelConfig()), **d) for d in (was, now))
-    changed = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
+    changed = _differences(section, saved.get(section) or {}, json.loads(config[section].to_json()))
     if changed:
-      raise ValueError(f"{workdir} holds a run with a different config.{section} ("
-                       + ", ".join(f"{k}={was.get(k)!r}, not {now.get(k)!r}" for k in changed)
-                       + "); use a new --workdir (or the same config) to resume")
+      raise BadInput(f"{workdir} holds a run with a different config.{section} ({changed}); use a new --workdir "
+                     "(or the same config) to resume")
   saved_privacy = saved.get("privacy", {})
   secret_seed = saved_privacy.get("enabled") and saved_privacy.get("secret_seed")
   if bool(saved["train"].get("eval_every")) != bool(config.train.eval_every) and config.train.eval_holdout:
-    raise ValueError(f"{workdir}: turning scoring (train.eval_every) on or off on resume would change the held-out "
+    raise BadInput(f"{workdir}: turning scoring (train.eval_every) on or off on resume would change the held-out "
                      "slice, i.e. the training data; use a new --workdir, or train.eval_holdout=0")
   for name in FIXED_ON_RESUME:
     if name == "seed" and secret_seed:  # the run's secret seed is kept, whatever --config.train.seed says
       continue
     if saved["train"].get(name) != config.train[name]:
-      raise ValueError(f"{workdir} holds a run with train.{name}={saved['train'].get(name)!r}, not "
+      raise BadInput(f"{workdir} holds a run with train.{name}={saved['train'].get(name)!r}, not "
                        f"{config.train[name]!r}: resuming would change what the run computes; use a new "
                        f"--workdir (or the same setting). Budgets, logging and checkpoint cadence may change.")
 
@@ -118,68 +131,30 @@ def _privacy_budget(pc: PrivacyConfig, tc: TrainConfig, num_examples: int) -> tu
   return accountant, end
 
 
-def check_finite(metrics: dict, first_step: int) -> None:
-  """metrics: name -> [steps, K]; raises naming the first bad step (and replica, when K > 1)."""
-  bad = {name: np.argwhere(~np.isfinite(v)) for name, v in metrics.items()}
-  bad = {name: tuple(idx[0]) for name, idx in bad.items() if idx.size}
-  if bad:
-    name = min(bad, key=lambda n: (bad[n], n))
-    i, k = bad[name]
-    where = f" of replica {k} (seed + {k})" if metrics[name].shape[1] > 1 else ""
-    raise FloatingPointError(f"non-finite {name} ({metrics[name][i, k]}) at training step "
-                             f"{first_step + i + 1}{where}; the last good checkpoint is kept")
-
-
-class Preempted(Exception):
-  """Training stopped on a signal (SIGTERM from a scheduler, or SIGINT) after checkpointing the step reached."""
-
-  def __init__(self, signum: int, step: int):
-    super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpointed, and the same "
-                     "command resumes it")
-    self.signum, self.step = signum, step
-
-
-class StopSignals:
-  """While active, SIGTERM and SIGINT set a flag instead of killing the process: the loop finishes the
-  dispatch in flight, saves and exits. Signals that arrive during that save are noted and ignored, so
-  a second SIGTERM loses nothing (a scheduler's final SIGKILL still can, but Orbax's temporary-folder
-  saves keep the last good checkpoint then)."""
-
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-  def __init__(self):
-    self.received, self._previous = None, {}
-
-  def _handle(self, signum, frame):
-    del frame
-    what = "stopping after the dispatch in flight, then checkpointing" if self.received is None else "already stopping"
-    log.warning("received %s: %s", signal.Signals(signum).name, what)
-    self.received = self.received or signum
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
-      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-    return self
-
-  def __exit__(self, *exc):
-    for s, handler in self._previous.items():
-      signal.signal(s, handler)
+def _strict(value):
+  """A metrics value as strict JSON: non-finite floats become null."""
+  if isinstance(value, list):
+    return [_strict(v) for v in value]
+  return value if not isinstance(value, float) or math.isfinite(value) else None
 
 
 class MetricsLog:
   """metrics.jsonl and TensorBoard scalars (TENSORBOARD_DIR), written by process 0 alone.
 
-  On resume the rows past the restored step (logged by a run stopped before it checkpointed them) are
-  dropped, from both, so every logged step appears once. metrics.jsonl is rewritten whole at each row,
-  atomically, so it is never cut mid-line and works on object stores."""
+  Rows are strict JSON (a non-finite value is null). A local file gets each row appended (O(1) per
+  row); an object store, which cannot append, gets the whole file at each checkpoint and at the end
+  (`flush`): the rows after the last checkpoint would be dropped on resume anyway. On resume the rows
+  past the restored step, and a last line cut short by a kill, are dropped from both, so every logged
+  step appears once."""
 
   def __init__(self, workdir: str, start_step: int, enabled: bool, tensorboard: bool = True):
-    self.path, self.enabled, self.lines, self.writer = io_utils.join(workdir, METRICS_FILE), enabled, [], None
+    self.path, self.enabled, self.writer = io_utils.join(workdir, METRICS_FILE), enabled, None
+    self.remote, self.lines, self.unflushed = io_utils.is_remote(workdir), [], False
     if not enabled:
       return
     if io_utils.exists(self.path):
-      lines = [line for line in io_utils.read_text(self.path).splitlines() if line.strip()]
-      self.lines = [line for line in lines if json.loads(line)["step"] <= start_step]
+      lines = io_utils.read_text(self.path).splitlines()
+      self.lines = [line for line in lines if _row_step(line) is not None and _row_step(line) <= start_step]
       if len(self.lines) < len(lines):
         io_utils.write_text(self.path, "".join(line + "\n" for line in self.lines))
     if not tensorboard:
@@ -192,24 +167,76 @@ class MetricsLog:
     """row: step, then floats, or lists of K floats (one per replica: TensorBoard tags <name>/replica_<k>)."""
     if not self.enabled:
       return
-    self.lines.append(json.dumps(row))
-    io_utils.write_text(self.path, "".join(line + "\n" for line in self.lines))
+    line = json.dumps({name: _strict(value) for name, value in row.items()}, allow_nan=False)
+    if self.remote:
+      self.lines.append(line)
+      self.unflushed = True
+    else:
+      io_utils.append_text(self.path, line + "\n")
     if self.writer is None:
       return
     for name, value in row.items():
-      if isinstance(value, list):
-        for k, v in enumerate(value):
-          self.writer.add_scalar(f"train/{name}/replica_{k}", v, row["step"])
-      elif name != "step":
-        self.writer.add_scalar(f"train/{name}", value, row["step"])
+      values = dict(enumerate(value)) if isinstance(value, list) else {None: value}
+      for k, v in values.items():
+        if name != "step" and math.isfinite(v):  # a diverged replica's NaN: a gap in the curve
+          self.writer.add_scalar(f"train/{name}" + ("" if k is None else f"/replica_{k}"), v, row["step"])
+
+  def flush(self) -> None:
+    if self.enabled and self.unflushed:
+      io_utils.write_text(self.path, "".join(line + "\n" for line in self.lines))
+      self.unflushed = False
 
   def add_figure(self, tag: str, figure, step: int) -> None:
     if self.writer is not None:
       self.writer.add_figure(tag, figure, step)
 
   def close(self) -> None:
+    self.flush()
     if self.writer is not None:
       self.writer.close()
+
+
+def _row_step(line: str) -> int | None:
+  try:
+    return json.loads(line)["step"]
+  except (ValueError, KeyError, TypeError):  # a line cut short by a kill
+    return None
+
+
+class Health:
+  """The host's view of the replicas' health (state["health"], updated on device by train_step.guard):
+  logs each rollback and each frozen replica, once."""
+
+  def __init__(self, health: dict, tc: TrainConfig):
+    self.rollbacks, self.frozen_at, self.tc = np.asarray(health["rollbacks"]), np.asarray(health["frozen_at"]), tc
+    for r in self.frozen:
+      log.warning("replica %d (seed %d) diverged earlier and stays frozen with its state before step %d", r,
+                  tc.seed + r, self.frozen_at[r] + 1)
+
+  @property
+  def frozen(self) -> list[int]:
+    return [int(r) for r in np.flatnonzero(self.frozen_at >= 0)]
+
+  def update(self, health: dict, metrics: dict, step: int, k: int) -> None:
+    rollbacks, frozen_at = np.asarray(health["rollbacks"]), np.asarray(health["frozen_at"])
+    for r in np.flatnonzero(rollbacks > self.rollbacks):
+      bad = sorted(name for name, v in metrics.items() if not np.isfinite(v[:, r]).all()) or ["parameters"]
+      what = f"replica {r} (seed {self.tc.seed + r}): non-finite {', '.join(bad)} in steps {step - k + 1}..{step}"
+      if frozen_at[r] >= 0:
+        log.error("%s, after %d rollback(s): frozen with its state before step %d%s", what, self.tc.max_rollbacks,
+                  step - k + 1, "; the other replicas go on" if len(rollbacks) > 1 else "")
+      else:
+        log.warning("%s: rolled back to its state before step %d, those steps skipped, with fresh random streams "
+                    "(rollback %d of %d)", what, step - k + 1, rollbacks[r], self.tc.max_rollbacks)
+    self.rollbacks, self.frozen_at = rollbacks, frozen_at
+
+  def diverged(self, step: int, workdir: str) -> Diverged:
+    frozen = ", ".join(f"replica {r} before step {self.frozen_at[r] + 1}" for r in self.frozen)
+    others = len(self.frozen_at) - len(self.frozen)
+    return Diverged(f"diverged: frozen after {self.tc.max_rollbacks} rollback(s): {frozen}"
+                    + (f"; the other {others} replica(s) trained to step {step}" if others else "")
+                    + f". Everything is saved in {workdir}; to go on with other settings start a new run from it: "
+                    f"--config.train.init_from={workdir} (and e.g. a lower --config.train.learning_rate)")
 
 
 class Profiler:
@@ -246,43 +273,129 @@ def _write_run_files(workdir: str, config_json: str, schema: encoding.Schema, st
   io_utils.write_text(io_utils.join(workdir, "schema.json"), schema.to_json())
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def data_fingerprint(encoded: encoding.Encoded) -> str:
+  """A hash of the encoded training arrays (shapes included): what resume compares."""
+  digest = hashlib.blake2b(digest_size=16)
+  for array in (encoded.features, encoded.attributes, encoded.additional_attributes):
+    array = np.ascontiguousarray(array)
+    digest.update(f"{array.shape}{array.dtype.str}".encode())
+    digest.update(array)
+  return digest.hexdigest()
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, lock=None) -> dict:
   """Trains (or resumes) the run in `workdir`; returns the last step's metrics.
 
   Under several processes (jax.distributed initialised by the caller, e.g. launch.py) every process
-  calls this with the same config; process 0 alone writes files. Raises Preempted after a SIGTERM or
-  SIGINT, once the step reached is checkpointed."""
+  calls this with the same config; process 0 alone takes the workdir's lock (unless the caller holds
+  it: `lock`) and writes files. Raises Preempted after a SIGTERM or SIGINT once the step reached is
+  checkpointed, Diverged (after saving everything) when replicas were frozen, WorkdirBusy when another
+  trainer holds the workdir."""
   tc, mc, pc = train_config(config), model_config(config), privacy_config(config)
   mesh = sharding.make_mesh(config.num_devices or None, tc.num_seeds)
   sharding.check_batch_size(tc.batch_size, mesh, mc.pack)
   log.info("training on %s", sharding.describe(mesh))
   primary = sharding.is_primary()
-  if primary:
-    io_utils.as_path(workdir).mkdir(parents=True, exist_ok=True)
-  ckpt = Checkpointer(workdir, tc.keep_checkpoints)
+  own_lock = primary and lock is None
+  if own_lock:
+    lock = workdir_lock.acquire(workdir)  # before anything in the workdir is touched
   try:
-    return _train(config, tc, mc, pc, mesh, ckpt, workdir, primary)
+    sharding.wait_for_primary()
+    ckpt = Checkpointer(workdir, tc.keep_checkpoints, writer=True)
+    try:
+      return _train(config, tc, mc, pc, mesh, ckpt, workdir, primary, lock)
+    finally:
+      ckpt.wait()  # a save in flight completes, even when training failed
+      ckpt.close()
   finally:
-    ckpt.wait()  # a save in flight completes, even when training failed
-    ckpt.close()
+    if own_lock:
+      lock.release()
+
+
+def parse_init_from(value: str) -> tuple[str, int | None]:
+  """train.init_from "PATH" or "PATH@STEP" -> (path, step or None)."""
+  path, sep, step = value.rpartition("@")
+  if not sep:
+    return value, None
+  try:
+    return path, int(step)
+  except ValueError:
+    raise BadInput(f"train.init_from={value!r}: expected WORKDIR, WORKDIR@STEP or a bundle folder") from None
+
+
+def initial_state_from(model: DoppelGANger, tc: TrainConfig, source: dict, mesh):
+  """Fresh replicas whose weights (and, with train.init_optimizer, Adam states) come from `source`
+  (`load_init_source`): replica r from the source's replica r, or every replica from a one-replica source."""
+  state, keys = init_replicas(model, tc, tc.seed, tc.num_seeds)
+  state = jax.device_get(state)
+  parts = {"params": source["params"]}
+  if tc.init_optimizer:
+    if "g_opt" not in source:
+      raise BadInput(f"train.init_optimizer: {source['path']} is a bundle, which holds no optimiser state")
+    parts.update(g_opt=source["g_opt"], d_opt=source["d_opt"])
+  for name, tree in parts.items():
+    count = jax.tree.leaves(tree)[0].shape[0]
+    if count not in (1, tc.num_seeds):
+      raise BadInput(f"train.init_from: {source['path']} has {count} replicas; train.num_seeds must be "
+                     f"{count} (replica by replica) or the source must have one")
+    tree = jax.tree.map(lambda x: np.broadcast_to(x, (tc.num_seeds,) + x.shape[1:]), tree)
+    if name == "params":
+      tree = dict(state["params"], **tree)  # from a bundle: the fresh critics stay
+    state[name] = tree
+  state["best"]["generator"] = state["params"]["generator"]
+  return sharding.place((state, keys), sharding.by_replica(mesh))
+
+
+def load_init_source(tc: TrainConfig, config) -> dict:
+  """train.init_from: the schema, model config and stacked weights ([K_source, ...]; Adam states too
+  for a workdir) of another run or bundle, checked against this run's model config."""
+  from dg_jax.sampling import restore_run
+  path, step = parse_init_from(tc.init_from)
+  if is_bundle(path):
+    if step is not None:
+      raise BadInput(f"train.init_from={tc.init_from!r}: a bundle holds one generator; drop @{step}")
+    generator, schema, saved = load_bundle(path)
+    source = dict(params=dict(generator=jax.tree.map(lambda x: np.asarray(x)[None], generator)), schema=schema,
+                  model=saved["model"], what="its generator (critics start afresh)")
+  else:
+    model, state, saved = restore_run(path, step)
+    state = jax.device_get(state)
+    source = dict(params=state["params"], g_opt=state["g_opt"], d_opt=state["d_opt"], schema=model.schema,
+                  model=saved["model"].to_dict(), what=f"step {int(state['step'][0])}")
+  changed = _differences("model", source["model"], json.loads(config.model.to_json()))
+  if changed:
+    raise BadInput(f"train.init_from={tc.init_from!r}: its model differs from config.model ({changed}); "
+                   "initialising needs the same model")
+  return dict(source, path=path)
 
 
 def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpointer, workdir: str,
-           primary: bool) -> dict:
+           primary: bool, lock) -> dict:
   dataset = load_dataset(config.data)
   if tc.eval_every and pc.enabled:
-    raise ValueError("train.eval_every with privacy.enabled: scoring reads the training data outside DP-SGD, so "
-                     "choosing checkpoints by it would void the guarantee; set train.eval_every=0")
+    raise BadInput("train.eval_every with privacy.enabled: scoring reads the training data outside DP-SGD, so "
+                   "choosing checkpoints by it would void the guarantee; set train.eval_every=0")
   held_out = None
   if tc.eval_every:
     dataset, held_out = scoring.split_holdout(dataset, tc.eval_holdout)
-  resume_step = ckpt.latest_step()
-  saved_config = None
-  if resume_step is not None:
-    saved_config, schema = ckpt.read_metadata(resume_step)  # encode exactly as the run began
-    _check_resumable(saved_config, config, workdir)
+
+  resumed = None
+  if ckpt.steps():
+    def read(step):
+      saved_config, schema = ckpt.read_metadata(step)  # encode exactly as the run began
+      _check_resumable(saved_config, config, workdir)
+      model = DoppelGANger(schema, mc)
+      abstract = jax.eval_shape(lambda: init_replicas(model, tc, tc.seed, tc.num_seeds))
+      state, keys = ckpt.restore_arrays(step, abstract, sharding.by_replica(mesh), fields_added_since(tc.num_seeds))
+      return saved_config, schema, state, keys, ckpt.read_json(step, DATA_ITEM)
+    resume_step, resumed = ckpt.restore_newest(read)
+    ckpt.set_aside_newer_than(resume_step)
+    saved_config, schema, state, keys, saved_data = resumed
+    source = None
+    log.info("resumed from step %d", resume_step)
   else:
-    schema = fit_schema_from_config(dataset, config)
+    saved_config, source = None, load_init_source(tc, config) if tc.init_from else None
+    schema = source["schema"] if source else fit_schema_from_config(dataset, config)
   pc = _resolve_privacy(pc, tc, saved_config, dataset.num_samples)
   end, accountant = tc.num_steps, None
   if pc.enabled:
@@ -294,6 +407,7 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
       tc = dataclasses.replace(tc, seed=config.train.seed)
     accountant, end = _privacy_budget(pc, tc, dataset.num_samples)
   encoded = encoding.encode(dataset, schema)
+  data_id = dict(fingerprint=data_fingerprint(encoded), num_series=dataset.num_samples, source=dataset.source)
   model = DoppelGANger(schema, mc)
   log.info("data: %d series, T=%d, %d features, %d attributes; S=%d (%d LSTM steps)%s",
            dataset.num_samples, schema.max_length, len(schema.feature_vars), len(schema.attribute_vars),
@@ -302,12 +416,20 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
   if mc.aux_critic and not model.has_aux_critic:
     log.info("no metadata (no attributes, no min/max): the auxiliary critic has nothing to see; training without it")
 
-  abstract = jax.eval_shape(lambda: init_replicas(model, tc, tc.seed, tc.num_seeds))
-  if resume_step is None:
-    state, keys = sharding.place(init_replicas(model, tc, tc.seed, tc.num_seeds), sharding.by_replica(mesh))
+  if resumed is not None:
+    if saved_data is None:
+      log.info("the run's checkpoints predate data fingerprints: the training data is not checked")
+    elif saved_data["fingerprint"] != data_id["fingerprint"]:
+      raise BadInput(f"{workdir}: the training data changed since the run began: {dataset.source} now has "
+                     f"fingerprint {data_id['fingerprint']} ({dataset.num_samples} series); the run was trained on "
+                     f"{saved_data['fingerprint']} ({saved_data['num_series']} series, {saved_data['source']}). "
+                     "Resume on the same data, or train in a new --workdir")
+  elif source is not None:
+    state, keys = initial_state_from(model, tc, source, mesh)
+    log.info("initialised from %s (%s): weights%s; schema from that run", source["path"], source["what"],
+             " and Adam states" if tc.init_optimizer else "")
   else:
-    state, keys, _, _ = ckpt.restore(abstract, resume_step, sharding.by_replica(mesh))
-    log.info("resumed from step %d", resume_step)
+    state, keys = sharding.place(init_replicas(model, tc, tc.seed, tc.num_seeds), sharding.by_replica(mesh))
   start = int(sharding.to_host(state["step"])[0])
   config_json = config.to_json(indent=1)
   if primary:
@@ -325,25 +447,28 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
   arrays = [encoded.features, encoded.attributes, encoded.additional_attributes]
   batches = ReplicaBatches(arrays, tc.batch_size, tc.seed, tc.num_seeds, start_step=start,
                            sampling="independent" if pc.enabled else "epochs")
+  health = Health(sharding.to_host(state["health"]), tc)
   step, t_start, window = start, time.time(), (start, time.time())
   deadline = t_start + 60 * tc.max_minutes if tc.max_minutes else None
   last, out_of_time, stopped = {}, False, False
   with StopSignals() as signals, contextlib.ExitStack() as cleanup:
     cleanup.callback(metrics_log.close)
     cleanup.callback(profiler.stop)
-    while step < end:
+    while step < end and len(health.frozen) < tc.num_seeds:
       k = tc.steps_per_dispatch if end - step >= tc.steps_per_dispatch else 1
       profiler.before(step, k)
       state, metrics = step_fn(state, sharding.shard_batches(batch_dict(*batches.next(k)), mesh), keys)
-      metrics = sharding.to_host(metrics)
-      check_finite(metrics, step)
+      metrics, replica_health = sharding.to_host((metrics, state["health"]))
       step += k
+      health.update(replica_health, metrics, step, k)
       profiler.after(step)
+      if lock is not None:
+        lock.check()
       last = {name: _per_replica(v[-1]) for name, v in metrics.items()}
       # every process leaves the loop at the same step, whichever of them ran out of time or got the signal
       out_of_time, stopped = sharding.any_process(
           [deadline is not None and time.time() > deadline, signals.received is not None])
-      stop = out_of_time or stopped
+      stop = out_of_time or stopped or len(health.frozen) == tc.num_seeds
       scores = {}
       if score_fn is not None and not stopped and (step // tc.eval_every > (step - k) // tc.eval_every or
                                                    step == end or out_of_time):
@@ -370,7 +495,9 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
         spent = None if accountant is None else dict(
             epsilon=accountant.epsilon(step), delta=pc.delta, steps=step, num_examples=dataset.num_samples,
             unit="series", neighbouring="replace-one")
-        ckpt.save(step, state, keys, config_json, schema, spent)
+        ckpt.check_for_errors()  # the previous save's failure, if any, is this run's
+        ckpt.save(step, state, keys, config_json, schema, spent, data_id)
+        metrics_log.flush()
       if stop:
         break
     ckpt.wait()  # still catching signals: a second SIGTERM cannot cut this save short
@@ -387,6 +514,8 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
     last["epsilon"] = accountant.epsilon(step)
     log.info("privacy: the generator is (%.4g, %.3g)-differentially private after %d steps "
              "(series-level, replace-one neighbours)", last["epsilon"], pc.delta, step)
+  if health.frozen:
+    raise health.diverged(step, workdir)
   return dict(last, step=step)
 
 

@@ -18,6 +18,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import pytest  # noqa: E402
+from etils.epath import testing as epath_testing  # noqa: E402
 
 ROOT = str(pathlib.Path(__file__).resolve().parents[1])
 sys.path.insert(0, ROOT)  # the repository root
@@ -35,11 +36,12 @@ def shared_data():
   return SHARED_DATA
 
 
-def start_cli(*args: str, devices: int = 1, log=subprocess.PIPE) -> subprocess.Popen:
-  """Starts `python launch.py ARGS` on `devices` virtual CPU devices; its log (stderr) goes to `log`."""
-  env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices), PYTHONPATH=ROOT)
-  return subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), *args], cwd=ROOT, env=env,
-                          stdout=log, stderr=log, text=True)
+def start_cli(*args: str, devices: int = 1, log=subprocess.PIPE, fault: str = "") -> subprocess.Popen:
+  """Starts `python launch.py ARGS` on `devices` virtual CPU devices; its log (stderr) goes to `log`.
+  fault: one fault to inject (tests/fault_launch.py)."""
+  env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices), PYTHONPATH=ROOT, DG_JAX_FAULT=fault)
+  script = os.path.join(ROOT, "tests", "fault_launch.py") if fault else os.path.join(ROOT, "launch.py")
+  return subprocess.Popen([sys.executable, script, *args], cwd=ROOT, env=env, stdout=log, stderr=log, text=True)
 
 
 def run_cli(*args: str, devices: int = 1) -> str:
@@ -51,16 +53,18 @@ def run_cli(*args: str, devices: int = 1) -> str:
 
 
 def run_processes(*args: str, num_processes: int = 2, devices: int = 2, per_process=None,
-                  timeout: float = 300) -> list[str]:
+                  timeout: float = 300, fault: str = "", expect_status: int = 0) -> list[str]:
   """Runs launch.py ARGS as `num_processes` JAX processes on this machine (one mesh over gloo), each
   with `devices` CPU devices and, if given, its own extra flags per_process[i]; returns their logs.
-  A run that hangs (processes disagreeing on a collective) fails the test at `timeout`."""
+  A run that hangs (processes disagreeing on a collective) fails the test at `timeout`; every process
+  must exit with `expect_status`."""
   with socket.socket() as s:  # a free port for the coordinator
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
   files = [tempfile.TemporaryFile("w+") for _ in range(num_processes)]  # pipes could fill and block
   procs = [start_cli(*args, *(per_process[i] if per_process else ()), f"--coordinator_address=localhost:{port}",
-                     f"--num_processes={num_processes}", f"--process_id={i}", devices=devices, log=files[i])
+                     f"--num_processes={num_processes}", f"--process_id={i}", devices=devices, log=files[i],
+                     fault=fault)
            for i in range(num_processes)]
   try:
     for p in procs:
@@ -74,10 +78,23 @@ def run_processes(*args: str, num_processes: int = 2, devices: int = 2, per_proc
     logs.append(f.read())
     f.close()
   for i, (p, log) in enumerate(zip(procs, logs)):
-    assert p.returncode == 0, f"process {i}:\n{log[-3000:]}"
+    assert p.returncode == expect_status, f"process {i}:\n{log[-3000:]}"
   return logs
 
 
 @pytest.fixture
 def cli():
   return run_cli
+
+
+@pytest.fixture
+def fake_bucket(tmp_path, monkeypatch):
+  """gs://bucket/... served from tmp_path/bucket/...; a plain open() of such a path would fail."""
+  monkeypatch.chdir(tmp_path)  # a raw-string write to "gs://..." would create tmp_path/"gs:" instead
+  local = lambda p: str(p).replace("gs://", f"{tmp_path}/", 1)  # noqa: E731
+  one = lambda fn, path, *a, **k: fn(local(path), *a, **k)  # noqa: E731
+  two = lambda fn, src, dst, *a, **k: fn(local(src), local(dst), *a, **k)  # noqa: E731
+  names = ("exists", "glob", "isdir", "listdir", "makedirs", "mkdir", "open", "remove", "rmtree", "stat", "walk")
+  with epath_testing.mock_epath(**{n: one for n in names}, copy=two, rename=two, replace=two):
+    yield tmp_path / "bucket"
+  assert not (tmp_path / "gs:").exists()

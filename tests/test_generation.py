@@ -11,6 +11,7 @@ from configs import tiny
 from dg_jax.checkpoints import load_bundle, save_bundle
 from dg_jax.data.npz_format import load_npz, save_npz
 from dg_jax.data.schema import DataError, Dataset
+from dg_jax.failures import BadInput
 from dg_jax.retrain import retrain_attributes
 from dg_jax.sampling import generate, load_generator, parse_attribute_labels
 from dg_jax.train import train_and_evaluate
@@ -114,14 +115,37 @@ def test_metadata_retraining_moves_only_the_attribute_mix(trained):
   assert all(jax.tree.leaves(moved))
 
 
-def test_bundle_round_trip(trained, tmp_path):
+def test_bundle_round_trip_and_interrupted_exports(trained, tmp_path, monkeypatch):
   model, params, config = load_generator(trained)
-  save_bundle(str(tmp_path), params, model.schema, config.to_json())
-  p2, schema, _ = load_bundle(str(tmp_path))
+  bundle = str(tmp_path / "b")
+  save_bundle(bundle, params, model.schema, config.to_json())
+  p2, schema, _ = load_bundle(bundle)
   assert schema == model.schema
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(params), p2)
-  with pytest.raises(FileNotFoundError, match="not a generator bundle"):
+  with pytest.raises(BadInput, match="not a complete generator bundle"):
     load_bundle(str(tmp_path / "nope"))
+
+  # a re-export killed after it moved the new parameters in, before the new schema: refused, not decoded wrong
+  replace, moved = os.replace, []
+
+  def killed_after_one_file(src, dst):
+    if os.path.basename(dst) in ("schema.json", "manifest.json"):
+      raise KeyboardInterrupt("killed mid-export")
+    moved.append(dst)
+    replace(src, dst)
+  monkeypatch.setattr(os, "replace", killed_after_one_file)
+  other = jax.tree.map(lambda x: x + 1, jax.device_get(params))
+  with pytest.raises(KeyboardInterrupt):
+    save_bundle(bundle, other, model.schema, config.to_json())
+  monkeypatch.setattr(os, "replace", replace)
+  assert moved[-1].endswith("generator.msgpack")  # the new parameters, beside the old schema
+  with pytest.raises(BadInput, match="export into this bundle was interrupted"):
+    load_bundle(bundle)
+  save_bundle(bundle, other, model.schema, config.to_json())  # exporting again repairs it
+  jax.tree.map(np.testing.assert_array_equal, load_bundle(bundle)[0], other)
+  (tmp_path / "b" / "schema.json").write_text(model.schema.to_json() + " ")  # damaged after the export
+  with pytest.raises(BadInput, match=r"\['schema.json'\] do not match the bundle's manifest.json"):
+    load_bundle(bundle)
 
 
 def test_cli_end_to_end_on_eight_devices(tmp_path, cli):
@@ -133,7 +157,7 @@ def test_cli_end_to_end_on_eight_devices(tmp_path, cli):
   assert data.num_samples == 30 and [v.name for v in data.attribute_vars] == ["service", "region"]
   assert os.path.getsize(out + ".csv") > 0
   cli("--mode=export", f"--workdir={w}", f"--bundle={tmp_path / 'b'}")
-  assert sorted(os.listdir(tmp_path / "b")) == ["config.json", "generator.msgpack", "schema.json"]
+  assert sorted(os.listdir(tmp_path / "b")) == ["config.json", "generator.msgpack", "manifest.json", "schema.json"]
   cli("--mode=generate", f"--bundle={tmp_path / 'b'}", "--num_samples=4", f"--output={out}",
       "--attribute=service=video", "--attribute=region=north", "--length=30")
   data = load_npz(out)
@@ -152,4 +176,6 @@ def test_cli_errors(tmp_path):
   env = dict(os.environ, PYTHONPATH=ROOT)
   r = subprocess.run([sys.executable, "launch.py", "--mode=generate", f"--workdir={tmp_path}", "--output=x.npz"],
                      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-  assert r.returncode != 0 and "no checkpoint to generate from" in r.stderr
+  assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
+      f"error: {tmp_path}: not a training run (no checkpoints/ folder); check --workdir")
+  assert list(tmp_path.iterdir()) == []  # a reader creates nothing

@@ -5,7 +5,6 @@ import os
 
 import numpy as np
 import pytest
-from etils.epath import testing as epath_testing
 
 from configs import tiny
 from dg_jax import io_utils
@@ -15,19 +14,6 @@ from dg_jax.data.npz_format import load_npz, save_npz
 from dg_jax.train import MetricsLog, fit_schema_from_config
 
 
-@pytest.fixture
-def fake_bucket(tmp_path, monkeypatch):
-  """gs://bucket/... served from tmp_path/bucket/...; a plain open() of such a path would fail."""
-  monkeypatch.chdir(tmp_path)  # a raw-string write to "gs://..." would create tmp_path/"gs:" instead
-  local = lambda p: str(p).replace("gs://", f"{tmp_path}/", 1)  # noqa: E731
-  one = lambda fn, path, *a, **k: fn(local(path), *a, **k)  # noqa: E731
-  two = lambda fn, src, dst, *a, **k: fn(local(src), local(dst), *a, **k)  # noqa: E731
-  names = ("exists", "glob", "isdir", "listdir", "makedirs", "mkdir", "open", "remove", "rmtree", "stat", "walk")
-  with epath_testing.mock_epath(**{n: one for n in names}, copy=two, rename=two, replace=two):
-    yield tmp_path / "bucket"
-  assert not (tmp_path / "gs:").exists()
-
-
 def test_remote_style_workdir_and_bundle(fake_bucket):
   c = tiny.get_config()
   data = load_dataset(c.data)
@@ -35,6 +21,7 @@ def test_remote_style_workdir_and_bundle(fake_bucket):
   params = {"params": {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}}
   save_bundle("gs://bucket/b", params, schema, c.to_json())
   assert is_bundle("gs://bucket/b") and (fake_bucket / "b" / "generator.msgpack").is_file()
+  assert (fake_bucket / "b" / "manifest.json").is_file() and not (fake_bucket / "b" / ".incomplete").exists()
   p2, s2, config = load_bundle("gs://bucket/b")
   np.testing.assert_array_equal(p2["params"]["w"], params["params"]["w"])
   assert s2 == schema and config["train"]["seed"] == c.train.seed
@@ -45,6 +32,8 @@ def test_remote_style_workdir_and_bundle(fake_bucket):
   log = MetricsLog("gs://bucket/run", 0, enabled=True, tensorboard=False)
   for step in (10, 20, 30):
     log.append(dict(step=step))
+  assert not (fake_bucket / "run" / "metrics.jsonl").exists()  # an object store gets the file at checkpoints
+  log.flush()
   MetricsLog("gs://bucket/run", 20, enabled=True, tensorboard=False)  # a resume from step 20
   rows = (fake_bucket / "run" / "metrics.jsonl").read_text().splitlines()
   assert [json.loads(r)["step"] for r in rows] == [10, 20]

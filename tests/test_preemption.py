@@ -1,6 +1,8 @@
-"""Preemption and crashes: a run stopped by SIGTERM (or killed outright) at a random step resumes to
-the parameters of the run straight through, with one metrics row per logged step."""
+"""Preemption and crashes: a run stopped by SIGTERM at a random step, or read while it trains and then killed
+outright in the middle of a checkpoint save, resumes to the parameters of the run straight through, with one
+metrics row per logged step."""
 import json
+import os
 import random
 import signal
 import time
@@ -11,9 +13,11 @@ import pytest
 
 from configs import tiny
 from dg_jax.checkpoints import Checkpointer
-from dg_jax.sampling import restore_run
+from dg_jax.failures import WorkdirBusy
+from dg_jax.sampling import load_generator, restore_run
 from dg_jax.train import train_and_evaluate
 from dg_jax.train_step import replica
+from dg_jax.workdir_lock import LOCK_FILE
 from tests.conftest import run_cli, start_cli
 
 pytestmark = pytest.mark.slow
@@ -37,6 +41,14 @@ def straight(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("straight"))
   train_and_evaluate(c, workdir)
   return replica(jax.device_get(restore_run(workdir)[1]), 0)
+
+
+def saving(workdir) -> bool:
+  """Whether Orbax is writing a checkpoint: its temporary folder exists."""
+  try:
+    return any(".orbax-checkpoint-tmp" in name for name in os.listdir(workdir / "checkpoints"))
+  except FileNotFoundError:
+    return False
 
 
 def interrupt(workdir, checkpoint_every, signals):
@@ -72,15 +84,31 @@ def test_sigterm_checkpoints_the_step_reached_and_resumes_exactly(tmp_path, stra
   assert code == 128 + signal.SIGTERM, log[-3000:]
   step = Checkpointer(str(w)).latest_step()  # no periodic checkpoint before STEPS: this one is the stop's
   assert step is not None and 0 < step < STEPS and f"stopped at step {step}" in log, log[-3000:]
-  assert "received SIGTERM: already stopping" in log
+  assert "received SIGTERM again: already stopping" in log
   assert_resumes_to_the_straight_run(w, straight)
 
 
-def test_a_killed_run_drops_metrics_rows_past_its_checkpoint(tmp_path, straight):
+def test_a_live_run_survives_readers_a_second_trainer_and_a_kill_inside_a_save(tmp_path, straight):
+  """While a run trains, a second trainer is refused and reads see complete checkpoints, disturbing
+  nothing; then kill -9 lands inside a checkpoint save: the run resumes to the undisturbed run's parameters."""
   w = tmp_path / "w"
-  code, _ = interrupt(w, 500, [signal.SIGKILL])
-  assert code == -signal.SIGKILL
+  trainer = start_cli(*cli_args(w, 100), devices=2)
+  while not (w / "checkpoints" / "100").exists() and trainer.poll() is None:
+    time.sleep(0.05)
+  c = tiny.get_config()
+  c.train.update(OVERRIDES)
+  with pytest.raises(WorkdirBusy, match=f"{w} is being trained by pid {trainer.pid} on host "):
+    train_and_evaluate(c, str(w))
+  reads = [load_generator(str(w))[2].generated_from.step for _ in range(3) if trainer.poll() is None]
+  assert len(reads) == 3 and reads == sorted(reads), reads
+  while not saving(w) and trainer.poll() is None:
+    pass
+  trainer.kill()
+  _, log = trainer.communicate(timeout=60)
+  assert trainer.returncode == -signal.SIGKILL, log[-3000:]  # killed by us: the readers did not crash it
+  assert saving(w), "the kill should land inside a save (its temporary folder left behind); retry if it raced"
   steps = [json.loads(line)["step"] for line in (w / "metrics.jsonl").read_text().splitlines()]
-  saved = Checkpointer(str(w)).latest_step() or 0
-  assert steps[-1] > saved, "the kill should fall between two checkpoints; retry if it raced one"
-  assert_resumes_to_the_straight_run(w, straight)
+  assert steps[-1] > Checkpointer(str(w)).latest_step()  # rows logged past the last complete checkpoint
+  assert_resumes_to_the_straight_run(w, straight)  # ... are dropped
+  assert not saving(w)  # the resumed trainer (holding the lock) removed the dead save's folder
+  assert (w / LOCK_FILE).read_text() == ""  # and released the lock

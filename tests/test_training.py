@@ -182,12 +182,6 @@ def test_wall_clock_budget_checkpoints(tmp_path):
   assert Checkpointer(str(tmp_path)).latest_step() == out["step"]
 
 
-def test_non_finite_loss_names_the_step(tmp_path):
-  with pytest.raises(FloatingPointError, match="non-finite d_loss .* at training step 1;"):
-    train_and_evaluate(tiny_config(gp_weight=float("nan")), str(tmp_path))
-  assert Checkpointer(str(tmp_path)).latest_step() is None  # nothing bad was saved
-
-
 def test_batch_must_divide_over_devices(tmp_path):
   with pytest.raises(ValueError, match="batch_size=12 must be a multiple of the 8 devices"):
     train_and_evaluate(tiny_config(batch_size=12), str(tmp_path))
@@ -305,10 +299,10 @@ def test_checkpoints_round_trip_under_the_rbg_prng(tmp_path):
     model = DoppelGANger(schema, model_config(c))
     state, key = init_replicas(model, train_config(c), 0, 2)
     assert jax.random.key_data(key).shape == (2, 4)  # rbg keys are 4 words, threefry's 2
-    ckpt = Checkpointer(str(tmp_path))
+    ckpt = Checkpointer(str(tmp_path), writer=True)
     ckpt.save(3, state, key, c.to_json(), schema)
     ckpt.wait()
-    state2, key2, _, _ = ckpt.restore(jax.eval_shape(lambda: (state, key)))
+    state2, key2 = ckpt.restore_arrays(3, jax.eval_shape(lambda: (state, key)))
     ckpt.close()
     assert jax.random.key_impl(key2) == jax.random.key_impl(key)
     np.testing.assert_array_equal(jax.random.key_data(key2), jax.random.key_data(key))

@@ -10,13 +10,14 @@ import json
 
 import ml_collections
 
-from dg_jax import io_utils
+from dg_jax import io_utils, workdir_lock
 from dg_jax.baselines.ar import ARBaseline
 from dg_jax.baselines.common import MODEL_FILE, Baseline, log
 from dg_jax.baselines.hmm import HMMBaseline
 from dg_jax.baselines.naive_gan import NaiveGANBaseline
 from dg_jax.baselines.rnn import RNNBaseline
 from dg_jax.data.loaders import load_dataset
+from dg_jax.failures import BadInput
 from dg_jax.train import CONFIG_FILE, METRICS_FILE
 
 BASELINES = {"hmm": HMMBaseline, "ar": ARBaseline, "rnn": RNNBaseline, "naive_gan": NaiveGANBaseline}
@@ -37,10 +38,10 @@ def load_baseline(path: str) -> Baseline:
   """The baseline in a run's workdir, or in a folder written by `Baseline.save`."""
   folder = _model_folder(path)
   if not is_baseline_run(path):
-    raise FileNotFoundError(f"{path}: no trained baseline here (train one with configs/baselines.py)")
+    raise BadInput(f"{path}: no trained baseline here (train one with configs/baselines.py)")
   name = json.loads(io_utils.read_text(io_utils.join(folder, MODEL_FILE))).get("name")
   if name not in BASELINES:
-    raise ValueError(f"{folder}: unknown baseline {name!r}; expected one of {sorted(BASELINES)}")
+    raise BadInput(f"{folder}: unknown baseline {name!r}; expected one of {sorted(BASELINES)}")
   return BASELINES[name].load(folder)
 
 
@@ -48,20 +49,28 @@ def train_baseline(config: ml_collections.ConfigDict, workdir: str) -> Baseline:
   """Fits config.baseline.name on config.data and saves it into `workdir`. Baselines train in one
   go (no checkpoints); a workdir that already holds the same finished run is returned as is."""
   if "baseline" not in config:
-    raise ValueError("the config has no baseline section; use configs/baselines.py:<name>")
+    raise BadInput("the config has no baseline section; use configs/baselines.py:<name>")
   name = config.baseline.name
   if name not in BASELINES:
-    raise ValueError(f"config.baseline.name={name!r}; expected one of {sorted(BASELINES)}")
+    raise BadInput(f"config.baseline.name={name!r}; expected one of {sorted(BASELINES)}")
+  lock = workdir_lock.acquire(workdir)  # one trainer per workdir, baselines included
+  try:
+    return _train_baseline(config, workdir, name)
+  finally:
+    lock.release()
+
+
+def _train_baseline(config: ml_collections.ConfigDict, workdir: str, name: str) -> Baseline:
   config_json = config.to_json(indent=1)
   if is_baseline_run(workdir):
     model = load_baseline(workdir)
     saved, given = json.loads(model.config.to_json()), json.loads(config_json)
     if any(saved.get(k) != given.get(k) for k in RUN_SECTIONS):
-      raise ValueError(f"{workdir} holds a different baseline run; use a new --workdir")
+      raise BadInput(f"{workdir} holds a different baseline run; use a new --workdir")
     log.info("%s: %s is already trained", workdir, name)
     return model
   if io_utils.exists(io_utils.join(workdir, CONFIG_FILE)):
-    raise ValueError(f"{workdir} holds another (non-baseline) run; use a new --workdir")
+    raise BadInput(f"{workdir} holds another (non-baseline) run; use a new --workdir")
   data = load_dataset(config.data)
   log.info("%s on %d series, T=%d, %d features, %d attributes", name, data.num_samples, data.max_length,
            len(data.feature_vars), len(data.attribute_vars))

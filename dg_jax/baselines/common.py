@@ -24,8 +24,9 @@ from dg_jax import io_utils
 from dg_jax.data import encoding
 from dg_jax.data.batching import BatchIterator
 from dg_jax.data.schema import Dataset
+from dg_jax.failures import BadInput, Diverged
 from dg_jax.settings import TrainConfig, config_section
-from dg_jax.train import check_finite, format_duration, fit_schema_from_config
+from dg_jax.train import format_duration, fit_schema_from_config
 
 log = logging.getLogger("dg_jax.baselines")
 MODEL_FILE, ARRAYS_FILE, PARAMS_FILE = "baseline.json", "arrays.npz", "params.msgpack"
@@ -86,7 +87,7 @@ class Baseline:
     return data.validate()
 
   def save(self, folder: str) -> None:
-    """Writes each file atomically; the model description (which `load` looks for) goes last."""
+    """Writes the folder whole; the model description (which `load` looks for) goes last."""
     meta = dict(name=self.name, schema=json.loads(self.schema.to_json()), config=json.loads(self.config.to_json()))
     arrays = io.BytesIO()
     np.savez(arrays, **self.arrays)
@@ -94,13 +95,13 @@ class Baseline:
     if self.params is not None:
       files[PARAMS_FILE] = flax.serialization.msgpack_serialize(jax.device_get(self.params))
     files[MODEL_FILE] = json.dumps(meta, indent=1).encode()
-    io_utils.write_files(folder, files)
+    io_utils.write_folder(folder, files, marker=MODEL_FILE)
 
   @classmethod
   def load(cls, folder: str) -> "Baseline":
     path = io_utils.join(folder, MODEL_FILE)
-    if not io_utils.exists(path):
-      raise FileNotFoundError(f"{folder}: not a saved baseline (no {MODEL_FILE})")
+    if not io_utils.exists(path) or io_utils.is_incomplete(folder):
+      raise BadInput(f"{folder}: not a saved baseline (no {MODEL_FILE}, or its save was interrupted)")
     meta = json.loads(io_utils.read_text(path))
     if meta.get("name") != cls.name:
       raise ValueError(f"{folder} holds a {meta.get('name')!r} baseline, not {cls.name!r}")
@@ -115,6 +116,15 @@ class Baseline:
 
 def adam(tc: TrainConfig) -> optax.GradientTransformation:
   return optax.adam(tc.learning_rate, b1=tc.beta1, b2=tc.beta2)
+
+
+def check_finite(name: str, metrics: dict, first_step: int) -> None:
+  """metrics: name -> [steps]; a baseline has no rollbacks: a non-finite loss ends its training."""
+  for metric, values in sorted(metrics.items()):
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+      raise Diverged(f"{name}: non-finite {metric} at training step {first_step + bad[0] + 1}; nothing was saved "
+                     "(try a lower learning rate)")
 
 
 def train_loop(name: str, step_fn: Callable, state, arrays: list[np.ndarray], tc: TrainConfig,
@@ -139,7 +149,7 @@ def train_loop(name: str, step_fn: Callable, state, arrays: list[np.ndarray], tc
     k = tc.steps_per_dispatch if tc.num_steps - step >= tc.steps_per_dispatch else 1
     state, metrics = multi_step(state, batches.next(k), key, step)
     metrics = jax.device_get(metrics)
-    check_finite(metrics, step)
+    check_finite(name, metrics, step)
     step += k
     out_of_time = deadline is not None and time.time() > deadline
     if step // tc.log_every > (step - k) // tc.log_every or step == tc.num_steps or out_of_time:

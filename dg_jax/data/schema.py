@@ -11,12 +11,14 @@ from typing import Sequence
 
 import numpy as np
 
+from dg_jax.failures import BadInput
+
 CONTINUOUS = "continuous"
 CATEGORICAL = "categorical"
 KINDS = (CONTINUOUS, CATEGORICAL)
 
 
-class DataError(ValueError):
+class DataError(BadInput):
   """Bad input data; the message names the source, the variable and the problem."""
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from dg_jax.data.npz_format import load_npz
 from dg_jax.data.schema import Dataset
 from dg_jax.evaluation import metrics, plots
-from dg_jax.io_utils import write_text
+from dg_jax.io_utils import staged_folder, write_text
 
 SINGLE_SET_NAME = "synthetic"  # column name of a synthetic set passed as a bare Dataset
 
@@ -41,8 +41,8 @@ def write_report(real: Dataset, synthetic: dict[str, Dataset] | Dataset, out_dir
                  seed: int = 0, extra_metrics: dict[str, dict[str, float]] | None = None,
                  higher_is_better: tuple[str, ...] = (), unranked: tuple[str, ...] = (),
                  total_by: str | list[str] | None = None) -> dict:
-  """Writes metrics.json, report.md, report.html and the PNG plots into out_dir; returns the metrics as
-  written (NaN kept as float NaN).
+  """Writes metrics.json, report.md, report.html and the PNG plots into out_dir (io_utils.staged_folder:
+  metrics.json appears last, beside complete files); returns the metrics as written (NaN kept as float NaN).
 
   One synthetic set gives a flat `<metric>/<variable>` dict, several give {set name: flat dict}.
   `extra_metrics` adds rows per set name (e.g. downstream or privacy scores); all metrics are taken as
@@ -72,13 +72,12 @@ def write_report(real: Dataset, synthetic: dict[str, Dataset] | Dataset, out_dir
     reasons.update({k: "undefined for this data" for k in merged if k not in scores[name] and k not in reasons})
     undefined.update({f"{k} ({name})" if len(sets) > 1 else k: why for k, why in reasons.items()})
   result = scores[next(iter(sets))] if len(sets) == 1 else scores
-  os.makedirs(out_dir, exist_ok=True)
-  write_text(os.path.join(out_dir, "metrics.json"), json.dumps(json_safe(result), indent=2, allow_nan=False))
-
-  figures = _plot_all(real, sets, train, out_dir, num_examples, seed, total_by)
-  blocks = _blocks(real, sets, train, scores, undefined, figures, title, (tuple(higher_is_better), tuple(unranked)))
-  write_text(os.path.join(out_dir, "report.md"), _markdown(blocks))
-  write_text(os.path.join(out_dir, "report.html"), _html(blocks, title))
+  with staged_folder(out_dir, marker="metrics.json") as stage:  # metrics.json is there once the rest is
+    write_text(os.path.join(stage, "metrics.json"), json.dumps(json_safe(result), indent=2, allow_nan=False))
+    figures = _plot_all(real, sets, train, stage, num_examples, seed, total_by)
+    blocks = _blocks(real, sets, train, scores, undefined, figures, title, (tuple(higher_is_better), tuple(unranked)))
+    write_text(os.path.join(stage, "report.md"), _markdown(blocks))
+    write_text(os.path.join(stage, "report.html"), _html(blocks, title))
   return result
 
 

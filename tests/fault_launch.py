@@ -1,0 +1,52 @@
+"""launch.py with one fault injected, named by the DG_JAX_FAULT environment variable (tests and
+benchmarks/chaos.py start it as they would start launch.py; the package itself has no fault hooks):
+
+  nan:R@S[,S...]    replica R's batches of training steps S hold NaN (bad batches: that replica diverges)
+  write_error:P@N   process P's Nth metrics.jsonl row fails to write with ENOSPC (a full disk)
+"""
+import errno
+import os
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def inject(fault: str) -> None:
+  kind, _, where = fault.partition(":")
+  first, _, second = where.partition("@")
+  if kind == "nan":
+    from dg_jax.data import batching
+    replica, steps, next_batches = int(first), [int(s) for s in second.split(",")], batching.ReplicaBatches.next
+
+    def next_with_nan(self, num_steps):
+      done = self.replicas[0].step  # steps already served: these batches are steps done+1..done+num_steps
+      out = next_batches(self, num_steps)
+      for step in steps:
+        if done < step <= done + num_steps:
+          out[0][step - done - 1, replica] = np.nan
+      return out
+    batching.ReplicaBatches.next = next_with_nan
+  elif kind == "write_error":
+    import jax
+    from dg_jax import io_utils
+    process, nth, append, rows = int(first), int(second), io_utils.append_text, []
+
+    def append_or_fail(path, text):
+      if jax.process_index() == process and str(path).endswith("metrics.jsonl"):
+        rows.append(text)
+        if len(rows) == nth:
+          raise OSError(errno.ENOSPC, "No space left on device (injected)", str(path))
+      append(path, text)
+    io_utils.append_text = append_or_fail
+  elif kind:
+    raise SystemExit(f"DG_JAX_FAULT={fault!r}: unknown fault")
+
+
+if __name__ == "__main__":
+  from absl import app
+  import launch
+  inject(os.environ.get("DG_JAX_FAULT", ""))
+  app.run(launch.main)
