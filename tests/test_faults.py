@@ -236,3 +236,19 @@ def test_a_third_signal_aborts_at_once_even_while_the_main_thread_is_busy(monkey
     assert aborted.wait(5) and aborted.status == [128 + signal.SIGTERM]
   assert "received SIGTERM again: already stopping" in caplog.text
   assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
+
+
+def test_a_save_orbax_skips_is_an_error_not_a_checkpointed_line(tmp_path):
+  from dg_jax.checkpoints import CheckpointError
+  from dg_jax.data.loaders import load_dataset
+  from dg_jax.train import fit_schema_from_config
+  c = tiny.get_config()
+  schema = fit_schema_from_config(load_dataset(c.data), c)
+  ckpt = Checkpointer(str(tmp_path), writer=True)
+  state, key = dict(w=np.ones(2, np.float32)), jax.random.key(0)
+  ckpt.save(5, state, key, c.to_json(), schema)
+  ckpt.wait()
+  with pytest.raises(CheckpointError, match=r"the checkpoint of step 3 was not saved \(Orbax skipped it; the kept "
+                                            r"steps are \[5\]\)"):
+    ckpt.save(3, state, key, c.to_json(), schema)
+  ckpt.close()
