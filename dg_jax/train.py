@@ -224,7 +224,7 @@ class Health:
       what = f"replica {r} (seed {self.tc.seed + r}): non-finite {', '.join(bad)} in steps {step - k + 1}..{step}"
       if frozen_at[r] >= 0:
         log.error("%s, after %d rollback(s): frozen with its state before step %d%s", what, self.tc.max_rollbacks,
-                  step - k + 1, "; the other replicas go on" if len(rollbacks) > 1 else "")
+                  step - k + 1, "; the other replicas go on" if (frozen_at < 0).any() else "")
       else:
         log.warning("%s: rolled back to its state before step %d, those steps skipped, with fresh random streams "
                     "(rollback %d of %d)", what, step - k + 1, rollbacks[r], self.tc.max_rollbacks)
