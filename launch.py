@@ -71,7 +71,17 @@ _REAL_TEST = flags.DEFINE_string("real_test", None, "sweep: held-out real data t
                                  "file, or split:NAME for the training folder's data_NAME.npz (default: the training "
                                  "data, which cannot show overfitting).")
 _SAMPLE_LENS = flags.DEFINE_string("sample_lens", "1,2,5,10,25,50", "sweep: the S values to train, comma-separated "
-                                   "(values above T are an error).")
+                                   "(values above T are an error); the default sweep.")
+_VARIANTS = flags.DEFINE_string("variants", None, "sweep: named config variants, 'name=field=value,field=value;...' "
+                                "('paper=;no_aux=model.aux_critic=False'; 'name=' alone: the config as given).")
+_GRID = flags.DEFINE_string("grid", None, "sweep: every combination of 'field=v1,v2;field2=v1,v2' "
+                            "('train.learning_rate=1e-4,1e-3').")
+_POSTHOC = flags.DEFINE_enum("posthoc_scores", None, ["full", "quick", "off"], "evaluate, sweep: TimeGAN's "
+                             "discriminative and predictive scores (a GRU trained post hoc, 5 repeats): full = the "
+                             "published 2000/5000 steps (minutes per set on a CPU); quick = 100/100 steps, 2 "
+                             "repeats (smoke runs only). Default: full for evaluate, off for sweep.")
+_BASELINE = flags.DEFINE_string("baseline", None, "sweep: the variant the others are tested against (default: the "
+                                "first).")
 
 
 def _configure_cpu_devices(config) -> None:
@@ -182,19 +192,30 @@ def _evaluate():
   from dg_jax.evaluation.report import evaluate_files
   if not (_REAL.value and _SYNTHETIC.value and _OUT.value):
     raise app.UsageError("--mode=evaluate needs --real=R.npz, --synthetic=S.npz (repeatable) and --out=DIR")
-  evaluate_files(_REAL.value, _SYNTHETIC.value, _OUT.value, train_path=_TRAIN.value)
+  evaluate_files(_REAL.value, _SYNTHETIC.value, _OUT.value, train_path=_TRAIN.value,
+                 posthoc_settings=_posthoc_settings("full"))
   std_logging.getLogger("dg_jax").info("wrote metrics.json and report.md to %s", _OUT.value)
 
 
+def _posthoc_settings(default: str):
+  from dg_jax.evaluation.posthoc import PRESETS
+  return PRESETS[_POSTHOC.value or default]
+
+
 def _sweep():
-  from dg_jax.sweep import parse_sample_lens, run_sweep
+  from dg_jax import sweep
   if _CONFIG.value is None or not _WORKDIR.value:
     raise app.UsageError("--mode=sweep needs --config and --workdir")
+  if (_VARIANTS.value or _GRID.value) and (flags.FLAGS["sample_lens"].present or (_VARIANTS.value and _GRID.value)):
+    raise app.UsageError("--mode=sweep takes one of --variants, --grid and --sample_lens")
   try:
-    sample_lens = parse_sample_lens(_SAMPLE_LENS.value)
+    variants = (sweep.parse_variants(_VARIANTS.value) if _VARIANTS.value else sweep.parse_grid(_GRID.value)
+                if _GRID.value else sweep.sample_len_variants(sweep.parse_sample_lens(_SAMPLE_LENS.value)))
+    sweep.resolve(_CONFIG.value, variants, _BASELINE.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  run_sweep(_CONFIG.value, _WORKDIR.value, sample_lens, _NUM_SAMPLES.value, _SEED.value, _REAL_TEST.value)
+  sweep.run_sweep(_CONFIG.value, _WORKDIR.value, variants, _NUM_SAMPLES.value, _SEED.value, _REAL_TEST.value,
+                  _BASELINE.value, _posthoc_settings("off"))
 
 
 def _run(mode: str) -> None:

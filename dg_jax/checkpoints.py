@@ -16,6 +16,7 @@ aside, into UNREADABLE_DIR, so that the steps it redoes can be saved again).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -145,29 +146,31 @@ class Checkpointer:
     self.manager.reload()
 
   def restore_arrays(self, step: int, abstract: tuple[dict, jax.ShapeDtypeStruct],
-                     sharding: jax.sharding.Sharding | None = None, defaults: dict | None = None):
+                     sharding: jax.sharding.Sharding | None = None, fresh: Callable[[], dict] | None = None):
     """-> (state, key) of `step`, placed with `sharding` (default: the first local device), whatever
     device layout the checkpoint was saved from. `abstract`: the shapes of (state, key), e.g.
-    jax.eval_shape of init_replicas. Top-level state fields that a checkpoint written before they
-    existed lacks are taken from `defaults` (host values).
+    jax.eval_shape of init_replicas. State fields (dict entries, at any depth) that a checkpoint written
+    before they existed lacks are taken from `fresh()`, a fresh state's host values.
     The key comes back under the current jax_default_prng_impl, which must be the one it was saved with."""
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract_state, abstract_key = abstract
-    saved_fields = set(ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state").keys())
-    missing = sorted(set(abstract_state) - saved_fields)
-    if set(missing) - set(defaults or {}):
+    saved = _dict_prefixes(dict(ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state")))
+    target, missing = _split_missing(abstract_state, saved)
+    if missing and fresh is None:
       raise CheckpointError(f"{self.directory / str(step)}: the state lacks {missing}")
     template = jax.random.key(0)  # the current PRNG implementation: its key data's shape and its name
     key_data = jax.ShapeDtypeStruct(abstract_key.shape + jax.random.key_data(template).shape, jax.numpy.uint32)
-    target = {k: v for k, v in abstract_state.items() if k not in missing}
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                           dict(target, rng=key_data))
     out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
     state = dict(out["state"])
     key = jax.random.wrap_key_data(state.pop("rng"), impl=jax.random.key_impl(template))
-    for name in missing:  # the same host values on every process, laid out as the rest
-      state[name] = jax.tree.map(lambda x: jax.make_array_from_callback(x.shape, sharding, lambda i: x[i]),
-                                 defaults[name])
+    if missing:
+      defaults = fresh()
+      for path in missing:  # the same host values on every process, laid out as the rest
+        value = jax.tree.map(lambda x: jax.make_array_from_callback(x.shape, sharding, lambda i: x[i]),
+                             functools.reduce(lambda tree, k: tree[k], path, defaults))
+        functools.reduce(lambda tree, k: tree[k], path[:-1], state)[path[-1]] = value
     return state, key
 
   def read_metadata(self, step: int) -> tuple[dict, Schema]:
@@ -192,6 +195,34 @@ class Checkpointer:
 
   def close(self) -> None:
     self.manager.close()
+
+
+def _dict_prefixes(tree) -> set[tuple]:
+  """Every path of dict keys from the root of a (saved) tree: ('best',), ('best', 'score'), ..."""
+  out = set()
+  for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    keys = []
+    for k in path:
+      if not isinstance(k, jax.tree_util.DictKey):
+        break
+      keys.append(k.key)
+      out.add(tuple(keys))
+  return out
+
+
+def _split_missing(tree: dict, saved: set[tuple], prefix: tuple = ()) -> tuple[dict, list[tuple]]:
+  """(`tree` without the dict entries that `saved` lacks, the paths of those entries)."""
+  kept, missing = {}, []
+  for k, v in tree.items():
+    path = prefix + (k,)
+    if path not in saved:
+      missing.append(path)
+    elif isinstance(v, dict):
+      kept[k], more = _split_missing(v, saved, path)
+      missing += more
+    else:
+      kept[k] = v
+  return kept, missing
 
 
 def _listing(fn: Callable[[], T], attempts: int = 10) -> T:

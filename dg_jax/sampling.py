@@ -18,7 +18,7 @@ from dg_jax.failures import BadInput
 from dg_jax.models.doppelganger import DoppelGANger, sample_noise
 from dg_jax.settings import model_config, train_config
 from dg_jax.sharding import DATA
-from dg_jax.train_step import NOISE_SPECS, fields_added_since, init_replicas, replica
+from dg_jax.train_step import NOISE_SPECS, init_replicas, replica
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def restore_run(workdir: str, step: int | None = None):
     abstract = jax.eval_shape(lambda: init_replicas(model, tc, 0, tc.num_seeds))
     # replicated over every device of every process: what generation (and a multi-process sweep) needs
     state, _ = ckpt.restore_arrays(step, abstract, sharding.replicated(sharding.make_mesh()),
-                                   fields_added_since(tc.num_seeds))
+                                   fresh=lambda: jax.device_get(init_replicas(model, tc, 0, tc.num_seeds)[0]))
     return model, state, config
   try:
     return ckpt.restore_newest(read, step)[1]

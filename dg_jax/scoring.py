@@ -1,31 +1,42 @@
 """Scoring while training (train.eval_every): every replica's generator, scored on device.
 
-At each scoring step every replica generates train.eval_samples series (the same noise for every
-replica: fold_in(key(EVAL_STREAM), step)), decodes them on device to original units and compares
-them with a reference set by jnp versions of the cheap §5 metrics of dg_jax/evaluation/metrics.py
-(same definitions; tests/test_scoring.py checks that they agree on the same samples). No sample leaves
-the device for this.
+At each scoring every replica generates train.eval_samples series from the same fixed noise
+(key(EVAL_STREAM), the same for every replica and every scoring: common random numbers, so two scores
+differ only by the generators), decodes them on device to original units and compares them with a
+reference set by jnp versions of the cheap §5 metrics of dg_jax/evaluation/metrics.py (same
+definitions; tests/test_seeds.py checks that they agree on the same samples). No sample leaves the
+device for this.
 
-  autocorrelation_mse/<f>  per continuous feature
+  autocorrelation_mse/<f>  per continuous feature whose reference series define it (2+ varying records)
   midrange_w1/<f>          W1 of the per-series (max+min)/2, per continuous feature
   length_w1                W1 of the series lengths
   jsd/<a>, jsd/<f>         per categorical attribute, and per categorical feature (records' histogram)
-  memorisation_ratio       median distance of generated series to their nearest training series over
-                           that of the held-out series (evaluation/memorisation.py's definition, against
-                           up to MEMORISATION_REFERENCE training series); below 1 = closer to the training
-                           data than unseen real series are
+  flat_share/<f>           the share of generated series that are flat (metrics.flat_share)
+  memorisation_ratio       median distance of generated series to their nearest training series (all of
+                           them, in chunks on device) over that of unseen real series: the held-out slice,
+                           or without one, each training series' distance to the nearest other one (leave
+                           one out); both medians over up to MEMORISATION_QUERIES series. Below 1 = closer
+                           to the training data than unseen real series are
+  failed                   1 where the generator failed (below)
 
-The reference is a held-out slice of the training series (train.eval_holdout, taken out of training;
-none below MIN_HOLDOUT series, and then the training data is the reference and there is no
-memorisation ratio). The composite score, lower is better, is
+Which terms count is decided by the reference alone. A generator fails, and scores inf (the worst, so
+it is never kept as the best), when a term the reference defines is not finite for its sample, when its
+sample holds a non-finite value, or when it collapsed (metrics.failures: a continuous feature flat in
+COLLAPSE_MARGIN more of its series than of the reference's, or a categorical variable reduced to one
+category where the reference has several). Otherwise, lower is better:
 
   score = mean(sqrt(autocorrelation_mse), midrange_w1 / std of the reference's midranges,
                length_w1 / T, jsd)  +  max(0, 1 - memorisation_ratio)
 
-over the terms the data defines: each fidelity term is on a 0-to-about-1 scale, and the penalty makes
-a generator that sits closer to the training series than unseen data does lose to one that does not,
-so choosing the best checkpoint does not reward copying. Each replica keeps the generator of its
-best-scored step in the training state (`best`), so it is checkpointed beside the latest one.
+Each fidelity term is on a 0-to-about-1 scale, and the penalty makes a generator that sits closer to
+the training series than unseen data does lose to one that does not, so choosing the best checkpoint
+does not reward copying.
+
+The best generator (kept per replica in the training state, `best`, so checkpointed beside the latest
+one) is chosen by screening and confirmation, so that one lucky sample does not make a best: a
+generator whose score beats the best's screening score is scored again on a second fixed noise set,
+CONFIRM_FACTOR times as large (key(CONFIRM_STREAM)), and kept only if that confirming score beats the
+best's. `best.score` is the confirming score.
 """
 from __future__ import annotations
 
@@ -38,13 +49,16 @@ import numpy as np
 
 from dg_jax.data import encoding
 from dg_jax.data.schema import Dataset
-from dg_jax.evaluation import memorisation, metrics
+from dg_jax.evaluation import metrics
 from dg_jax.models.doppelganger import DoppelGANger, sample_noise
 
 log = logging.getLogger(__name__)
 EVAL_STREAM = 0x5c07e  # seed of the scoring noise, apart from every run's keys
+CONFIRM_STREAM = 0xc0f1  # seed of the noise that confirms a new best
+CONFIRM_FACTOR = 2  # the confirming sample has this many times train.eval_samples series
 MIN_HOLDOUT = 20  # fewer held-out series than this: no slice is held out (tiny sets)
-MEMORISATION_REFERENCE = 2000  # training series the memorisation ratio compares against (a fixed random subset)
+MEMORISATION_QUERIES = 2000  # unseen real series whose nearest-neighbour distances give the reference median
+MEMORISATION_CHUNK = 4096  # training series per block of the on-device nearest-neighbour search
 HOLDOUT_SEED = 0  # the held-out slice depends on the data and train.eval_holdout only, never on train.seed
 
 
@@ -176,104 +190,155 @@ def _flat_scaled(features, std):
   return (features / std).reshape(features.shape[0], -1)
 
 
+def reference_median(train_flat: np.ndarray, held_out_flat: np.ndarray | None, chunk: int = 8192) -> float:
+  """The median distance of unseen real series to their nearest training series: up to
+  MEMORISATION_QUERIES held-out series against all training series, or, without held-out series,
+  training series against all the others (leave one out). Blocks of `chunk` training rows at a time."""
+  queries = held_out_flat if held_out_flat is not None else train_flat
+  rows = np.sort(np.random.default_rng(HOLDOUT_SEED).permutation(len(queries))[:MEMORISATION_QUERIES])
+  q = queries[rows].astype(np.float64)
+  q_sq, nearest = np.sum(q * q, 1), np.full(len(rows), np.inf)
+  for start in range(0, len(train_flat), chunk):
+    t = train_flat[start:start + chunk].astype(np.float64)
+    d = q_sq[:, None] + np.sum(t * t, 1)[None, :] - 2.0 * q @ t.T
+    if held_out_flat is None:  # not itself
+      d[rows[:, None] == np.arange(start, start + len(t))[None, :]] = np.inf
+    nearest = np.minimum(nearest, d.min(1))
+  return float(np.median(np.maximum(nearest, 0.0)))
+
+
+def nearest_distances(queries, train, chunk: int = MEMORISATION_CHUNK):
+  """[Q] squared distance of each query to its nearest row of `train` ([n, D]), scanning blocks of
+  `chunk` training rows on device (padding rows never win)."""
+  n = train.shape[0]
+  blocks = -(-n // chunk)
+  padded = jnp.pad(train, ((0, blocks * chunk - n), (0, 0))).reshape(blocks, chunk, -1)
+  valid = (jnp.arange(blocks * chunk) < n).reshape(blocks, chunk)
+  q_sq = jnp.sum(queries * queries, 1)
+
+  def block(best, xs):
+    rows, ok = xs
+    d = q_sq[:, None] + jnp.sum(rows * rows, 1)[None, :] - 2.0 * queries @ rows.T
+    return jnp.minimum(best, jnp.where(ok[None, :], d, jnp.inf).min(1)), None
+  best, _ = jax.lax.scan(block, jnp.full(queries.shape[0], jnp.inf), (padded, valid))
+  return jnp.maximum(best, 0.0)
+
+
+def series_ranges(x, lengths):
+  valid = _valid(lengths, x.shape[1])
+  return jnp.where(valid, x, -jnp.inf).max(1) - jnp.where(valid, x, jnp.inf).min(1)
+
+
 @dataclasses.dataclass(frozen=True)
 class Scorer:
-  """Scores K replicas' generators against a reference set; `score` is jitted by the caller."""
+  """Scores K replicas' generators against a reference set; `score` is jitted by the caller.
+  `acf_features`: the continuous features whose reference autocorrelation is defined; `several`:
+  for each categorical attribute, then each categorical feature, whether the reference has 2+ categories."""
   model: DoppelGANger
   num_samples: int
   reference: dict  # host arrays (see `build`)
+  acf_features: tuple
+  several: tuple
 
   @classmethod
   def build(cls, model: DoppelGANger, num_samples: int, reference: Dataset, train: Dataset,
             held_out: bool) -> "Scorer":
     """reference: the held-out slice (held_out=True) or the training data. train: the training data."""
     cont = [j for j, v in enumerate(reference.feature_vars) if not v.is_categorical]
+    curves = {j: metrics.mean_autocorrelation(reference, j) for j in cont}
+    acf = tuple(j for j in cont if np.isfinite(curves[j][1:]).any())
+    tolerance = [metrics.flat_tolerance(reference, j) for j in cont]
     ref = dict(
-        autocorrelation=np.stack([metrics.mean_autocorrelation(reference, j) for j in cont]) if cont else None,
+        autocorrelation=np.stack([curves[j] for j in acf]) if acf else None,
         midranges=[metrics.series_midranges(reference, j) for j in cont],
         lengths=reference.lengths.astype(np.float32),
         attribute_histograms=[_histogram(reference, j, "attribute") for j, v in enumerate(reference.attribute_vars)
                               if v.is_categorical],
         feature_histograms=[_histogram(reference, j, "feature") for j, v in enumerate(reference.feature_vars)
-                            if v.is_categorical])
+                            if v.is_categorical],
+        flat_tolerance=np.array(tolerance),
+        flat_share=np.array([metrics.flat_share(reference, j, tol) for j, tol in zip(cont, tolerance)]))
     ref["midrange_scale"] = [float(np.std(m)) or 1.0 for m in ref["midranges"]]
-    if held_out:
-      subset = np.random.default_rng(HOLDOUT_SEED).permutation(train.num_samples)[:MEMORISATION_REFERENCE]
-      memo = train.subset(np.sort(subset))
-      std = metrics.feature_scaling(memo)[1]
-      _, held = memorisation.nearest_neighbours(memo, reference)
-      ref.update(memo_train=_flat_scaled(memo.features, std), memo_std=std, held_out_median=float(np.median(held)))
-    return cls(model, num_samples, jax.tree.map(lambda x: np.asarray(x, np.float32), ref))
+    several = tuple(bool((h > 0).sum() > 1) for h in ref["attribute_histograms"] + ref["feature_histograms"])
+    std = metrics.feature_scaling(train)[1]
+    memo_train = _flat_scaled(train.features, std).astype(np.float32)
+    ref.update(memo_train=memo_train, memo_std=std, held_out_median=reference_median(
+        memo_train, _flat_scaled(reference.features, std) if held_out else None))
+    return cls(model, num_samples, jax.tree.map(lambda x: np.asarray(x, np.float32), ref), acf, several)
 
   def names(self) -> list[str]:
-    """The names of the per-variable scores, in the order `metrics` computes them."""
+    """The names of the composite's per-variable terms, in the order `metrics` computes them."""
     s = self.model.schema
-    out = [f"autocorrelation_mse/{v.name}" for v in s.feature_vars if not v.is_categorical]
+    out = [f"autocorrelation_mse/{s.feature_vars[j].name}" for j in self.acf_features]
     out += [f"midrange_w1/{v.name}" for v in s.feature_vars if not v.is_categorical]
     out += ["length_w1"] + [f"jsd/{v.name}" for v in s.attribute_vars if v.is_categorical]
     out += [f"jsd/{v.name}" for v in s.feature_vars if v.is_categorical]
     return out
 
   def metrics(self, decoded: tuple, ref: dict) -> dict:
-    """One replica's decoded sample (`decode`) -> {name: scalar}: `names()`, the memorisation ratio
-    (with a held-out slice) and the composite score."""
+    """One replica's decoded sample (`decode`) -> {name: scalar}: `names()`, flat_share/<f>, the
+    memorisation ratio, `failed` and the composite score (inf when failed)."""
     schema = self.model.schema
     features, lengths, attributes = decoded
     cont = [j for j, v in enumerate(schema.feature_vars) if not v.is_categorical]
     values = [autocorrelation_mse(ref["autocorrelation"][i], mean_autocorrelation(features[:, :, j], lengths))
-              for i, j in enumerate(cont)]
+              for i, j in enumerate(self.acf_features)]
     values += [wasserstein1(ref["midranges"][i], midranges(features[:, :, j], lengths)) for i, j in enumerate(cont)]
     values.append(wasserstein1(ref["lengths"], lengths.astype(jnp.float32)))
     cat_attrs = [j for j, v in enumerate(schema.attribute_vars) if v.is_categorical]
-    values += [jensen_shannon(h, jnp.zeros(h.shape[0]).at[attributes[:, j].astype(jnp.int32)].add(1.0))
-               for h, j in zip(ref["attribute_histograms"], cat_attrs)]
+    histograms = [jnp.zeros(h.shape[0]).at[attributes[:, j].astype(jnp.int32)].add(1.0)
+                  for h, j in zip(ref["attribute_histograms"], cat_attrs)]
     cat_feats = [j for j, v in enumerate(schema.feature_vars) if v.is_categorical]
-    values += [jensen_shannon(h, _feature_histogram(features[:, :, j], lengths, h.shape[0]))
-               for h, j in zip(ref["feature_histograms"], cat_feats)]
+    histograms += [_feature_histogram(features[:, :, j], lengths, h.shape[0])
+                   for h, j in zip(ref["feature_histograms"], cat_feats)]
+    values += [jensen_shannon(h, g) for h, g in zip(ref["attribute_histograms"] + ref["feature_histograms"],
+                                                     histograms)]
     out = dict(zip(self.names(), values))
-    if "memo_train" in ref:
-      q = _flat_scaled(features, ref["memo_std"])
-      t = ref["memo_train"]
-      nearest = jnp.argmin(jnp.sum(t * t, 1)[None, :] - 2.0 * q @ t.T, axis=1)
-      distances = jnp.sum((q - t[nearest]) ** 2, 1)  # the winner's distance, recomputed directly
-      # as memorisation_summary: a held-out median of 0 (duplicated series) gives inf, or 1 for exact copies
-      median = jnp.median(distances)
-      out["memorisation_ratio"] = jnp.where(ref["held_out_median"] > 0, median / ref["held_out_median"],
-                                            jnp.where(median > 0, jnp.inf, 1.0))
-    out["score"] = self.composite(out, ref)
+    flat = [jnp.mean(series_ranges(features[:, :, j], lengths) <= ref["flat_tolerance"][i]) for i, j in enumerate(cont)]
+    out.update({f"flat_share/{schema.feature_vars[j].name}": f for j, f in zip(cont, flat)})
+    median = jnp.median(nearest_distances(_flat_scaled(features, ref["memo_std"]), ref["memo_train"]))
+    # as memorisation_summary: a reference median of 0 (duplicated series) gives inf, or 1 for exact copies
+    out["memorisation_ratio"] = jnp.where(ref["held_out_median"] > 0, median / ref["held_out_median"],
+                                          jnp.where(median > 0, jnp.inf, 1.0))
+    collapsed = [f > s + metrics.COLLAPSE_MARGIN for f, s in zip(flat, ref["flat_share"])]
+    collapsed += [jnp.sum(g > 0) == 1 for g, several in zip(histograms, self.several) if several]
+    failed = ~(jnp.isfinite(features).all() & jnp.isfinite(attributes).all()
+               & jnp.isfinite(jnp.stack(values)).all() & ~jnp.any(jnp.stack(collapsed + [False])))
+    out["failed"] = failed.astype(jnp.float32)
+    out["score"] = jnp.where(failed, jnp.inf, self.composite(out, ref))
     return out
 
   def composite(self, m: dict, ref: dict):
-    """The documented composite score (module docstring) from one replica's metrics."""
+    """The documented composite score (module docstring) of one replica's metrics that did not fail."""
     schema = self.model.schema
-    terms = [jnp.sqrt(v) for k, v in m.items() if k.startswith("autocorrelation_mse/")]
+    terms = [jnp.sqrt(m[name]) for name in self.names() if name.startswith("autocorrelation_mse/")]
     terms += [m[f"midrange_w1/{v.name}"] / scale for v, scale in
               zip([v for v in schema.feature_vars if not v.is_categorical], ref["midrange_scale"])]
-    terms += [m["length_w1"] / schema.max_length] + [v for k, v in m.items() if k.startswith("jsd/")]
-    terms = jnp.stack(terms)
-    defined = jnp.isfinite(terms)
-    score = jnp.sum(jnp.where(defined, terms, 0)) / jnp.maximum(defined.sum(), 1)
-    if "memorisation_ratio" in m:
-      score = score + jnp.maximum(0.0, 1.0 - m["memorisation_ratio"])
-    return score
+    terms += [m["length_w1"] / schema.max_length] + [m[name] for name in self.names() if name.startswith("jsd/")]
+    return jnp.mean(jnp.stack(terms)) + jnp.maximum(0.0, 1.0 - m["memorisation_ratio"])
 
-  def generate(self, generator_params, step):
-    """One replica's eval sample in model space; the same noise for every replica at a step."""
-    key = jax.random.fold_in(jax.random.key(EVAL_STREAM), step)
-    noise = sample_noise(key, self.num_samples, self.model.schema, self.model.cfg)
-    return self.model.generator.apply(generator_params, noise)
+  def sample(self, generator_params, stream: int, num_samples: int):
+    """One replica's sample decoded to original units, from the fixed noise of `stream`."""
+    noise = sample_noise(jax.random.key(stream), num_samples, self.model.schema, self.model.cfg)
+    return decode(self.model.generator.apply(generator_params, noise), self.model.schema)
 
   def score(self, state: dict, ref: dict, preview: int = 3) -> tuple[dict, dict, tuple]:
-    """(K-replica state, reference) -> (state with each replica's best generator updated, {name: [K]},
-    the first `preview` decoded series of each replica: features [K, p, T, K], lengths [K, p]).
+    """(K-replica state, reference) -> (state with each replica's best generator updated, {name: [K]}
+    (`metrics`, and `confirmed`: the confirming score, inf where none was needed), the first `preview`
+    decoded series of each replica: features [K, p, T, K], lengths [K, p]).
     Jit it with the state donated; `ref` is `self.reference` on device."""
-    def one(replica_state):
-      decoded = decode(self.generate(replica_state["params"]["generator"], replica_state["step"]), self.model.schema)
-      m = self.metrics(decoded, ref)
-      best = replica_state["best"]
-      better = m["score"] < best["score"]  # NaN scores never win
-      pick = lambda new, old: jnp.where(better, new, old)
-      best = dict(generator=jax.tree.map(pick, replica_state["params"]["generator"], best["generator"]),
-                  score=pick(m["score"], best["score"]), step=pick(replica_state["step"], best["step"]))
-      return dict(replica_state, best=best), m, (decoded[0][:preview], decoded[1][:preview])
-    return jax.vmap(one)(state)
+    generators, best = state["params"]["generator"], state["best"]
+
+    def screen(generator):
+      decoded = self.sample(generator, EVAL_STREAM, self.num_samples)
+      return self.metrics(decoded, ref), (decoded[0][:preview], decoded[1][:preview])
+    m, previews = jax.vmap(screen)(generators)
+    candidate = m["score"] < best["screen"]  # inf (failed) never is
+    confirm = lambda: jax.vmap(lambda g: self.metrics(  # noqa: E731
+        self.sample(g, CONFIRM_STREAM, CONFIRM_FACTOR * self.num_samples), ref)["score"])(generators)
+    confirmed = jax.lax.cond(candidate.any(), confirm, lambda: jnp.full_like(m["score"], jnp.inf))
+    keep = candidate & (confirmed < best["score"])
+    pick = lambda new, old: jnp.where(keep.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)  # noqa: E731
+    best = dict(generator=jax.tree.map(pick, generators, best["generator"]), score=pick(confirmed, best["score"]),
+                screen=pick(m["score"], best["screen"]), step=pick(state["step"], best["step"]))
+    return dict(state, best=best), dict(m, confirmed=confirmed), previews

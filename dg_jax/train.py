@@ -40,7 +40,7 @@ from dg_jax.data.loaders import load_dataset
 from dg_jax.models.doppelganger import DoppelGANger
 from dg_jax.failures import BadInput, Diverged, Preempted, StopSignals
 from dg_jax.settings import ModelConfig, PrivacyConfig, TrainConfig, model_config, privacy_config, train_config
-from dg_jax.train_step import fields_added_since, init_replicas, jit_train_step
+from dg_jax.train_step import init_replicas, jit_train_step
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
@@ -71,8 +71,8 @@ def batch_dict(features, attributes, additional):
 
 # train fields that change what a run computes: a resumed run must keep them (budgets, logging and
 # checkpoint cadence may change between launches)
-FIXED_ON_RESUME = ("seed", "num_seeds", "eval_holdout", "batch_size", "learning_rate", "beta1", "beta2", "gp_weight",
-                   "d_rounds", "g_rounds")
+FIXED_ON_RESUME = ("seed", "num_seeds", "eval_holdout", "eval_samples", "batch_size", "learning_rate", "beta1",
+                   "beta2", "gp_weight", "d_rounds", "g_rounds")
 
 
 def _differences(section: str, was: dict, now: dict) -> str:
@@ -386,7 +386,8 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
       _check_resumable(saved_config, config, workdir)
       model = DoppelGANger(schema, mc)
       abstract = jax.eval_shape(lambda: init_replicas(model, tc, tc.seed, tc.num_seeds))
-      state, keys = ckpt.restore_arrays(step, abstract, sharding.by_replica(mesh), fields_added_since(tc.num_seeds))
+      state, keys = ckpt.restore_arrays(step, abstract, sharding.by_replica(mesh), fresh=lambda: jax.device_get(
+          init_replicas(model, tc, tc.seed, tc.num_seeds)[0]))
       return saved_config, schema, state, keys, ckpt.read_json(step, DATA_ITEM)
     resume_step, resumed = ckpt.restore_newest(read)
     ckpt.set_aside_newer_than(resume_step)
@@ -442,6 +443,9 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
                                   held_out is not None)
     reference = sharding.replicate(scorer.reference, mesh)
     score_fn = jax.jit(scorer.score, donate_argnums=0, out_shardings=sharding.by_replica(mesh))
+    log.info("scoring every %d steps on %d series from fixed noise; best rule: a better score is kept only if "
+             "%d series from other fixed noise confirm it", tc.eval_every, tc.eval_samples,
+             scoring.CONFIRM_FACTOR * tc.eval_samples)
 
   step_fn = jit_train_step(model, tc, mesh, pc)
   arrays = [encoded.features, encoded.attributes, encoded.additional_attributes]

@@ -28,7 +28,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
@@ -54,26 +53,23 @@ def critic_params(params: dict) -> dict:
 def init_state(model: DoppelGANger, tc: TrainConfig, seed) -> tuple[dict, jax.Array]:
   """One replica's fresh training state and RNG key (split by purpose once from the seed).
 
-  `best` holds the generator of the best-scored step so far (dg_jax/scoring.py), its score (inf
-  until scored) and step; `health` the replica's rollbacks and the step it was frozen at (-1: never)."""
+  `best` holds the generator of the best-scored step so far (dg_jax/scoring.py), its confirming and
+  screening scores (inf until scored) and step; `health` the replica's rollbacks and the step it was
+  frozen at (-1: never)."""
   init_key, run_key = jax.random.split(jax.random.key(seed))
   params = model.init(init_key)
   opt = optimizer(tc)
   trainable, _ = split_stats(params["generator"])  # BatchNorm's running averages are not optimised
   state = dict(params=params, g_opt=opt.init(trainable), d_opt=opt.init(critic_params(params)),
                step=jnp.zeros((), jnp.int32),
-               best=dict(generator=params["generator"], score=jnp.full((), jnp.inf), step=jnp.zeros((), jnp.int32)),
+               best=dict(generator=params["generator"], score=jnp.full((), jnp.inf), screen=jnp.full((), jnp.inf),
+                         step=jnp.zeros((), jnp.int32)),
                health=fresh_health())
   return state, run_key
 
 
 def fresh_health() -> dict:
   return dict(rollbacks=jnp.zeros((), jnp.int32), frozen_at=jnp.full((), -1, jnp.int32))
-
-
-def fields_added_since(num_seeds: int) -> dict:
-  """State fields that checkpoints written before they existed lack, with the values such runs had."""
-  return dict(health=jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (num_seeds,)), fresh_health()))
 
 
 def guard(old: dict, new: dict, metrics: dict, max_rollbacks: int) -> dict:

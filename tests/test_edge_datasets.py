@@ -152,7 +152,7 @@ def test_cli_sweep_refuses_data_without_autocorrelation_in_one_line(tmp_path, ca
                      cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert r.returncode == 2, r.stderr[-2000:]
   last = r.stderr.strip().splitlines()[-1]
-  assert last.startswith(f"error: {path}: the S sweep ranks S by the autocorrelation") and "Traceback" not in r.stderr
+  assert last.startswith(f"error: {path}: the sweep ranks variants by the autocorrelation") and "Traceback" not in r.stderr
 
 
 def labels(data: Dataset) -> list[np.ndarray]:

@@ -69,11 +69,13 @@ def test_several_sets_from_files_nested_bold_and_null(tmp_path):
   written = strict_json(out / "metrics.json")
   assert set(written) == {"copy", "flat"}  # named by file stem
   assert written["copy"] == {**{k: 0.0 for k in metrics.evaluate(real, real)}, "accuracy": 0.5}
-  # constant series have no autocorrelation or correlation: left out, with the reason in the report
-  undefined = {"autocorrelation_mse/traffic_bytes", "pearson_w1/traffic_bytes,latency_ms"}
-  assert undefined <= set(written["copy"]) and not undefined & (set(written["flat"]) | set(result["flat"]))
+  # constant series have no autocorrelation or correlation where the real ones do: the generator failed them
+  # (null, never left out), and the report says why and names the collapse
+  failed = {"autocorrelation_mse/traffic_bytes", "pearson_w1/traffic_bytes,latency_ms"}
+  assert all(written["flat"][k] is None and np.isnan(result["flat"][k]) for k in failed)
   text = (out / "report.md").read_text()
-  assert "Not computed: autocorrelation_mse/latency_ms (flat): no series" in text
+  assert "Not computed or failed: autocorrelation_mse/latency_ms (flat): the synthetic data does not define it" in text
+  assert "collapse (flat): traffic_bytes: 100% of the series are flat (0% of the real ones)" in text
   plots = EXPECTED_PLOTS | {"nearest_neighbours_copy.png", "nearest_neighbours_flat.png"}
   assert {p.name for p in out.glob("*.png")} == plots
   assert_pngs(out, plots)

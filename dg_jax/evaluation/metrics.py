@@ -14,8 +14,13 @@
 
 Features: the continuous ones (categorical features get no feature keys); pairs `<a>,<b>` in schema
 order. W1 is the 1-D Wasserstein-1 distance between empirical distributions, in the variable's units.
-A key whose statistic is undefined for the data (one-record series have no autocorrelation, a category
-the synthetic set lacks has no totals) is left out of `evaluate`'s result, and `reasons` says why.
+
+Which keys apply is decided by the real data alone: a statistic the real data does not define (one-record
+series have no autocorrelation) is left out, and `reasons` says why. A key that applies but that the
+synthetic data does not define (all its series constant, a category it never generates) is NaN: a
+failure of the generator, the worst value, never dropped (dg_jax.sweep counts it as a failed seed).
+`failures` names the collapses that other metrics can miss: a continuous feature whose synthetic series
+are flat far more often than the real ones, a categorical variable reduced to one category, NaN values.
 Memorisation (`memorisation/...`), downstream tasks (`downstream/...`) and membership inference live
 in memorisation.py, downstream.py and membership.py.
 """
@@ -77,7 +82,11 @@ def mean_autocorrelation(data: Dataset, feature: int, chunk: int = 1024) -> np.n
 
 def autocorrelation_mse(real: Dataset, synthetic: Dataset, feature: int) -> float:
   """MSE between the mean autocorrelation curves over lags 1.. that both define (Table 3)."""
-  a, b = mean_autocorrelation(real, feature), mean_autocorrelation(synthetic, feature)
+  return curve_mse(mean_autocorrelation(real, feature), mean_autocorrelation(synthetic, feature))
+
+
+def curve_mse(a: np.ndarray, b: np.ndarray) -> float:
+  """MSE of two mean autocorrelation curves over the lags 1.. that both define (NaN if none)."""
   n = min(len(a), len(b))
   a, b = a[1:n], b[1:n]
   ok = np.isfinite(a) & np.isfinite(b)
@@ -148,6 +157,50 @@ def series_pearson(data: Dataset, a: int, b: int) -> np.ndarray:
   return np.clip(r, -1.0, 1.0)
 
 
+FLAT_TOLERANCE = 1e-3  # a series is flat if its range over its valid steps is at most this share of the real median range
+COLLAPSE_MARGIN = 0.5  # collapsed: the share of flat synthetic series exceeds the real share by more than this
+
+
+def series_ranges(data: Dataset, feature: int) -> np.ndarray:
+  """Per series max - min of a feature over its valid steps."""
+  valid = data.valid_steps
+  x = data.features[:, :, feature].astype(np.float64)
+  return np.where(valid, x, -np.inf).max(1) - np.where(valid, x, np.inf).min(1)
+
+
+def flat_tolerance(real: Dataset, feature: int) -> float:
+  return FLAT_TOLERANCE * float(np.median(series_ranges(real, feature)))
+
+
+def flat_share(data: Dataset, feature: int, tolerance: float) -> float:
+  """The share of series whose range is at most `tolerance` (flat_tolerance of the real data)."""
+  return float(np.mean(series_ranges(data, feature) <= tolerance))
+
+
+def failures(real: Dataset, synthetic: Dataset) -> list[str]:
+  """The ways `synthetic` collapsed, as lines ([] for none): non-finite values; a continuous feature whose
+  series are flat in COLLAPSE_MARGIN more of the synthetic set than of the real one; a categorical
+  attribute or feature of which the synthetic set has one category where the real set has several."""
+  out = []
+  if not (np.isfinite(synthetic.features).all() and np.isfinite(synthetic.attributes).all()):
+    out.append("non-finite values")
+  for j, var in enumerate(real.feature_vars):
+    if var.is_categorical:
+      continue
+    tol = flat_tolerance(real, j)
+    syn, ref = flat_share(synthetic, j, tol), flat_share(real, j, tol)
+    if syn > ref + COLLAPSE_MARGIN:
+      out.append(f"{var.name}: {syn:.0%} of the series are flat ({ref:.0%} of the real ones)")
+  columns = [(var, real.attributes[:, j], synthetic.attributes[:, j]) for j, var in enumerate(real.attribute_vars)]
+  columns += [(var, real.features[:, :, j][real.valid_steps], synthetic.features[:, :, j][synthetic.valid_steps])
+              for j, var in enumerate(real.feature_vars)]
+  for var, ref, syn in columns:
+    if var.is_categorical and len(np.unique(ref)) > 1 and len(np.unique(syn)) == 1:
+      out.append(f"{var.name}: one category only ({var.categories[int(syn[0])]}), the real data has "
+                 f"{len(np.unique(ref))}")
+  return out
+
+
 def check_same_schema(reference: Dataset, other: Dataset) -> None:
   """Raises DataError naming `other`'s source unless its variables match `reference`'s (names, kinds,
   categories, in order)."""
@@ -175,12 +228,13 @@ def categorical_attributes(data: Dataset, names: str | Sequence[str] | None) -> 
   return out
 
 
-# Why a metric can be undefined for a dataset (it is then left out of `evaluate`'s result).
+# Why a metric does not apply to the real data (it is then left out of `evaluate`'s result).
 UNDEFINED_BECAUSE = {
-    "autocorrelation_mse": "no series (real or synthetic) has 2 or more records that are not all equal",
-    "pearson_w1": "no series (real or synthetic) has 2 or more records where both features vary",
-    "total_w1": "the synthetic set has no series in this category",
+    "autocorrelation_mse": "no real series has 2 or more records that are not all equal",
+    "pearson_w1": "no real series has 2 or more records where both features vary",
 }
+FAILED_BECAUSE = "the synthetic data does not define it (e.g. every series constant, a category never generated): " \
+                 "a failure of the generator"
 
 
 def evaluate(real: Dataset, synthetic: Dataset, total_by: str | Sequence[str] | None = None,
@@ -188,14 +242,19 @@ def evaluate(real: Dataset, synthetic: Dataset, total_by: str | Sequence[str] | 
   """The distribution and temporal metrics, flat keys `<metric>/<variable>` (lower is closer; the
   module docstring lists them). total_by: categorical attribute name(s) whose categories split the
   per-series totals of each continuous feature (`total_w1/<feature>/<attribute>=<label>`).
-  Metrics undefined for these datasets are left out; `reasons`, if given, receives key -> why."""
+  Keys the real data does not define are left out; keys it defines but the synthetic data does not are
+  NaN (the generator's failure). `reasons`, if given, receives key -> why for both."""
   check_same_schema(real, synthetic)
   by = categorical_attributes(real, total_by)
-  out = {}
+  out, inapplicable = {}, set()
   for j, var in enumerate(real.feature_vars):
     if var.is_categorical:
       continue
-    out[f"autocorrelation_mse/{var.name}"] = autocorrelation_mse(real, synthetic, j)
+    real_curve = mean_autocorrelation(real, j)
+    key = f"autocorrelation_mse/{var.name}"
+    out[key] = curve_mse(real_curve, mean_autocorrelation(synthetic, j))
+    if not np.isfinite(real_curve[1:]).any():
+      inapplicable.add(key)
     out[f"midrange_w1/{var.name}"] = wasserstein1(series_midranges(real, j), series_midranges(synthetic, j))
     for a in by:
       attr = real.attribute_vars[a].name
@@ -210,10 +269,12 @@ def evaluate(real: Dataset, synthetic: Dataset, total_by: str | Sequence[str] | 
   continuous = [j for j, v in enumerate(real.feature_vars) if not v.is_categorical]
   for x, a in enumerate(continuous):
     for b in continuous[x + 1:]:
-      name = f"{real.feature_vars[a].name},{real.feature_vars[b].name}"
-      out[f"pearson_w1/{name}"] = wasserstein1(series_pearson(real, a, b), series_pearson(synthetic, a, b))
-  defined = {k: v for k, v in out.items() if np.isfinite(v)}
+      key = f"pearson_w1/{real.feature_vars[a].name},{real.feature_vars[b].name}"
+      real_r = series_pearson(real, a, b)
+      out[key] = wasserstein1(real_r, series_pearson(synthetic, a, b))
+      if real_r.size == 0:
+        inapplicable.add(key)
   if reasons is not None:
-    reasons.update({k: UNDEFINED_BECAUSE.get(k.split("/")[0], "undefined for this data")
-                    for k in out if k not in defined})
-  return defined
+    reasons.update({k: UNDEFINED_BECAUSE[k.split("/")[0]] for k in inapplicable})
+    reasons.update({k: FAILED_BECAUSE for k, v in out.items() if k not in inapplicable and not np.isfinite(v)})
+  return {k: (v if np.isfinite(v) else float("nan")) for k, v in out.items() if k not in inapplicable}

@@ -200,16 +200,19 @@ def sample_series(real: Dataset, features: np.ndarray, lengths: np.ndarray, coun
   return fig
 
 
-def sweep(summary: dict[int, dict], names, out_dir: str, subtitle: str) -> str:
-  """Figure 4 of the paper with error bars: each metric's mean over seeds against S, ± one std."""
+def sweep(summary: dict[str, dict], names, out_dir: str, subtitle: str) -> str:
+  """Figure 4 of the paper with error bars, for any variants: each metric's mean over seeds per variant,
+  ± one std (in the sweep's order)."""
   names = [n for n in names if any(n in r["mean"] for r in summary.values())]
-  fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3), squeeze=False)
+  variants = list(summary)
+  fig, axes = plt.subplots(1, len(names), figsize=(max(3.6, 0.6 * len(variants)) * len(names), 3.4), squeeze=False)
   for ax, name in zip(axes[0], names):
-    s = [k for k in summary if name in summary[k]["mean"]]
-    ax.errorbar(s, [summary[k]["mean"][name] for k in s], yerr=[summary[k]["std"][name] for k in s],
-                marker="o", capsize=3, color=_colour(0))
-    ax.set(xlabel="S (records per LSTM step)", title=name, xscale="log" if max(s) > 10 * min(s) else "linear")
-    ax.set_xticks(s, [str(k) for k in s])
+    x = [i for i, v in enumerate(variants) if name in summary[v]["mean"]]
+    ax.errorbar(x, [summary[variants[i]]["mean"][name] for i in x],
+                yerr=[summary[variants[i]]["std"][name] or 0.0 for i in x], marker="o", linestyle="none", capsize=3,
+                color=_colour(0))
+    ax.set(title=name)
+    ax.set_xticks(range(len(variants)), variants, rotation=30 if len(variants) > 3 else 0, fontsize="small")
   fig.suptitle(subtitle, fontsize="small")
   fig.tight_layout()
   return _save(fig, out_dir, "sweep.png")

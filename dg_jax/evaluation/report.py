@@ -15,7 +15,7 @@ import numpy as np
 
 from dg_jax.data.npz_format import load_npz
 from dg_jax.data.schema import Dataset
-from dg_jax.evaluation import metrics, plots
+from dg_jax.evaluation import metrics, plots, posthoc
 from dg_jax.io_utils import staged_folder, write_text
 
 SINGLE_SET_NAME = "synthetic"  # column name of a synthetic set passed as a bare Dataset
@@ -40,9 +40,10 @@ def write_report(real: Dataset, synthetic: dict[str, Dataset] | Dataset, out_dir
                  train: Dataset | None = None, title: str = "dg_jax evaluation report", num_examples: int = 4,
                  seed: int = 0, extra_metrics: dict[str, dict[str, float]] | None = None,
                  higher_is_better: tuple[str, ...] = (), unranked: tuple[str, ...] = (),
-                 total_by: str | list[str] | None = None) -> dict:
+                 total_by: str | list[str] | None = None, posthoc_settings: posthoc.Settings | None = None) -> dict:
   """Writes metrics.json, report.md, report.html and the PNG plots into out_dir (io_utils.staged_folder:
-  metrics.json appears last, beside complete files); returns the metrics as written (NaN kept as float NaN).
+  metrics.json appears last, beside complete files); returns the metrics as written (a metric the
+  synthetic set fails is NaN here and null in metrics.json; the report names the failure).
 
   One synthetic set gives a flat `<metric>/<variable>` dict, several give {set name: flat dict}.
   `extra_metrics` adds rows per set name (e.g. downstream or privacy scores); all metrics are taken as
@@ -51,6 +52,7 @@ def write_report(real: Dataset, synthetic: dict[str, Dataset] | Dataset, out_dir
   ending in "/", as a prefix. `train` is the data searched for the nearest
   neighbours of synthetic series (default: `real`). `total_by`: categorical attribute(s) within whose
   categories per-series totals are compared (metrics.evaluate's `total_w1/...` keys, Table 2).
+  `posthoc_settings`: also TimeGAN's discriminative and predictive scores (evaluation/posthoc.py).
   """
   sets = dict(synthetic) if isinstance(synthetic, dict) else {SINGLE_SET_NAME: synthetic}
   if not sets:
@@ -64,18 +66,24 @@ def write_report(real: Dataset, synthetic: dict[str, Dataset] | Dataset, out_dir
   if unknown:
     raise ValueError(f"write_report: extra_metrics names sets {unknown} that are not among {sorted(sets)}")
 
-  scores, undefined = {}, {}
+  scores, merged, undefined = {}, {}, {}
   for name, data in sets.items():
     reasons = {}
-    merged = {**metrics.evaluate(real, data, total_by, reasons), **(extra_metrics or {}).get(name, {})}
-    scores[name] = {k: v for k, v in merged.items() if np.isfinite(v)}  # metrics.json never holds NaN
-    reasons.update({k: "undefined for this data" for k in merged if k not in scores[name] and k not in reasons})
+    merged[name] = {**metrics.evaluate(real, data, total_by, reasons), **(extra_metrics or {}).get(name, {})}
+    if posthoc_settings is not None:
+      merged[name].update(posthoc.posthoc_scores(real, data, posthoc_settings, seed))
+    scores[name] = {k: v for k, v in merged[name].items() if np.isfinite(v)}  # the table: n/a for the rest
+    reasons.update({k: "undefined for this data" for k in merged[name] if k not in scores[name] and k not in reasons})
+    failed = metrics.failures(real, data)
+    if failed:
+      reasons["collapse"] = "; ".join(failed)
     undefined.update({f"{k} ({name})" if len(sets) > 1 else k: why for k, why in reasons.items()})
-  result = scores[next(iter(sets))] if len(sets) == 1 else scores
+  result = merged[next(iter(sets))] if len(sets) == 1 else merged  # a generator's failures stay, as null
   with staged_folder(out_dir, marker="metrics.json") as stage:  # metrics.json is there once the rest is
     write_text(os.path.join(stage, "metrics.json"), json.dumps(json_safe(result), indent=2, allow_nan=False))
     figures = _plot_all(real, sets, train, stage, num_examples, seed, total_by)
-    blocks = _blocks(real, sets, train, scores, undefined, figures, title, (tuple(higher_is_better), tuple(unranked)))
+    unranked = (*unranked, *posthoc.SPREADS)
+    blocks = _blocks(real, sets, train, scores, undefined, figures, title, (tuple(higher_is_better), unranked))
     write_text(os.path.join(stage, "report.md"), _markdown(blocks))
     write_text(os.path.join(stage, "report.html"), _html(blocks, title))
   return result
@@ -162,10 +170,12 @@ def _blocks(real, sets, train, scores, undefined, figures, title, ranking) -> li
             ("h2", "Metrics"),
             ("p", "Distances between the real and each synthetic set: lower is better "
                   "(best value per row in bold). Keys are `<metric>/<variable>`; "
-                  "n/a means the metric is undefined for that set (reasons below the table)."),
+                  "n/a means the metric is undefined for the real data, or failed by that set: a "
+                  "failure of its generator (reasons below the table)."),
             ("table", *_table(scores, ranking))]
   if undefined:
-    blocks.append(("p", "Not computed: " + "; ".join(f"{k}: {why}" for k, why in sorted(undefined.items())) + "."))
+    blocks.append(("p", "Not computed or failed: " + "; ".join(f"{k}: {why}" for k, why in sorted(undefined.items()))
+                   + "."))
   section = None
   for sec, caption, name in figures:
     if sec != section:
