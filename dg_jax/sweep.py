@@ -8,8 +8,9 @@ A variant is a name and config settings (`parse_variants`: "paper=;no_aux=model.
 one point of a grid (`parse_grid`: "model.sample_len=1,5,10"); the S ablation of §4.1/§4.4 (Figure 4)
 is the grid over model.sample_len (`sample_len_variants`).
 
-Failures count: a seed whose sample collapsed or holds non-finite values (metrics.failures), or whose
-ranking metric is undefined, is a failed seed. Each metric's mean ± std (ddof=1) is over the seeds that
+Failures count: a seed that diverged (frozen by train.max_rollbacks; the sweep goes on), whose sample
+collapsed or holds non-finite values (metrics.failures), or whose ranking metric is undefined, is a
+failed seed. Each metric's mean ± std (ddof=1) is over the seeds that
 define it, and the tables say how many seeds failed. Variants rank by their number of failed seeds, then
 by the mean autocorrelation MSE (CRITERION); each metric of each variant carries a two-sided
 Mann-Whitney U test over seeds against the baseline variant (the first, unless named): `*` marks p < 0.05,
@@ -29,6 +30,7 @@ import logging
 import math
 import re
 
+import jax
 import numpy as np
 
 from dg_jax import io_utils, sampling, sharding, workdir_lock
@@ -36,6 +38,7 @@ from dg_jax.data.loaders import load_dataset
 from dg_jax.data.schema import DataError
 from dg_jax.evaluation import metrics, plots, posthoc
 from dg_jax.evaluation.report import json_safe
+from dg_jax.failures import Diverged
 from dg_jax.settings import train_config
 from dg_jax.train import train_and_evaluate
 
@@ -199,13 +202,22 @@ def _run_sweep(configs: dict, workdir: str, num_samples: int, seed: int, real_te
       runs[name] = cached["seeds"]
       continue
     log.info("sweep: training %s (%d seed%s) in %s", name, k, "s" if k > 1 else "", run_dir)
-    step = train_and_evaluate(run_config, run_dir)["step"]
+    frozen_at = np.full(k, -1)
+    try:
+      step = train_and_evaluate(run_config, run_dir)["step"]
+    except Diverged as e:  # a failed seed, counted as such; the other seeds (and variants) go on
+      log.warning("sweep: %s: %s", name, e)
+      _, state, _ = sampling.restore_run(run_dir)
+      frozen_at = np.asarray(jax.device_get(state["health"]["frozen_at"]))
+      step = int(jax.device_get(state["step"])[0])
     runs[name] = []
     for r in range(k):
       model, params, config_used = sampling.load_generator(run_dir, seed_index=r)
       synthetic = sampling.generate(model, params, num_samples or real.num_samples, seed)
-      runs[name].append(dict(_score(real, synthetic, posthoc_settings),
-                             **{"generated_from/step": config_used.generated_from.step}))
+      scores = _score(real, synthetic, posthoc_settings)
+      if frozen_at[r] >= 0:
+        scores["failures"].insert(0, f"diverged: frozen with its state before step {frozen_at[r] + 1}")
+      runs[name].append(dict(scores, **{"generated_from/step": config_used.generated_from.step}))
     if step < run_config.train.num_steps:
       cut_short[name] = step
       log.warning("sweep: %s stopped at step %d of %d (train.max_minutes): scored, not cached; the same command "

@@ -44,9 +44,10 @@ def start_cli(*args: str, devices: int = 1, log=subprocess.PIPE, fault: str = ""
   return subprocess.Popen([sys.executable, script, *args], cwd=ROOT, env=env, stdout=log, stderr=log, text=True)
 
 
-def run_cli(*args: str, devices: int = 1) -> str:
-  """Runs `python launch.py ARGS` on `devices` virtual CPU devices; returns its log (stderr)."""
-  proc = start_cli(*args, devices=devices)
+def run_cli(*args: str, devices: int = 1, fault: str = "") -> str:
+  """Runs `python launch.py ARGS` on `devices` virtual CPU devices (with `fault`: start_cli's); returns
+  its log (stderr)."""
+  proc = start_cli(*args, devices=devices, fault=fault)
   _, err = proc.communicate(timeout=600)
   assert proc.returncode == 0, err[-3000:]
   return err
