@@ -42,8 +42,13 @@ class WorkdirBusy(RuntimeError):
 
 
 class Diverged(RuntimeError):
-  """Replicas were frozen after diverging; raised once everything is saved."""
+  """Replicas were frozen after diverging; raised once everything is saved. `frozen_at`: per replica, the
+  step whose state it was frozen with (-1: not frozen); `step`: the step the run reached."""
   status = EXIT_DIVERGED
+
+  def __init__(self, message: str, frozen_at=(), step: int = 0):
+    super().__init__(message)
+    self.frozen_at, self.step = list(frozen_at), step
 
 
 class Preempted(Exception):

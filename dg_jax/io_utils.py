@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import shutil
 import tempfile
 import time
 
+import numpy as np
 from etils import epath
 
 log = logging.getLogger(__name__)
@@ -176,3 +178,18 @@ def write_folder(directory, contents: dict[str, bytes], marker: str) -> None:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def json_safe(value):
+  """Non-finite floats -> None (JSON null), recursively through dicts and lists; strings, bools,
+  integers and None kept."""
+  if isinstance(value, dict):
+    return {k: json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [json_safe(v) for v in value]
+  if value is None or isinstance(value, (str, bool)):
+    return value
+  if isinstance(value, (int, np.integer)):
+    return int(value)
+  value = float(value)
+  return value if math.isfinite(value) else None

@@ -133,7 +133,7 @@ def mean_autocorrelation(x, lengths):
   """metrics.mean_autocorrelation of one feature [n, T] in jnp."""
   n, t = x.shape
   valid = _valid(lengths, t)
-  hi, lo = jnp.where(valid, x, -jnp.inf).max(1), jnp.where(valid, x, jnp.inf).min(1)
+  hi, lo = _extrema(x, lengths)
   varying = hi > lo
   x = jnp.where(valid, x - jnp.where(valid, x, 0).sum(1, keepdims=True) / lengths[:, None], 0.0)
   spectrum = jnp.fft.rfft(x, n=2 * t)
@@ -168,9 +168,15 @@ def jensen_shannon(p, q):
   return jnp.maximum(0.0, (kl(p, m) + kl(q, m)) / 2)
 
 
-def midranges(x, lengths):
+def _extrema(x, lengths):
+  """Each series' (max, min) over its valid records of one feature [n, T]."""
   valid = _valid(lengths, x.shape[1])
-  return (jnp.where(valid, x, -jnp.inf).max(1) + jnp.where(valid, x, jnp.inf).min(1)) / 2
+  return jnp.where(valid, x, -jnp.inf).max(1), jnp.where(valid, x, jnp.inf).min(1)
+
+
+def midranges(x, lengths):
+  hi, lo = _extrema(x, lengths)
+  return (hi + lo) / 2
 
 
 def _feature_histogram(codes, lengths, k: int):
@@ -225,8 +231,8 @@ def nearest_distances(queries, train, chunk: int = MEMORISATION_CHUNK):
 
 
 def series_ranges(x, lengths):
-  valid = _valid(lengths, x.shape[1])
-  return jnp.where(valid, x, -jnp.inf).max(1) - jnp.where(valid, x, jnp.inf).min(1)
+  hi, lo = _extrema(x, lengths)
+  return hi - lo
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,14 +30,12 @@ import logging
 import math
 import re
 
-import jax
 import numpy as np
 
 from dg_jax import io_utils, sampling, sharding, workdir_lock
 from dg_jax.data.loaders import load_dataset
 from dg_jax.data.schema import DataError
 from dg_jax.evaluation import metrics, plots, posthoc
-from dg_jax.evaluation.report import json_safe
 from dg_jax.failures import Diverged
 from dg_jax.settings import train_config
 from dg_jax.train import train_and_evaluate
@@ -202,14 +200,11 @@ def _run_sweep(configs: dict, workdir: str, num_samples: int, seed: int, real_te
       runs[name] = cached["seeds"]
       continue
     log.info("sweep: training %s (%d seed%s) in %s", name, k, "s" if k > 1 else "", run_dir)
-    frozen_at = np.full(k, -1)
     try:
-      step = train_and_evaluate(run_config, run_dir)["step"]
+      step, frozen_at = train_and_evaluate(run_config, run_dir)["step"], [-1] * k
     except Diverged as e:  # a failed seed, counted as such; the other seeds (and variants) go on
       log.warning("sweep: %s: %s", name, e)
-      _, state, _ = sampling.restore_run(run_dir)
-      frozen_at = np.asarray(jax.device_get(state["health"]["frozen_at"]))
-      step = int(jax.device_get(state["step"])[0])
+      step, frozen_at = e.step, e.frozen_at
     runs[name] = []
     for r in range(k):
       model, params, config_used = sampling.load_generator(run_dir, seed_index=r)
@@ -223,7 +218,7 @@ def _run_sweep(configs: dict, workdir: str, num_samples: int, seed: int, real_te
       log.warning("sweep: %s stopped at step %d of %d (train.max_minutes): scored, not cached; the same command "
                   "resumes it", name, step, run_config.train.num_steps)
     elif sharding.is_primary():
-      io_utils.write_text(cache, json.dumps(json_safe(dict(key=key, seeds=runs[name])), indent=1, allow_nan=False))
+      io_utils.write_text(cache, json.dumps(io_utils.json_safe(dict(key=key, seeds=runs[name])), indent=1, allow_nan=False))
     log.info("sweep: %s  %s %s%s", name, CRITERION, _mean_std([r[CRITERION] for r in runs[name] if not failed(r)]),
              _failed_note(runs[name]))
   summary = summarise(runs, baseline)
@@ -232,7 +227,7 @@ def _run_sweep(configs: dict, workdir: str, num_samples: int, seed: int, real_te
   result = dict(scored_against=against, num_seeds=k, baseline=baseline, best=ranking[0], ranking=ranking,
                 cut_short=cut_short, runs={n: dict(summary[n], seeds=runs[n]) for n in runs})
   if sharding.is_primary():  # every process scored the same samples; one writes the tables
-    io_utils.write_text(io_utils.join(workdir, "sweep.json"), json.dumps(json_safe(result), indent=1, allow_nan=False))
+    io_utils.write_text(io_utils.join(workdir, "sweep.json"), json.dumps(io_utils.json_safe(result), indent=1, allow_nan=False))
     io_utils.write_text(io_utils.join(workdir, "sweep.md"), sweep_table(result))
     plots.sweep(summary, PLOTTED, workdir, f"{k} seed(s) per variant, scored against {real_test or 'training data'}")
   log.info("sweep: best %s; tables in %s", ranking[0], io_utils.join(workdir, "sweep.md"))

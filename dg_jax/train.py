@@ -131,13 +131,6 @@ def _privacy_budget(pc: PrivacyConfig, tc: TrainConfig, num_examples: int) -> tu
   return accountant, end
 
 
-def _strict(value):
-  """A metrics value as strict JSON: non-finite floats become null."""
-  if isinstance(value, list):
-    return [_strict(v) for v in value]
-  return value if not isinstance(value, float) or math.isfinite(value) else None
-
-
 class MetricsLog:
   """metrics.jsonl and TensorBoard scalars (TENSORBOARD_DIR), written by process 0 alone.
 
@@ -167,7 +160,7 @@ class MetricsLog:
     """row: step, then floats, or lists of K floats (one per replica: TensorBoard tags <name>/replica_<k>)."""
     if not self.enabled:
       return
-    line = json.dumps({name: _strict(value) for name, value in row.items()}, allow_nan=False)
+    line = json.dumps(io_utils.json_safe(row), allow_nan=False)
     if self.remote:
       self.lines.append(line)
       self.unflushed = True
@@ -236,7 +229,8 @@ class Health:
     return Diverged(f"diverged: frozen after {self.tc.max_rollbacks} rollback(s): {frozen}"
                     + (f"; the other {others} replica(s) trained to step {step}" if others else "")
                     + f". Everything is saved in {workdir}; to go on with other settings start a new run from it: "
-                    f"--config.train.init_from={workdir} (and e.g. a lower --config.train.learning_rate)")
+                    f"--config.train.init_from={workdir} (and e.g. a lower --config.train.learning_rate)",
+                    frozen_at=self.frozen_at.tolist(), step=step)
 
 
 class Profiler:

@@ -23,8 +23,7 @@ from common import FULL_STEPS, mba_splits, train_and_generate
 
 from dg_jax.data.npz_format import load_npz
 from dg_jax.evaluation import metrics
-from dg_jax.evaluation.report import json_safe
-from dg_jax.io_utils import write_text
+from dg_jax.io_utils import json_safe, write_text
 
 NON_PRIVATE = "non-private"
 

@@ -11,6 +11,7 @@ import pytest
 from dg_jax.data.demo import make_demo
 from dg_jax.data.npz_format import save_npz
 from dg_jax.data.schema import DataError, categorical
+from dg_jax import io_utils
 from dg_jax.evaluation import metrics, report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -126,5 +127,5 @@ def test_total_by_splits_metrics_and_plots(tmp_path):
 
 def test_json_safe():
   value = {"a": [1.5, float("nan"), np.float32(2)], "b": ("x", None, True, np.int64(3)), "c": float("inf")}
-  assert report.json_safe(value) == {"a": [1.5, None, 2.0], "b": ["x", None, True, 3], "c": None}
-  assert json.dumps(report.json_safe({"n": np.int64(3)})) == '{"n": 3}'
+  assert io_utils.json_safe(value) == {"a": [1.5, None, 2.0], "b": ["x", None, True, 3], "c": None}
+  assert json.dumps(io_utils.json_safe({"n": np.int64(3)})) == '{"n": 3}'

@@ -16,24 +16,9 @@ import numpy as np
 from dg_jax.data.npz_format import load_npz
 from dg_jax.data.schema import Dataset
 from dg_jax.evaluation import metrics, plots, posthoc
-from dg_jax.io_utils import staged_folder, write_text
+from dg_jax.io_utils import json_safe, staged_folder, write_text
 
 SINGLE_SET_NAME = "synthetic"  # column name of a synthetic set passed as a bare Dataset
-
-
-def json_safe(value):
-  """Non-finite floats -> None (JSON null), recursively through dicts and lists; strings, bools,
-  integers and None kept."""
-  if isinstance(value, dict):
-    return {k: json_safe(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [json_safe(v) for v in value]
-  if value is None or isinstance(value, (str, bool)):
-    return value
-  if isinstance(value, (int, np.integer)):
-    return int(value)
-  value = float(value)
-  return value if math.isfinite(value) else None
 
 
 def write_report(real: Dataset, synthetic: dict[str, Dataset] | Dataset, out_dir: str, *,
