@@ -99,11 +99,7 @@ class Accountant:
   def epsilon(self, steps: int) -> float:
     """What composing self.event(steps) gives: `steps` times one step's RDP (computed once: the
     slow part, about a second) converted to epsilon at delta."""
-    if steps == 0:
-      return 0.0
-    one = self._one_step
-    return float(dp_accounting.rdp.rdp_privacy_accountant.compute_epsilon(one.orders, steps * one.rdp,
-                                                                          self.delta)[0])
+    return composed_epsilon([(self, steps)], self.delta)
 
   def max_steps(self, target_epsilon: float, limit: int) -> int:
     """The most steps, up to `limit`, that spend at most target_epsilon (epsilon grows with steps)."""
@@ -114,6 +110,37 @@ class Accountant:
       mid = (lo + hi) // 2
       lo, hi = (mid, hi) if self.epsilon(mid) <= target_epsilon else (lo, mid)
     return lo
+
+
+def composed_epsilon(runs: list[tuple[Accountant, int]], delta: float) -> float:
+  """Epsilon at `delta` of releasing every run of `runs` ((accountant, steps) pairs, on the same data):
+  their RDP adds up, order by order."""
+  runs = [(a, steps) for a, steps in runs if steps > 0]
+  if not runs:
+    return 0.0
+  orders = runs[0][0]._one_step.orders  # dp_accounting's default orders, the same for every accountant
+  rdp = sum(steps * a._one_step.rdp for a, steps in runs)
+  return float(dp_accounting.rdp.rdp_privacy_accountant.compute_epsilon(orders, rdp, delta)[0])
+
+
+def spent_record(accountant: Accountant, steps: int, replicas: int, init_from: str = "") -> dict:
+  """What a private run's checkpoints (and the bundles exported from them) claim after `steps` steps.
+
+  K replicas are K independent DP-SGD runs on the same series: releasing all of them composes K runs,
+  whose RDP is that of K * steps steps. Choosing one replica by comparing them (their scores, or
+  which ones diverged) is a function of all K, so it is covered by the K-fold figure, not the one-run
+  one. Pre-training (train.init_from) is outside the account: its data is assumed public."""
+  record = dict(epsilon=accountant.epsilon(steps), delta=accountant.delta, steps=steps,
+                num_examples=accountant.num_examples, unit="series", neighbouring="replace-one", replicas=replicas,
+                covers="the training series, for the generator of one replica fixed before training")
+  if replicas > 1:
+    record.update(epsilon_all_replicas=accountant.epsilon(replicas * steps),
+                  covers=record["covers"] + " (generation's default replica 0, or a --seed_index chosen without "
+                  "comparing replicas); releasing several replicas, or one chosen by comparing them, is covered "
+                  "by epsilon_all_replicas")
+  if init_from:
+    record["assumed_public"] = f"the data that trained {init_from} (train.init_from), which is not accounted"
+  return record
 
 
 def new_rdp_accountant() -> dp_accounting.rdp.RdpAccountant:

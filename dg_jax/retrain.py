@@ -77,8 +77,9 @@ def retrained_privacy_claim(spent: dict, attributes_file: str) -> dict:
   Retraining reads only the frozen generator (DP output) and the new attribute rows, never the original
   training data: for that data the bundle is post-processing, so the guarantee stands. The new rows
   are used without DP, so the bundle gives them no protection; the claim says both."""
-  return dict(spent, covers="the original training series (the attribute generator was retrained without DP "
-                            "on other rows, which cannot weaken the guarantee for them)",
+  return dict(spent, covers=spent.get("covers", "the training series").replace("the training series",
+              "the original training series", 1) + "; the attribute generator was retrained without DP on other "
+              "rows, which cannot weaken the guarantee for them",
               not_covered=f"the attribute rows of {attributes_file}, used for metadata-only retraining "
                           "without differential privacy")
 

@@ -16,7 +16,7 @@ from dg_jax.data import encoding
 from dg_jax.data.schema import DataError, Dataset
 from dg_jax.failures import BadInput
 from dg_jax.models.doppelganger import DoppelGANger, sample_noise
-from dg_jax.settings import model_config, train_config
+from dg_jax.settings import model_config, privacy_config, train_config
 from dg_jax.sharding import DATA
 from dg_jax.train_step import NOISE_SPECS, init_replicas, replica
 
@@ -50,14 +50,17 @@ def restore_run(workdir: str, step: int | None = None):
 CHECKPOINTS = ("auto", "latest", "best")  # or a step number
 
 
-def choose_generator(state: dict, seed_index: int | None = None, checkpoint: str = "auto", source: str = ""):
+def choose_generator(state: dict, seed_index: int | None = None, checkpoint: str = "auto", source: str = "",
+                     private: bool = False):
   """-> (generator params, dict(replica, checkpoint, step)) chosen from a K-replica training state.
 
   checkpoint: "best" (the replica's best-scored generator, train.eval_every), "latest" (the state's
   own), "step" (the same, of a checkpoint restore_run chose by step), or "auto": best when the run was
   scored, else latest.
   seed_index: the replica; default the one with the lowest best score when scored, else the first that
-  did not diverge (train_step.guard freezes those; their latest generator is the last finite one)."""
+  did not diverge (train_step.guard freezes those; their latest generator is the last finite one).
+  A private run's default is replica 0 whatever happened to it: a choice made by comparing replicas is
+  covered only by the epsilon of releasing all of them (privacy.spent_record)."""
   best_scores = np.asarray(jax.device_get(state["best"]["score"]))
   frozen_at = np.asarray(jax.device_get(state["health"]["frozen_at"]))
   scored = np.isfinite(best_scores)
@@ -65,6 +68,12 @@ def choose_generator(state: dict, seed_index: int | None = None, checkpoint: str
   kind = ("best" if scored.any() else "latest") if checkpoint == "auto" else checkpoint
   if kind == "best" and not scored.any():
     raise BadInput(f"{source}: --checkpoint=best needs a run scored while training (train.eval_every > 0)")
+  if seed_index is None and private:
+    if frozen_at[0] >= 0:
+      raise BadInput(f"{source}: replica 0 diverged (frozen before step {frozen_at[0] + 1}). A private run's default "
+                     "replica is fixed in advance so that releasing it costs one replica's epsilon; pass "
+                     "--seed_index=k: a replica chosen by comparing them is covered by epsilon_all_replicas")
+    seed_index = 0
   if seed_index is None:
     healthy = frozen_at < 0 if (frozen_at < 0).any() else np.ones(num, bool)
     seed_index = (int(np.nanargmin(np.where(scored & healthy, best_scores, np.nan))) if (scored & healthy).any()
@@ -97,7 +106,8 @@ def load_generator(workdir: str | None = None, bundle: str | None = None, seed_i
   if not bundle:
     step = None if str(checkpoint) in CHECKPOINTS else _step_number(checkpoint)
     model, state, config = restore_run(workdir, step)
-    params, chosen = choose_generator(state, seed_index, "step" if step is not None else str(checkpoint), workdir)
+    params, chosen = choose_generator(state, seed_index, "step" if step is not None else str(checkpoint), workdir,
+                                      private=privacy_config(config).enabled)
     config.generated_from = chosen
     return model, params, config
   if seed_index is not None or str(checkpoint) != "auto":

@@ -32,12 +32,12 @@ import re
 
 import numpy as np
 
-from dg_jax import io_utils, sampling, sharding, workdir_lock
+from dg_jax import io_utils, privacy, sampling, sharding, workdir_lock
 from dg_jax.data.loaders import load_dataset
 from dg_jax.data.schema import DataError
 from dg_jax.evaluation import metrics, plots, posthoc
-from dg_jax.failures import Diverged
-from dg_jax.settings import train_config
+from dg_jax.failures import BadInput, Diverged
+from dg_jax.settings import privacy_config, train_config
 from dg_jax.train import train_and_evaluate
 
 log = logging.getLogger(__name__)
@@ -182,12 +182,17 @@ def _run_sweep(configs: dict, workdir: str, num_samples: int, seed: int, real_te
   too_long = {n: c.model.sample_len for n, c in configs.items() if c.model.sample_len > train.max_length}
   if too_long:
     raise DataError(f"{train.source}: sample_len exceeds the series length T={train.max_length} in {too_long}")
+  private = [n for n, c in configs.items() if privacy_config(c).enabled]
+  if private and not real_test:
+    raise BadInput(f"sweep: {private} train with privacy.enabled, and ranking them by scores against the training "
+                   "data would choose among private runs by reading that data outside DP-SGD; score against data "
+                   "the guarantee need not protect (--real_test: public data with the same schema, or split:test)")
   if real_test:
     real, against = load_real_test(next(iter(configs.values())), real_test), real_test
     metrics.check_same_schema(train, real)
   else:
     real, against = train, "the training data (no --real_test: these scores cannot show overfitting)"
-  runs, cut_short = {}, {}
+  runs, cut_short, spent = {}, {}, {}
   for name, run_config in configs.items():
     k = train_config(run_config).num_seeds
     run_dir = io_utils.join(workdir, name)
@@ -213,6 +218,8 @@ def _run_sweep(configs: dict, workdir: str, num_samples: int, seed: int, real_te
       if frozen_at[r] >= 0:
         scores["failures"].insert(0, f"diverged: frozen with its state before step {frozen_at[r] + 1}")
       runs[name].append(dict(scores, **{"generated_from/step": config_used.generated_from.step}))
+    if name in private:
+      spent[name] = (config_used.privacy_spent.to_dict(), train_config(config_used), privacy_config(config_used))
     if step < run_config.train.num_steps:
       cut_short[name] = step
       log.warning("sweep: %s stopped at step %d of %d (train.max_minutes): scored, not cached; the same command "
@@ -226,12 +233,28 @@ def _run_sweep(configs: dict, workdir: str, num_samples: int, seed: int, real_te
   k = train_config(next(iter(configs.values()))).num_seeds
   result = dict(scored_against=against, num_seeds=k, baseline=baseline, best=ranking[0], ranking=ranking,
                 cut_short=cut_short, runs={n: dict(summary[n], seeds=runs[n]) for n in runs})
+  if spent:
+    result["privacy"] = _privacy_of_sweep(spent, against)
   if sharding.is_primary():  # every process scored the same samples; one writes the tables
     io_utils.write_text(io_utils.join(workdir, "sweep.json"), json.dumps(io_utils.json_safe(result), indent=1, allow_nan=False))
     io_utils.write_text(io_utils.join(workdir, "sweep.md"), sweep_table(result))
     plots.sweep(summary, PLOTTED, workdir, f"{k} seed(s) per variant, scored against {real_test or 'training data'}")
   log.info("sweep: best %s; tables in %s", ranking[0], io_utils.join(workdir, "sweep.md"))
   return result
+
+
+def _privacy_of_sweep(spent: dict, against: str) -> dict:
+  """What releasing a generator the sweep chose costs: its ranking compares every private run, so the
+  claim is the composition of all of them (every replica of every private variant)."""
+  runs = [(privacy.accountant(pc, s["num_examples"], tc.batch_size, tc.d_rounds), s["steps"] * tc.num_seeds)
+          for s, tc, pc in spent.values()]
+  delta = max(s["delta"] for s, _, _ in spent.values())
+  epsilon = privacy.composed_epsilon(runs, delta)
+  log.info("sweep: releasing a generator it ranks first is (%.4g, %.3g)-differentially private for the training "
+           "series (all %d private runs composed); the ranking read %s outside DP", epsilon, delta, len(runs), against)
+  return dict(epsilon_all_runs=epsilon, delta=delta, runs={n: s for n, (s, _, _) in spent.items()},
+              covers=f"the training series, for any generator of this sweep, chosen by its ranking or not; the "
+                     f"ranking reads {against} outside DP, which must not need protection")
 
 
 def load_real_test(config, real_test: str):
@@ -303,4 +326,8 @@ def sweep_table(result: dict) -> str:
                             (f"cut short at step {result['cut_short'].get(name)}", name in result["cut_short"])) if on]
     label = name + (f" ({', '.join(tags)})" if tags else "")
     lines.append(f"| {label} | {r['failed']} of {len(r['seeds'])} | " + " | ".join(cells) + " |")
+  if "privacy" in result:
+    p = result["privacy"]
+    lines += ["", f"Privacy: releasing any generator of this sweep is ({p['epsilon_all_runs']:.4g}, {p['delta']:.3g})-"
+              f"differentially private (every private run composed); it covers {p['covers']}."]
   return "\n".join(lines) + "\n"

@@ -490,9 +490,7 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
           log.info("scores at step %d: %s", step, "  ".join(f"{n[6:]}={_show(v)}" for n, v in scores.items()))
         metrics_log.append(dict(step=step, seconds=round(now - t_start, 3), steps_per_s=rate, **last, **scores))
       if step // tc.checkpoint_every > (step - k) // tc.checkpoint_every or step == end or stop:
-        spent = None if accountant is None else dict(
-            epsilon=accountant.epsilon(step), delta=pc.delta, steps=step, num_examples=dataset.num_samples,
-            unit="series", neighbouring="replace-one")
+        spent = None if accountant is None else privacy.spent_record(accountant, step, tc.num_seeds, tc.init_from)
         ckpt.check_for_errors()  # the previous save's failure, if any, is this run's
         ckpt.save(step, state, keys, config_json, schema, spent, data_id)
         metrics_log.flush()
@@ -510,8 +508,10 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
                                           for r in range(tc.num_seeds)))
   if accountant is not None:
     last["epsilon"] = accountant.epsilon(step)
-    log.info("privacy: the generator is (%.4g, %.3g)-differentially private after %d steps "
-             "(series-level, replace-one neighbours)", last["epsilon"], pc.delta, step)
+    log.info("privacy: each replica's generator is (%.4g, %.3g)-differentially private after %d steps "
+             "(series-level, replace-one neighbours)%s", last["epsilon"], pc.delta, step,
+             f"; all {tc.num_seeds} replicas together, or one chosen by comparing them: epsilon="
+             f"{accountant.epsilon(tc.num_seeds * step):.4g}" if tc.num_seeds > 1 else "")
   if health.frozen:
     raise health.diverged(step, workdir)
   return dict(last, step=step)

@@ -250,6 +250,9 @@ def make_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfi
 
   def multi_step(state, batches, keys):
     new, metrics = jax.lax.scan(functools.partial(one_step, run_keys=keys), state, batches)
-    return guard(state, new, metrics, tc.max_rollbacks), metrics
+    # Under DP the losses of real batches are not private outputs: rolling back on them would make
+    # the trajectory depend on the data outside DP-SGD. The noisy updates are private, and a
+    # non-finite loss makes them non-finite too.
+    return guard(state, new, {} if dp else metrics, tc.max_rollbacks), metrics
 
   return multi_step

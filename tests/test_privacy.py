@@ -22,7 +22,9 @@ from dg_jax.data.schema import Dataset
 from dg_jax.models.doppelganger import DoppelGANger
 from dg_jax.checkpoints import save_bundle
 from dg_jax.retrain import retrain_attributes_cli
-from dg_jax.sampling import load_generator, restore_run
+from dg_jax.failures import BadInput
+from dg_jax.sampling import choose_generator, load_generator, restore_run
+from dg_jax.sweep import Variant, run_sweep
 from dg_jax.settings import PrivacyConfig, model_config, privacy_config, train_config
 from dg_jax.sharding import DATA
 from dg_jax.train import batch_dict, fit_schema_from_config, train_and_evaluate
@@ -149,6 +151,10 @@ def test_accountant_matches_dp_accounting():
   exact = dp_accounting.get_epsilon_gaussian(sigma / 2 / np.sqrt(steps), delta)
   assert 1.9 < exact <= full.epsilon(steps) <= 1.15 * exact
   assert privacy.Accountant(n, b, sigma, delta).epsilon(steps) < full.epsilon(steps) / 3
+  # releasing several runs on the same data: dp_accounting's composition of their events
+  both = dp_accounting.ComposedDpEvent([acc.event(steps), full.event(3)])
+  assert privacy.composed_epsilon([(acc, steps), (full, 3)], delta) == pytest.approx(rdp_epsilon(both, delta))
+  assert privacy.composed_epsilon([(acc, steps)] * 2, delta) == pytest.approx(acc.epsilon(2 * steps))
 
 
 def test_noise_calibration_and_budget_steps():
@@ -299,3 +305,24 @@ def test_k_replicas_are_k_private_runs_with_the_same_accounting(tmp_path):
   scored.train.eval_every = 5
   with pytest.raises(ValueError, match="void the guarantee"):
     train_and_evaluate(scored, str(tmp_path / "scored"))
+
+  # the claim: one replica fixed in advance, or all K (any choice made by comparing them)
+  accountant = privacy.Accountant(64, 16, 1.0, privacy.default_delta(64))
+  _, _, config = load_generator(str(tmp_path / "both"))
+  assert config.generated_from.replica == 0 and config.privacy_spent.replicas == 2
+  assert config.privacy_spent.epsilon_all_replicas == pytest.approx(accountant.epsilon(10))
+  assert accountant.epsilon(10) > out["epsilon"]
+  assert "epsilon_all_replicas" in config.privacy_spent.covers
+  pb["health"]["frozen_at"] = np.array([3, -1])  # replica 0 diverged: no silent switch to replica 1
+  assert choose_generator(pb)[1]["replica"] == 1
+  with pytest.raises(BadInput, match="replica 0 diverged.*--seed_index"):
+    choose_generator(pb, private=True)
+  assert choose_generator(pb, seed_index=1, private=True)[1]["replica"] == 1
+
+  # a sweep over private runs: refused against the training data; else the claim composes every run
+  with pytest.raises(BadInput, match="outside DP-SGD"):
+    run_sweep(both, str(tmp_path), [Variant("both")])
+  save_npz(load_dataset(tiny.get_config().data), str(tmp_path / "public.npz"))
+  result = run_sweep(both, str(tmp_path), [Variant("both")], num_samples=16, real_test=str(tmp_path / "public.npz"))
+  assert result["privacy"]["epsilon_all_runs"] == pytest.approx(accountant.epsilon(10))
+  assert "every private run composed" in (tmp_path / "sweep.md").read_text()
