@@ -2,6 +2,7 @@
 
   python launch.py --config=configs/default.py --workdir=W                 # train (resumes W by default)
   python launch.py --mode=generate --workdir=W --num_samples=N --output=F.npz [--csv_output=F.csv]
+      (or, streamed to shards in bounded memory: --output=DIR.parquet or --output=PATH-{shard}.npz)
   python launch.py --mode=export --workdir=W --bundle=B                    # generator-only bundle to share
       (generate and export take --seed_index=k --checkpoint=latest|best|STEP; default: the best-scored
        replica's best generator when the run was scored, else replica 0's latest)
@@ -23,6 +24,7 @@ problem); 3 diverged (replicas frozen, everything saved); 4 the workdir is held 
 128 + N stopped by signal N and checkpointed (143 for SIGTERM). With several processes, all exit
 with the status and line of the first that failed.
 """
+import json
 import logging as std_logging
 import os
 import sys
@@ -40,7 +42,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, config
 _MODE = flags.DEFINE_enum("mode", "train", MODES, "What to do.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1000, "generate: number of series; sweep: series generated "
                                     "per S to score (0 = as many as the training data).")
-_OUTPUT = flags.DEFINE_string("output", None, "generate: output .npz (the project's format).")
+_OUTPUT = flags.DEFINE_string("output", None, "generate: output .npz (the project's format); or streamed, in "
+                              "shards: DIR.parquet (a folder of Parquet shards, long format) or PATH-{shard}.npz "
+                              "(dg_jax/shards.py).")
+_SHARD_SIZE = flags.DEFINE_integer("shard_size", 8192, "generate, sharded --output: series per shard (memory is "
+                                   "bounded by one shard).")
 _CSV_OUTPUT = flags.DEFINE_string("csv_output", None, "generate: also write a long-format CSV here.")
 _SEED = flags.DEFINE_integer("seed", 0, "generate, sweep: sampling seed (same seed, same samples).")
 _LENGTH = flags.DEFINE_integer("length", None, "generate: force this many records per series.")
@@ -150,21 +156,33 @@ def _load_generator(workdir, bundle):
 
 
 def _generate():
-  from dg_jax import sampling, sharding
+  from dg_jax import sampling, shards, sharding
+  from dg_jax.data import encoding
   if not _OUTPUT.value:
-    raise app.UsageError("--mode=generate needs --output=F.npz")
+    raise app.UsageError("--mode=generate needs --output=F.npz, DIR.parquet or PATH-{shard}.npz")
+  if shards.is_sharded(_OUTPUT.value) and _CSV_OUTPUT.value:
+    raise app.UsageError("--csv_output goes with a single-file --output (F.npz); shards are written as they are")
   from dg_jax.baselines import is_baseline_run, load_baseline
   if _WORKDIR.value and is_baseline_run(_WORKDIR.value):
     if _ATTRIBUTES_FILE.value or _ATTRIBUTE.value or _LENGTH.value:
       raise app.UsageError("baselines generate unconditionally: drop --attributes_file/--attribute/--length")
+    if shards.is_sharded(_OUTPUT.value):
+      raise app.UsageError("baselines write a single file: --output=F.npz")
     data = load_baseline(_WORKDIR.value).generate(_NUM_SAMPLES.value, _SEED.value)
   else:
-    model, params, _ = _load_generator(None if _BUNDLE.value else _WORKDIR.value, _BUNDLE.value)
+    model, params, config = _load_generator(None if _BUNDLE.value else _WORKDIR.value, _BUNDLE.value)
     attributes = None
     if _ATTRIBUTES_FILE.value:
       attributes = sampling.attributes_from_file(_ATTRIBUTES_FILE.value, model.schema)
     elif _ATTRIBUTE.value:
       attributes = sampling.parse_attribute_labels(_ATTRIBUTE.value, model.schema, _NUM_SAMPLES.value)
+    if shards.is_sharded(_OUTPUT.value):
+      what = dict(source=_BUNDLE.value or _WORKDIR.value, generated_from=json.loads(config.to_json()).get("generated_from"))
+      shards.generate_to_shards(model, params, _NUM_SAMPLES.value if attributes is None else len(attributes),
+                                _SEED.value, _OUTPUT.value, what, attributes=None if attributes is None else
+                                encoding.encode_attributes(attributes, model.schema), length=_LENGTH.value,
+                                shard_size=_SHARD_SIZE.value)
+      return
     data = sampling.generate(model, params, _NUM_SAMPLES.value, _SEED.value, attributes, _LENGTH.value)
   if sharding.is_primary():  # every process generated the same series; one writes them
     sampling.write_outputs(data, _OUTPUT.value, _CSV_OUTPUT.value)

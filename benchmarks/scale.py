@@ -63,11 +63,13 @@ def worker(case: str, path: str, steps: int) -> dict:
   dispatch = trainer.dispatch
   start = time.perf_counter()
   dispatch()
+  trainer.finish()
   out["first_dispatch_s"] = time.perf_counter() - start
   if case == "length":
     start = time.perf_counter()
     for _ in range(steps // k):
       dispatch()
+    trainer.finish()
     out["steps_per_s"] = steps // k * k / (time.perf_counter() - start)
   out.update(sample_len=model.sample_len, num_series=enc.num_samples, length=schema.max_length,
              peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

@@ -36,10 +36,12 @@ def worker(path: str, num_seeds: int, steps: int) -> dict:
   trainer = Trainer(model, tc, encoding.encode(data, schema), num_seeds)
   start = time.perf_counter()
   trainer.dispatch()
+  trainer.finish()
   compile_s = time.perf_counter() - start
   start = time.perf_counter()
   for _ in range(steps // trainer.k):
     trainer.dispatch()
+  trainer.finish()
   rate = steps // trainer.k * trainer.k / (time.perf_counter() - start)
   out = dict(num_seeds=num_seeds, steps_per_s=rate, replica_steps_per_s=num_seeds * rate, compile_s=compile_s,
              mesh=dict(trainer.mesh.shape))

@@ -82,6 +82,7 @@ def dg_jax_worker(path: str, sample_len: int, steps: int, num_generate: int) -> 
   def run(num):
     for _ in range(num // k):
       trainer.dispatch()
+    trainer.finish()
   start = time.perf_counter()
   run(k)
   compile_s = time.perf_counter() - start

@@ -145,12 +145,15 @@ class Checkpointer:
       multihost_utils.sync_global_devices("dg_jax: unreadable checkpoints set aside")
     self.manager.reload()
 
-  def restore_arrays(self, step: int, abstract: tuple[dict, jax.ShapeDtypeStruct],
-                     sharding: jax.sharding.Sharding | None = None, fresh: Callable[[], dict] | None = None):
+  def restore_arrays(self, step: int, abstract: tuple[dict, jax.ShapeDtypeStruct | None],
+                     sharding: jax.sharding.Sharding | None = None, fresh: Callable[[], dict] | None = None,
+                     partial: bool = False):
     """-> (state, key) of `step`, placed with `sharding` (default: the first local device), whatever
     device layout the checkpoint was saved from. `abstract`: the shapes of (state, key), e.g.
     jax.eval_shape of init_replicas. State fields (dict entries, at any depth) that a checkpoint written
     before they existed lacks are taken from `fresh()`, a fresh state's host values.
+    partial: `abstract`'s state is a part of the saved one (e.g. only the generators), and only that
+    part is read; a key of None is not read (None comes back).
     The key comes back under the current jax_default_prng_impl, which must be the one it was saved with."""
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract_state, abstract_key = abstract
@@ -159,12 +162,15 @@ class Checkpointer:
     if missing and fresh is None:
       raise CheckpointError(f"{self.directory / str(step)}: the state lacks {missing}")
     template = jax.random.key(0)  # the current PRNG implementation: its key data's shape and its name
-    key_data = jax.ShapeDtypeStruct(abstract_key.shape + jax.random.key_data(template).shape, jax.numpy.uint32)
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                          dict(target, rng=key_data))
-    out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-    state = dict(out["state"])
-    key = jax.random.wrap_key_data(state.pop("rng"), impl=jax.random.key_impl(template))
+    if abstract_key is not None:
+      target = dict(target, rng=jax.ShapeDtypeStruct(abstract_key.shape + jax.random.key_data(template).shape,
+                                                     jax.numpy.uint32))
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), target)
+    args = (ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                   partial_restore=True) if partial else ocp.args.StandardRestore(target))
+    state = dict(self.manager.restore(step, args=ocp.args.Composite(state=args))["state"])
+    key = None if abstract_key is None else jax.random.wrap_key_data(state.pop("rng"),
+                                                                     impl=jax.random.key_impl(template))
     if missing:
       defaults = fresh()
       for path in missing:  # the same host values on every process, laid out as the rest

@@ -23,9 +23,18 @@ from dg_jax.train_step import NOISE_SPECS, init_replicas, replica
 log = logging.getLogger(__name__)
 
 
-def restore_run(workdir: str, step: int | None = None):
+def generator_part(state: dict) -> dict:
+  """What generation reads of a training state: the replicas' generators (latest and best, with their
+  BatchNorm statistics), best scores, health and steps; not the critics or the optimiser states."""
+  return dict(params=dict(generator=state["params"]["generator"]), best=state["best"], health=state["health"],
+              step=state["step"])
+
+
+def restore_run(workdir: str, step: int | None = None, generator_only: bool = False):
   """-> (model, training state of all K replicas, config) of a workdir's checkpoint at `step` (default: the
-  newest readable one). Read-only: a run may be read while it trains, and is never changed."""
+  newest readable one); generator_only: only its generator_part, read alone (critics and optimiser
+  states are never read, so a run keeps generating whatever optax's state layout becomes).
+  Read-only: a run may be read while it trains, and is never changed."""
   ckpt = Checkpointer(workdir)
 
   def read(step):
@@ -37,9 +46,12 @@ def restore_run(workdir: str, step: int | None = None):
     model = DoppelGANger(schema, model_config(config))
     tc = train_config(config)
     abstract = jax.eval_shape(lambda: init_replicas(model, tc, 0, tc.num_seeds))
+    if generator_only:
+      abstract = (generator_part(abstract[0]), None)
+    fresh = lambda: jax.device_get(init_replicas(model, tc, 0, tc.num_seeds)[0])  # noqa: E731
     # replicated over every device of every process: what generation (and a multi-process sweep) needs
-    state, _ = ckpt.restore_arrays(step, abstract, sharding.replicated(sharding.make_mesh()),
-                                   fresh=lambda: jax.device_get(init_replicas(model, tc, 0, tc.num_seeds)[0]))
+    state, _ = ckpt.restore_arrays(step, abstract, sharding.replicated(sharding.make_mesh()), partial=generator_only,
+                                   fresh=lambda: generator_part(fresh()) if generator_only else fresh())
     return model, state, config
   try:
     return ckpt.restore_newest(read, step)[1]
@@ -105,7 +117,7 @@ def load_generator(workdir: str | None = None, bundle: str | None = None, seed_i
   choice) or a generator bundle."""
   if not bundle:
     step = None if str(checkpoint) in CHECKPOINTS else _step_number(checkpoint)
-    model, state, config = restore_run(workdir, step)
+    model, state, config = restore_run(workdir, step, generator_only=True)
     params, chosen = choose_generator(state, seed_index, "step" if step is not None else str(checkpoint), workdir,
                                       private=privacy_config(config).enabled)
     config.generated_from = chosen
@@ -130,48 +142,58 @@ def _pad_rows(x, rows: int, axis: int = 0):
   return jnp.pad(x, widths)
 
 
+def series_noise(seed: int, first, count: int, schema, cfg, length: int | None = None) -> dict:
+  """The generator noise of series first..first+count-1: series j's from fold_in(key(seed), j), so a
+  series is the same whatever the chunk, shard, device or process that generates it."""
+  keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(seed), first + jnp.arange(count))
+  noise = jax.vmap(lambda k: sample_noise(k, 1, schema, cfg, length))(keys)  # [count, (steps,) 1, d]
+  return {name: (jnp.moveaxis(x[:, :, 0], 0, 1) if name == "feature" else x[:, 0]) for name, x in noise.items()}
+
+
 @functools.lru_cache(maxsize=8)
 def _chunk_generator(model: DoppelGANger, chunk_size: int, length: int | None, conditional: bool, mesh):
-  """Jitted (params, seed, chunk index[, attributes]) -> one chunk, split over the mesh's devices (one
-  per core on CPU). The noise of `chunk_size` series comes from fold_in(key(seed), index) whatever
-  the device count; zero rows pad it to a multiple of the device count, and their series are dropped."""
+  """Jitted (params, seed, first series[, attributes]) -> one chunk of `chunk_size` series, split over
+  the mesh's devices; zero rows pad it to a multiple of the device count, and their series are dropped."""
   padded = -(-chunk_size // mesh.devices.size) * mesh.devices.size
   specs = (P(), NOISE_SPECS) + ((P(DATA),) if conditional else ())
   body = jax.shard_map(lambda p, noise, *attrs: model.generator.apply(p, noise, *attrs, length=length),
                        mesh=mesh, in_specs=specs, out_specs=P(DATA), check_vma=False)
 
-  def chunk(params, seed, index, *attributes):
-    noise = sample_noise(jax.random.fold_in(jax.random.key(seed), index), chunk_size, model.schema, model.cfg,
-                         length)
+  def chunk(params, seed, first, *attributes):
+    noise = series_noise(seed, first, chunk_size, model.schema, model.cfg, length)
     noise = {name: _pad_rows(x, padded, axis=1 if name == "feature" else 0) for name, x in noise.items()}
     return body(params, noise, *(_pad_rows(a, padded) for a in attributes))
   return jax.jit(chunk)
 
 
 def generate_encoded(model: DoppelGANger, params, num_samples: int, seed: int = 0, chunk_size: int = 500,
-                     attributes: np.ndarray | None = None, length: int | None = None) -> encoding.Encoded:
-  """Model-space samples, drawn `chunk_size` at a time (chunk i's noise from fold_in(key(seed), i)), the
-  same on any number of devices and processes.
+                     attributes: np.ndarray | None = None, length: int | None = None, first: int = 0,
+                     local: bool = False) -> encoding.Encoded:
+  """Model-space series first..first+num_samples-1 of `seed` (series j's noise from fold_in(key(seed), j)),
+  drawn `chunk_size` at a time: the same on any number of devices and processes, in any chunks.
 
   attributes: encoded [num_samples, A] attributes to condition on (the attribute MLP is bypassed).
   length: force this many records per series (may exceed the training T); default: the
   generation flag decides each length.
+  local: on this process's devices alone (each process its own series); default: on all devices of
+  all processes, every process getting every series.
   """
   if num_samples < 1:
     raise ValueError(f"num_samples must be >= 1, got {num_samples}")
   if length is not None and length < 1:
     raise ValueError(f"length must be >= 1, got {length}")
-  mesh = sharding.make_mesh()
+  mesh = sharding.make_mesh(local=local)
   fn = _chunk_generator(model, chunk_size, length, attributes is not None, mesh)
   params = sharding.replicate(params, mesh)
+  fetch = jax.device_get if local else sharding.to_host
   parts = []
-  for i, start in enumerate(range(0, num_samples, chunk_size)):
+  for start in range(0, num_samples, chunk_size):
     cond = ()
     if attributes is not None:
       rows = attributes[start:start + chunk_size]
       rows = np.concatenate([rows, np.repeat(rows[-1:], chunk_size - len(rows), 0)]).astype(np.float32)
       cond = (sharding.replicate(rows, mesh),)
-    out = sharding.to_host(fn(params, np.int32(seed), np.int32(i), *cond))
+    out = fetch(fn(params, np.int32(seed), np.int32(first + start), *cond))
     parts.append({k: v[:chunk_size] for k, v in out.items()})
   out = {k: np.concatenate([p[k] for p in parts])[:num_samples] for k in parts[0]}
   features = out["features"]

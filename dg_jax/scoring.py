@@ -46,11 +46,13 @@ import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
 
 from dg_jax.data import encoding
 from dg_jax.data.schema import Dataset
 from dg_jax.evaluation import metrics
 from dg_jax.models.doppelganger import DoppelGANger, sample_noise
+from dg_jax.train_step import NOISE_SPECS
 
 log = logging.getLogger(__name__)
 EVAL_STREAM = 0x5c07e  # seed of the scoring noise, apart from every run's keys
@@ -245,11 +247,13 @@ class Scorer:
   reference: dict  # host arrays (see `build`)
   acf_features: tuple
   several: tuple
+  mesh: jax.sharding.Mesh | None = None  # with one: each replica's sample rows split over its 'data' devices
 
   @classmethod
   def build(cls, model: DoppelGANger, num_samples: int, reference: Dataset, train: Dataset,
-            held_out: bool) -> "Scorer":
-    """reference: the held-out slice (held_out=True) or the training data. train: the training data."""
+            held_out: bool, mesh: jax.sharding.Mesh | None = None) -> "Scorer":
+    """reference: the held-out slice (held_out=True) or the training data. train: the training data.
+    mesh: the training mesh, over whose 'data' axis each replica's scoring is split."""
     cont = [j for j, v in enumerate(reference.feature_vars) if not v.is_categorical]
     curves = {j: metrics.mean_autocorrelation(reference, j) for j in cont}
     acf = tuple(j for j in cont if np.isfinite(curves[j][1:]).any())
@@ -270,7 +274,7 @@ class Scorer:
     memo_train = _flat_scaled(train.features, std).astype(np.float32)
     ref.update(memo_train=memo_train, memo_std=std, held_out_median=reference_median(
         memo_train, _flat_scaled(reference.features, std) if held_out else None))
-    return cls(model, num_samples, jax.tree.map(lambda x: np.asarray(x, np.float32), ref), acf, several)
+    return cls(model, num_samples, jax.tree.map(lambda x: np.asarray(x, np.float32), ref), acf, several, mesh)
 
   def names(self) -> list[str]:
     """The names of the composite's per-variable terms, in the order `metrics` computes them."""
@@ -326,6 +330,9 @@ class Scorer:
   def sample(self, generator_params, stream: int, num_samples: int):
     """One replica's sample decoded to original units, from the fixed noise of `stream`."""
     noise = sample_noise(jax.random.key(stream), num_samples, self.model.schema, self.model.cfg)
+    if self.mesh is not None:  # each device generates (and XLA then scores) its share of the rows
+      noise = {name: jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, NOISE_SPECS[name]))
+               for name, x in noise.items()}
     return decode(self.model.generator.apply(generator_params, noise), self.model.schema)
 
   def score(self, state: dict, ref: dict, preview: int = 3) -> tuple[dict, dict, tuple]:

@@ -37,6 +37,9 @@ class ModelConfig:
       raise ValueError("model.pack must be >= 1 and model.sample_len >= 0")
 
 
+PLACEMENTS = ("auto", "device", "host")  # train.data_placement
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   batch_size: int = 100                 # per replica
@@ -51,6 +54,7 @@ class TrainConfig:
   d_rounds: int = 1
   g_rounds: int = 1
   steps_per_dispatch: int = 10          # training steps fused into one compiled call
+  data_placement: str = "auto"          # device | host | auto (dg_jax/data/feed.py)
   log_every: int = 100
   checkpoint_every: int = 1000
   keep_checkpoints: int = 2
@@ -74,6 +78,8 @@ class TrainConfig:
     if self.eval_every < 0 or self.eval_samples < 2 or not 0 <= self.eval_holdout < 1:
       raise ValueError(f"train.eval_every must be >= 0 (got {self.eval_every}), train.eval_samples >= 2 (got "
                        f"{self.eval_samples}) and train.eval_holdout in [0, 1) (got {self.eval_holdout})")
+    if self.data_placement not in PLACEMENTS:
+      raise ValueError(f"train.data_placement must be one of {PLACEMENTS}, got {self.data_placement!r}")
     self.profile_window  # noqa: B018  (fails early on a malformed value)
 
   @property

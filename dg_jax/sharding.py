@@ -24,14 +24,14 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 SEEDS, DATA = "seeds", "data"
 
 
-def make_mesh(num_devices: int | None = None, num_seeds: int = 1) -> jax.sharding.Mesh:
-  """The ('seeds', 'data') mesh over all (or the first `num_devices`) devices of all processes, for
-  `num_seeds` replicas (generation: 1, i.e. every device on the data axis)."""
-  devices = jax.devices()
+def make_mesh(num_devices: int | None = None, num_seeds: int = 1, local: bool = False) -> jax.sharding.Mesh:
+  """The ('seeds', 'data') mesh over all (or the first `num_devices`) devices of all processes (local:
+  of this process alone), for `num_seeds` replicas (generation: 1, i.e. every device on the data axis)."""
+  devices = jax.local_devices() if local else jax.devices()
   if num_devices:
     if num_devices > len(devices):
       raise ValueError(f"asked for {num_devices} devices, only {len(devices)} are available")
-    if jax.process_count() > 1 and num_devices != len(devices):
+    if jax.process_count() > 1 and not local and num_devices != len(devices):
       raise ValueError(f"num_devices={num_devices}: a multi-process run uses all {len(devices)} devices")
     devices = devices[:num_devices]
   # Auto axes: shard_map and jit move freshly drawn (unsharded) noise onto the batch split themselves.

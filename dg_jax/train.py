@@ -36,6 +36,7 @@ from dg_jax import io_utils, privacy, scoring, sharding, workdir_lock
 from dg_jax.checkpoints import DATA_ITEM, Checkpointer, is_bundle, load_bundle
 from dg_jax.data import encoding
 from dg_jax.data.batching import ReplicaBatches
+from dg_jax.data.feed import Feed
 from dg_jax.data.loaders import load_dataset
 from dg_jax.models.doppelganger import DoppelGANger
 from dg_jax.failures import BadInput, Diverged, Preempted, StopSignals
@@ -434,42 +435,76 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
   score_fn, reference, scored = None, None, False
   if tc.eval_every:
     scorer = scoring.Scorer.build(model, tc.eval_samples, held_out if held_out is not None else dataset, dataset,
-                                  held_out is not None)
+                                  held_out is not None, mesh)
     reference = sharding.replicate(scorer.reference, mesh)
     score_fn = jax.jit(scorer.score, donate_argnums=0, out_shardings=sharding.by_replica(mesh))
     log.info("scoring every %d steps on %d series from fixed noise; best rule: a better score is kept only if "
              "%d series from other fixed noise confirm it", tc.eval_every, tc.eval_samples,
              scoring.CONFIRM_FACTOR * tc.eval_samples)
 
-  step_fn = jit_train_step(model, tc, mesh, pc)
-  arrays = [encoded.features, encoded.attributes, encoded.additional_attributes]
-  batches = ReplicaBatches(arrays, tc.batch_size, tc.seed, tc.num_seeds, start_step=start,
-                           sampling="independent" if pc.enabled else "epochs")
+  feed = Feed(batch_dict(encoded.features, encoded.attributes, encoded.additional_attributes),
+              ReplicaBatches([encoded.features], tc.batch_size, tc.seed, tc.num_seeds, start_step=start,
+                             sampling="independent" if pc.enabled else "epochs"), mesh, tc.data_placement)
+  step_fn = jit_train_step(model, tc, mesh, pc, feed.on_device)
   health = Health(sharding.to_host(state["health"]), tc)
   step, t_start, window = start, time.time(), (start, time.time())
   deadline = t_start + 60 * tc.max_minutes if tc.max_minutes else None
-  last, out_of_time, stopped = {}, False, False
+  last, out_of_time, stopped, stop = {}, False, False, False
+  crossed = lambda every, done, k: done // every > (done - k) // every  # noqa: E731
+
+  def read(dispatch):
+    """A dispatch's metrics and health, fetched (while the next dispatch runs), and the decisions they
+    and this process's clock and signals lead to, taken jointly by all processes."""
+    nonlocal last, out_of_time, stopped, stop
+    done, k, metrics, replica_health = dispatch
+    metrics, replica_health = sharding.to_host((metrics, replica_health))
+    health.update(replica_health, metrics, done, k)
+    profiler.after(done)
+    if lock is not None:
+      lock.check()
+    last = {name: _per_replica(v[-1]) for name, v in metrics.items()}
+    # every process leaves the loop at the same step, whichever of them ran out of time or got the signal
+    out_of_time, stopped = sharding.any_process(
+        [deadline is not None and time.time() > deadline, signals.received is not None])
+    stop = out_of_time or stopped or len(health.frozen) == tc.num_seeds
+
+  def record(done, k, scores):
+    nonlocal window
+    if not (scores or crossed(tc.log_every, done, k) or done == end or stop):
+      return
+    now = time.time()
+    rate = (done - window[0]) / max(now - window[1], 1e-9)
+    if accountant is not None:
+      last["epsilon"] = accountant.epsilon(done)
+    window = (done, now)
+    eta = (end - done) / rate if rate > 0 else float("inf")
+    log.info("step %d/%d  %.2f steps/s  ETA %s  %s", done, end, rate, format_duration(eta),
+             "  ".join(f"{n}={_show(v)}" for n, v in sorted(last.items())))
+    if scores:
+      log.info("scores at step %d: %s", done, "  ".join(f"{n[6:]}={_show(v)}" for n, v in scores.items()))
+    metrics_log.append(dict(step=done, seconds=round(now - t_start, 3), steps_per_s=rate, **last, **scores))
+
   with StopSignals() as signals, contextlib.ExitStack() as cleanup:
     cleanup.callback(metrics_log.close)
     cleanup.callback(profiler.stop)
-    while step < end and len(health.frozen) < tc.num_seeds:
+    unread = None  # the previous dispatch, read while this one runs: decisions lag one dispatch
+    while step < end and not stop and len(health.frozen) < tc.num_seeds:
       k = tc.steps_per_dispatch if end - step >= tc.steps_per_dispatch else 1
       profiler.before(step, k)
-      state, metrics = step_fn(state, sharding.shard_batches(batch_dict(*batches.next(k)), mesh), keys)
-      metrics, replica_health = sharding.to_host((metrics, state["health"]))
+      state, metrics, replica_health = step_fn(state, *feed.next(k), keys)
       step += k
-      health.update(replica_health, metrics, step, k)
-      profiler.after(step)
-      if lock is not None:
-        lock.check()
-      last = {name: _per_replica(v[-1]) for name, v in metrics.items()}
-      # every process leaves the loop at the same step, whichever of them ran out of time or got the signal
-      out_of_time, stopped = sharding.any_process(
-          [deadline is not None and time.time() > deadline, signals.received is not None])
-      stop = out_of_time or stopped or len(health.frozen) == tc.num_seeds
+      if unread is not None:
+        read(unread)
+        record(*unread[:2], {})
+      unread = (step, k, metrics, replica_health)
+      save = crossed(tc.checkpoint_every, step, k) or step == end
+      score_now = score_fn is not None and (crossed(tc.eval_every, step, k) or step == end)
+      if not (save or score_now or stop):
+        continue
+      read(unread)  # this dispatch's state is scored or saved: wait for it
+      unread = None
       scores = {}
-      if score_fn is not None and not stopped and (step // tc.eval_every > (step - k) // tc.eval_every or
-                                                   step == end or out_of_time):
+      if score_fn is not None and (score_now or out_of_time) and not stopped:
         state, scores, preview = score_fn(state, reference)
         scores = {f"score/{name}": _per_replica(v) for name, v in sharding.to_host(scores).items()}
         scored = True
@@ -477,25 +512,12 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
           preview = sharding.to_host(preview)  # collective: every process takes part
           if primary:
             _preview_figures(metrics_log, dataset, preview, step)
-      if scores or step // tc.log_every > (step - k) // tc.log_every or step == end or stop:
-        now = time.time()
-        rate = (step - window[0]) / max(now - window[1], 1e-9)
-        if accountant is not None:
-          last["epsilon"] = accountant.epsilon(step)
-        window = (step, time.time())
-        eta = (end - step) / rate if rate > 0 else float("inf")
-        log.info("step %d/%d  %.2f steps/s  ETA %s  %s", step, end, rate, format_duration(eta),
-                 "  ".join(f"{n}={_show(v)}" for n, v in sorted(last.items())))
-        if scores:
-          log.info("scores at step %d: %s", step, "  ".join(f"{n[6:]}={_show(v)}" for n, v in scores.items()))
-        metrics_log.append(dict(step=step, seconds=round(now - t_start, 3), steps_per_s=rate, **last, **scores))
-      if step // tc.checkpoint_every > (step - k) // tc.checkpoint_every or step == end or stop:
+      record(step, k, scores)
+      if save or stop:
         spent = None if accountant is None else privacy.spent_record(accountant, step, tc.num_seeds, tc.init_from)
         ckpt.check_for_errors()  # the previous save's failure, if any, is this run's
         ckpt.save(step, state, keys, config_json, schema, spent, data_id)
         metrics_log.flush()
-      if stop:
-        break
     ckpt.wait()  # still catching signals: a second SIGTERM cannot cut this save short
   if stopped:
     log.warning("stopped at step %d on a signal; checkpointed there, and the same command resumes", step)

@@ -29,7 +29,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dg_jax import losses, privacy, sharding
 from dg_jax.models.doppelganger import STATS, DoppelGANger, sample_noise, split_stats
@@ -158,12 +158,28 @@ def private_critic_grads(model: DoppelGANger, tc: TrainConfig, pc: PrivacyConfig
   return grads, dict(metrics, clipped_fraction=clipped / batch_size)
 
 
-def jit_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfig | None = None):
+def jit_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfig | None = None,
+                   on_device_data: bool = False):
   """make_train_step jitted, the state donated and its output laid out as its input (P('seeds') even
   when that axis has one device, which JAX would otherwise normalise to P() and so recompile the step
-  at its second call)."""
-  return jax.jit(make_train_step(model, tc, mesh, pc), donate_argnums=0,
-                 out_shardings=(sharding.by_replica(mesh), sharding.by_replica(mesh, after=1)))
+  at its second call). Returns (state, metrics, health): health is the new state's, in buffers of
+  its own, so that it can be read after the next dispatch has consumed the state.
+  on_device_data: the step takes (state, data, indices, keys) instead of (state, batches, keys) and
+  gathers its batches on device: data[name][indices] (data/feed.py)."""
+  step = make_train_step(model, tc, mesh, pc)
+  rows = NamedSharding(mesh, P(None, SEEDS, DATA))
+
+  def train_dispatch(state, batches, keys):
+    state, metrics = step(state, batches, keys)
+    return state, metrics, state["health"]
+
+  def train_dispatch_from_device_data(state, data, indices, keys):
+    batches = jax.lax.with_sharding_constraint(jax.tree.map(lambda a: a[indices], data), rows)
+    return train_dispatch(state, batches, keys)
+
+  return jax.jit(train_dispatch_from_device_data if on_device_data else train_dispatch, donate_argnums=0,
+                 out_shardings=(sharding.by_replica(mesh), sharding.by_replica(mesh, after=1),
+                                sharding.by_replica(mesh)))
 
 
 def make_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfig | None = None):

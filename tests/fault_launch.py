@@ -1,7 +1,8 @@
 """launch.py with one fault injected, named by the DG_JAX_FAULT environment variable (tests and
 benchmarks/chaos.py start it as they would start launch.py; the package itself has no fault hooks):
 
-  nan:R@S[,S...]    replica R's batches of training steps S hold NaN (bad batches: that replica diverges)
+  nan:R@S[,S...]    replica R's batches of training steps S hold NaN (bad batches: that replica diverges;
+                    the data is then host-fed)
   write_error:P@N   process P's Nth metrics.jsonl row fails to write with ENOSPC (a full disk)
 """
 import errno
@@ -17,18 +18,19 @@ sys.path.insert(0, ROOT)
 def inject(fault: str) -> None:
   kind, _, where = fault.partition(":")
   first, _, second = where.partition("@")
-  if kind == "nan":
-    from dg_jax.data import batching
-    replica, steps, next_batches = int(first), [int(s) for s in second.split(",")], batching.ReplicaBatches.next
+  if kind == "nan":  # on the host-fed path (train.data_placement=host), whatever the config says
+    from dg_jax.data import feed
+    replica, steps, host_batches = int(first), [int(s) for s in second.split(",")], feed.Feed.host_batches
 
-    def next_with_nan(self, num_steps):
-      done = self.replicas[0].step  # steps already served: these batches are steps done+1..done+num_steps
-      out = next_batches(self, num_steps)
+    def host_batches_with_nan(self, indices):
+      done = self.batches.replicas[0].step - len(indices)  # these batches are steps done+1..done+len(indices)
+      out = host_batches(self, indices)
       for step in steps:
-        if done < step <= done + num_steps:
-          out[0][step - done - 1, replica] = np.nan
+        if done < step <= done + len(indices):
+          out["features"][step - done - 1, replica] = np.nan
       return out
-    batching.ReplicaBatches.next = next_with_nan
+    feed.choose = lambda placement, nbytes: "host"
+    feed.Feed.host_batches = host_batches_with_nan
   elif kind == "write_error":
     import jax
     from dg_jax import io_utils

@@ -5,16 +5,22 @@ import sys
 
 import jax
 import numpy as np
+import optax
+import pandas as pd
 import pytest
 
 from configs import tiny
-from dg_jax.checkpoints import load_bundle, save_bundle
+from dg_jax import train_step
+from dg_jax.checkpoints import CheckpointError, load_bundle, save_bundle
+from dg_jax.data.frames import to_long_frame
 from dg_jax.data.npz_format import load_npz, save_npz
 from dg_jax.data.schema import DataError, Dataset
 from dg_jax.failures import BadInput
 from dg_jax.retrain import retrain_attributes
-from dg_jax.sampling import generate, load_generator, parse_attribute_labels
+from dg_jax.sampling import generate, load_generator, parse_attribute_labels, restore_run
+from dg_jax.shards import generate_to_shards
 from dg_jax.train import train_and_evaluate
+from conftest import start_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,15 +49,44 @@ def test_generation_is_reproducible_with_valid_lengths(trained):
   np.testing.assert_array_equal(generate(model, params, 1, seed=3).attributes, a.attributes[:1])
 
 
-def test_samples_do_not_depend_on_the_device_count(trained, tmp_path, cli):
-  model, params, _ = load_generator(trained)
+def test_samples_do_not_depend_on_the_device_count_or_the_shards(trained, tmp_path, cli):
+  """Series j is the same in memory on 8 devices, in Parquet shards of 16 written on 1 device (pandas
+  reads the folder whole) and in npz shards of 20: its noise depends on (seed, j) alone. An interrupted
+  sharded generation resumes by writing only its missing shards; another one into the same place is refused."""
+  model, params, config = load_generator(trained)
   assert jax.device_count() == 8
-  eight = generate(model, params, 45, seed=5)  # chunks of 500 series, padded to 504 for 8 devices
-  cli("--mode=generate", f"--workdir={trained}", "--num_samples=45", "--seed=5", f"--output={tmp_path / 'one.npz'}")
-  one = load_npz(str(tmp_path / "one.npz"))  # 1 device
-  np.testing.assert_array_equal(eight.lengths, one.lengths)
-  np.testing.assert_array_equal(eight.attributes, one.attributes)
-  np.testing.assert_allclose(eight.features, one.features, rtol=1e-5, atol=1e-6)
+  eight = generate(model, params, 45, seed=5)  # one chunk of 500 series, padded to 504 for 8 devices
+  folder = tmp_path / "one.parquet"
+  args = ("--mode=generate", f"--workdir={trained}", "--num_samples=45", f"--output={folder}", "--shard_size=16")
+  cli(*args, "--seed=5")
+  assert sorted(os.listdir(folder)) == ["_generation.json"] + [f"part-0000{i}.parquet" for i in range(3)]
+  one = pd.read_parquet(folder)  # 1 device
+  expected = to_long_frame(eight)
+  pd.testing.assert_frame_equal(one[["id", "step", "service", "region"]], expected[["id", "step", "service", "region"]])
+  np.testing.assert_allclose(one[["traffic_bytes", "latency_ms"]], expected[["traffic_bytes", "latency_ms"]], rtol=1e-5, atol=1e-6)
+  (folder / "part-00001.parquet").unlink()  # as if killed before its write
+  log = cli(*args, "--seed=5")
+  assert "2 of this process's 3 shards are already written; generating the other 1" in log
+  pd.testing.assert_frame_equal(pd.read_parquet(folder), one)
+  refused = start_cli(*args, "--seed=6")
+  _, err = refused.communicate(timeout=300)
+  assert refused.returncode == 2 and "holds another generation" in err and "differs in ['seed']" in err
+  pattern = str(tmp_path / "s-{shard}.npz")
+  assert generate_to_shards(model, params, 45, 5, pattern, dict(source=trained), shard_size=20) == 3
+  parts = [load_npz(str(tmp_path / f"s-0000{i}.npz")) for i in range(3)]
+  np.testing.assert_array_equal(np.concatenate([p.lengths for p in parts]), eight.lengths)
+  np.testing.assert_allclose(np.concatenate([p.features for p in parts]), eight.features, rtol=1e-5, atol=1e-6)
+
+
+def test_generation_reads_the_generators_alone(trained, monkeypatch):
+  """Another optimiser state layout (as after an optax upgrade) makes the full state unreadable, not
+  the generators: generation restores nothing else."""
+  before = generate(*load_generator(trained)[:2], 5, seed=1)
+  monkeypatch.setattr(train_step, "optimizer", lambda tc: optax.chain(optax.clip(1.0), optax.adamw(1e-3)))
+  with pytest.raises(CheckpointError, match="no readable checkpoint"):
+    restore_run(trained)
+  model, params, _ = load_generator(trained)
+  np.testing.assert_array_equal(generate(model, params, 5, seed=1).features, before.features)
 
 
 def test_forced_length_beyond_training_length(trained):

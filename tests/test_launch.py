@@ -18,6 +18,6 @@ def test_compile_cache_is_on_by_default_filled_once_and_reused(tmp_path):
   cache = tmp_path / "home" / ".cache" / "dg_jax" / "xla"  # the default: a per-user folder
   launch(tmp_path / "a", home=tmp_path / "home")
   entries = sorted(p.name for p in cache.iterdir() if p.name.endswith("-cache"))
-  assert any(name.startswith("jit_multi_step") for name in entries), entries
+  assert any(name.startswith("jit_train_dispatch") for name in entries), entries
   launch(tmp_path / "b", home=tmp_path / "home")  # the same program: read, not written again
   assert sorted(p.name for p in cache.iterdir() if p.name.endswith("-cache")) == entries

@@ -213,16 +213,27 @@ def test_composite_score_penalises_memorisation():
 
 
 @pytest.mark.parametrize("num_seeds", [1, 2])
-def test_the_step_compiles_once(setup, num_seeds):
+def test_the_step_compiles_once_and_gathers_on_device_what_the_host_would_feed(setup, num_seeds):
   """The output state is laid out as the input (P('seeds') even on a one-device seeds axis), so the
-  second dispatch reuses the first one's executable."""
+  second dispatch reuses the first one's executable; with the data on device (train.data_placement)
+  the step gathers the batches the host path copies in, and computes the same."""
   from dg_jax import sharding
+  from dg_jax.data.batching import ReplicaBatches
+  from dg_jax.data.feed import Feed
+  from dg_jax.train import batch_dict
   from dg_jax.train_step import init_replicas, jit_train_step
-  model, tc, batches = setup
+  model, tc, _ = setup
+  enc = encoding.encode(load_dataset(tiny_config().data), model.schema)
   mesh = sharding.make_mesh(2, num_seeds)
-  state, keys = sharding.place(init_replicas(model, tc, 0, num_seeds), sharding.by_replica(mesh))
-  stacked = sharding.shard_batches(jax.tree.map(lambda x: np.stack([x] * num_seeds, 1), batches), mesh)
-  step = jit_train_step(model, tc, mesh)
-  for _ in range(2):
-    state, _ = step(state, stacked, keys)
-  assert step._cache_size() == 1
+  states = {}
+  for placement in ("host", "device"):
+    feed = Feed(batch_dict(enc.features, enc.attributes, enc.additional_attributes),
+                ReplicaBatches([enc.features], tc.batch_size, 0, num_seeds), mesh, placement)
+    state, keys = sharding.place(init_replicas(model, tc, 0, num_seeds), sharding.by_replica(mesh))
+    step = jit_train_step(model, tc, mesh, on_device_data=feed.on_device)
+    for _ in range(2):
+      state, _, health = step(state, *feed.next(3), keys)
+    assert step._cache_size() == 1 and feed.on_device == (placement == "device")
+    np.testing.assert_array_equal(jax.device_get(health["frozen_at"]), [-1] * num_seeds)
+    states[placement] = jax.device_get(state)
+  jax.tree.map(close, states["host"], states["device"])

@@ -61,11 +61,15 @@ class BatchIterator:
       out[sel] = self._permutation(int(epoch))[positions[sel] % n]
     return out
 
+  def next_indices(self, num_steps: int) -> np.ndarray:
+    """The rows of the next `num_steps` batches, [num_steps, batch_size]."""
+    idx = np.stack([self.indices(s) for s in range(self.step, self.step + num_steps)])
+    self.step += num_steps
+    return idx
+
   def next(self, num_steps: int | None = None) -> tuple[np.ndarray, ...]:
     """The next batch, or the next `num_steps` batches stacked on a leading axis."""
-    steps = [self.step] if num_steps is None else range(self.step, self.step + num_steps)
-    idx = np.stack([self.indices(s) for s in steps])
-    self.step += len(idx)
+    idx = self.next_indices(num_steps or 1)
     if num_steps is None:
       idx = idx[0]
     return tuple(a[idx] for a in self.arrays)
@@ -85,6 +89,11 @@ class ReplicaBatches:
     self.replicas = [BatchIterator(arrays, batch_size, seed + r, start_step=start_step, sampling=sampling)
                      for r in range(num_replicas)]
 
+  def next_indices(self, num_steps: int) -> np.ndarray:
+    """The rows of the next `num_steps` batches of every replica: [num_steps, K, batch_size] int32."""
+    return np.stack([b.next_indices(num_steps) for b in self.replicas], axis=1).astype(np.int32)
+
   def next(self, num_steps: int) -> tuple[np.ndarray, ...]:
     """The next `num_steps` batches of every replica: arrays [num_steps, K, batch_size, ...]."""
-    return tuple(np.stack(parts, axis=1) for parts in zip(*(b.next(num_steps) for b in self.replicas)))
+    idx = self.next_indices(num_steps)
+    return tuple(a[idx] for a in self.replicas[0].arrays)
