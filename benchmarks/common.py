@@ -35,7 +35,7 @@ class Trainer:
     self.state, self.keys = sharding.place(init_replicas(model, tc, 0, num_seeds), sharding.by_replica(self.mesh))
     arrays = batch_dict(encoded.features, encoded.attributes, encoded.additional_attributes)
     self.feed = Feed(arrays, ReplicaBatches([encoded.features], tc.batch_size, 0, num_seeds), self.mesh, placement)
-    self.step = jit_train_step(model, tc, self.mesh, on_device_data=self.feed.on_device)
+    self.step = jit_train_step(model, tc, self.mesh, gather=self.feed.gather)
     self.k, self.unread = tc.steps_per_dispatch, None
     self.host_batches = lambda k: self.feed.host_batches(self.feed.batches.next_indices(k))  # [k, K, B, ...]
 

@@ -9,7 +9,7 @@ Each case runs in a fresh process (its own peak RSS, one virtual CPU device per 
 the cases alternate over --repeats rounds and medians are printed. A last check reads the Parquet
 shards of the smallest size back with pandas and compares them with the in-memory result.
 
-  python benchmarks/generate_shards.py [--sizes 20000,100000] [--repeats 2]
+  python benchmarks/generate_shards.py [--sizes 20000,100000] [--repeats 2] [--cases memory,parquet,npz]
 """
 from __future__ import annotations
 
@@ -53,7 +53,8 @@ def worker(case: str, bundle: str, num: int, out: str) -> dict:
   jax.config.update("jax_num_cpu_devices", os.cpu_count())
   from dg_jax import sampling, shards
   model, params, _ = sampling.load_generator(bundle=bundle)
-  sampling.generate(model, params, 512)  # compile outside the timing, for every case alike
+  for local in (False, True):  # compile both chunk programs (all devices; this process's) outside the timing
+    sampling.generate_encoded(model, params, 512, chunk_size=512, local=local)
   start = time.perf_counter()
   if case == "memory":
     sampling.write_outputs(sampling.generate(model, params, num, seed=1), out + ".npz")
@@ -77,7 +78,9 @@ def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--sizes", default="20000,100000")
   p.add_argument("--repeats", type=int, default=2)
+  p.add_argument("--cases", default=",".join(CASES), help="of " + ", ".join(CASES) + " (memory first, if at all)")
   args = p.parse_args()
+  cases = tuple(args.cases.split(","))
   import numpy as np
   sizes = [int(s) for s in args.sizes.split(",")]
   results = {}
@@ -85,15 +88,15 @@ def main():
     bundle = make_bundle(tmp)
     for r in range(args.repeats):
       for num in sizes:
-        for case in (CASES if r % 2 == 0 else CASES[::-1]):
+        for case in (cases if r % 2 == 0 else cases[::-1]):
           out = os.path.join(tmp, f"{case}-{num}-{r}")
           results.setdefault((case, num), []).append(measure(case, bundle, num, out))
     print(f"WWT-shaped generator (550 steps, S=10), {os.cpu_count()} CPU devices; medians of {args.repeats} "
           "alternating runs, each in a fresh process")
     print(f"{'series':>8}  {'case':<8} {'series/s':>9} {'vs memory':>9} {'peak RSS MB':>12}")
     for num in sizes:
-      base = np.median([x["samples_per_s"] for x in results[("memory", num)]])
-      for case in CASES:
+      base = np.median([x["samples_per_s"] for x in results[("memory", num)]]) if "memory" in cases else np.nan
+      for case in cases:
         rate = np.median([x["samples_per_s"] for x in results[(case, num)]])
         rss = np.median([x["peak_rss_mb"] for x in results[(case, num)]])
         print(f"{num:>8}  {case:<8} {rate:>9.0f} {rate / base:>8.2f}x {rss:>12.0f}")
@@ -101,6 +104,8 @@ def main():
     from dg_jax.data.frames import to_long_frame
     from dg_jax.data.npz_format import load_npz
     num = sizes[0]
+    if not {"memory", "parquet"} <= set(cases):
+      return
     memory = to_long_frame(load_npz(os.path.join(tmp, f"memory-{num}-0.npz")))
     shards = pd.read_parquet(os.path.join(tmp, f"parquet-{num}-0.parquet"))
     keys = ["id", "step", "domain", "access", "agent"]

@@ -1,12 +1,16 @@
-"""Replica-steps/s of K seeds trained as one program (train.num_seeds), K = 1, 2, 4, 8 by default.
+"""Replica-steps/s of K seeds trained as one program (train.num_seeds), K = 1, 2, 4, 8 by default, with
+the data on device and host-fed (train.data_placement).
 
 The paper's settings on the WWT-shaped input (benchmarks/train_speed.py's: 1000 x 550 x 1, S=10), batch
-100 per replica; each K runs in a fresh process with one virtual CPU device per core, as launch.py
-trains (the mesh is ('seeds', 'data') = (gcd(K, devices), devices / that)). Compile time (the first
-dispatch) is excluded; the K values alternate over --repeats rounds and medians are printed, with the
-FLOP rate each sustains against this machine's float32 matmul rate: the ceiling a vectorised K meets.
+100 per replica; each (K, placement) runs in a fresh process with one virtual CPU device per core, as
+launch.py trains (the mesh is ('seeds', 'data') = (gcd(K, devices), devices / that)), and dispatches as
+train.py does (each dispatch's metrics read while the next one runs). Compile time (the first dispatch)
+is excluded. Printed: medians over --repeats rounds in which the cases alternate; the FLOP rate each
+sustains against this machine's float32 matmul rate (the ceiling a vectorised K meets); and the host
+CPU time per step: the CPU time of the Python thread that builds and dispatches the batches (XLA
+computes on threads of its own), i.e. what the host spends that the devices wait on.
 
-  python benchmarks/seeds_speed.py [--seeds 1,2,4,8] [--repeats 3] [--steps 60]
+  python benchmarks/seeds_speed.py [--seeds 1,2,4,8] [--placements device,host] [--repeats 3] [--steps 60]
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import time
 import common  # noqa: F401  (puts the repository on sys.path)
 
 
-def worker(path: str, num_seeds: int, steps: int) -> dict:
+def worker(path: str, num_seeds: int, steps: int, placement: str) -> dict:
   import jax
   jax.config.update("jax_num_cpu_devices", os.cpu_count())  # as launch.py does on CPU
   from common import Trainer
@@ -33,25 +37,27 @@ def worker(path: str, num_seeds: int, steps: int) -> dict:
   data = load_npz(path)
   schema = encoding.fit_schema(data)
   model, tc = DoppelGANger(schema, ModelConfig(sample_len=10)), TrainConfig()
-  trainer = Trainer(model, tc, encoding.encode(data, schema), num_seeds)
+  trainer = Trainer(model, tc, encoding.encode(data, schema), num_seeds, placement=placement)
   start = time.perf_counter()
   trainer.dispatch()
   trainer.finish()
   compile_s = time.perf_counter() - start
-  start = time.perf_counter()
+  start, host = time.perf_counter(), time.thread_time()
   for _ in range(steps // trainer.k):
     trainer.dispatch()
   trainer.finish()
-  rate = steps // trainer.k * trainer.k / (time.perf_counter() - start)
-  out = dict(num_seeds=num_seeds, steps_per_s=rate, replica_steps_per_s=num_seeds * rate, compile_s=compile_s,
-             mesh=dict(trainer.mesh.shape))
+  done = steps // trainer.k * trainer.k
+  rate = done / (time.perf_counter() - start)
+  out = dict(num_seeds=num_seeds, placement=trainer.feed.placement, steps_per_s=rate,
+             replica_steps_per_s=num_seeds * rate, compile_s=compile_s, mesh=dict(trainer.mesh.shape),
+             host_ms_per_step=1e3 * (time.thread_time() - host) / done)
   if num_seeds == 1:
     out.update(arithmetic(model, tc, trainer))
   return out
 
 
-def measure(path: str, num_seeds: int, steps: int) -> dict:
-  out = subprocess.run([sys.executable, __file__, "--_worker", path, str(num_seeds), str(steps)],
+def measure(path: str, num_seeds: int, steps: int, placement: str) -> dict:
+  out = subprocess.run([sys.executable, __file__, "--_worker", path, str(num_seeds), str(steps), placement],
                        capture_output=True, text=True, check=False)
   if out.returncode:
     raise RuntimeError(out.stderr[-3000:])
@@ -61,37 +67,39 @@ def measure(path: str, num_seeds: int, steps: int) -> dict:
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--seeds", default="1,2,4,8", help="the K values, comma-separated")
+  p.add_argument("--placements", default="device,host", help="train.data_placement values, comma-separated")
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--steps", type=int, default=60, help="timed training steps per measurement (all K replicas)")
   args = p.parse_args()
   import numpy as np
   from train_speed import make_wwt
-  ks = [int(k) for k in args.seeds.split(",")]
+  cases = [(k, placement) for placement in args.placements.split(",") for k in map(int, args.seeds.split(","))]
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, "wwt.npz")
     make_wwt(path)
-    results = {k: [] for k in ks}
-    for r in range(args.repeats):  # alternate the K values, reversing the order every other round
-      for k in (ks if r % 2 == 0 else ks[::-1]):
-        results[k].append(measure(path, k, args.steps))
-  base = results[ks[0]][0]
-  gflop, peak = base.get("train_gflop_per_step"), base.get("matmul_gflop_per_s")
-  one = float(np.median([x["replica_steps_per_s"] for x in results[ks[0]]]))
+    results = {case: [] for case in cases}
+    for r in range(args.repeats):  # alternate the cases, reversing the order every other round
+      for case in (cases if r % 2 == 0 else cases[::-1]):
+        results[case].append(measure(path, case[0], args.steps, case[1]))
+  base = next(x for x in results[cases[0]] if "train_gflop_per_step" in x)
+  gflop, peak = base["train_gflop_per_step"], base["matmul_gflop_per_s"]
+  median = lambda case, name: float(np.median([x[name] for x in results[case]]))  # noqa: E731
   print(f"WWT-shaped input (1000 x 550, S=10), batch 100 per replica; medians of {args.repeats} alternating runs")
-  if gflop:
-    print(f"one replica-step: {gflop:.2f} GFLOP; this machine's float32 2048x2048 matmul: {peak:.0f} GFLOP/s")
-  print(f"{'K':>3} {'mesh (seeds, data)':>19} {'steps/s':>8} {'replica-steps/s':>16} {'vs K=' + str(ks[0]):>8} "
-        f"{'GFLOP/s':>8} {'of matmul':>10} {'compile s':>10}")
-  for k in ks:
-    rate = float(np.median([x["replica_steps_per_s"] for x in results[k]]))
-    mesh = results[k][0]["mesh"]
-    flops = f"{rate * gflop:8.0f} {rate * gflop / peak:10.0%}" if gflop else ""
-    print(f"{k:>3} {str((mesh['seeds'], mesh['data'])):>19} {rate / k:8.2f} {rate:16.2f} {rate / one:7.2f}x {flops} "
-          f"{np.median([x['compile_s'] for x in results[k]]):10.1f}")
+  print(f"one replica-step: {gflop:.2f} GFLOP; this machine's float32 2048x2048 matmul: {peak:.0f} GFLOP/s")
+  print(f"{'K':>3} {'data':>7} {'mesh (seeds, data)':>19} {'steps/s':>8} {'replica-steps/s':>16} {'vs K=1':>7} "
+        f"{'GFLOP/s':>8} {'of matmul':>10} {'host ms/step':>13} {'compile s':>10}")
+  for case in cases:
+    k, placement = case
+    rate = median(case, "replica_steps_per_s")
+    one = median((1, placement), "replica_steps_per_s") if (1, placement) in results else float("nan")
+    mesh = results[case][0]["mesh"]
+    print(f"{k:>3} {placement:>7} {str((mesh['seeds'], mesh['data'])):>19} {rate / k:8.2f} {rate:16.2f} "
+          f"{rate / one:6.2f}x {rate * gflop:8.0f} {rate * gflop / peak:10.0%} "
+          f"{median(case, 'host_ms_per_step'):13.2f} {median(case, 'compile_s'):10.1f}")
 
 
 if __name__ == "__main__":
   if sys.argv[1:2] == ["--_worker"]:
-    print(json.dumps(worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))))
+    print(json.dumps(worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])))
   else:
     main()

@@ -68,8 +68,9 @@ def get_config():
   c.train.g_rounds = 1              # generator updates per step
   c.train.steps_per_dispatch = 10   # steps fused into one compiled call (fewer host round trips)
   c.train.data_placement = "auto"   # device: the encoded data placed on the devices once, batches gathered
-                                    # there; host: batches built on the host each dispatch; auto: device
-                                    # when it fits (dg_jax/data/feed.py)
+                                    # there; host: batches built on the host each dispatch; sharded (data.path
+                                    # = PATH-{shard}.npz): each device holds, and each process reads, only its
+                                    # block; auto: sharded for such a path, else device when it fits
   c.train.log_every = 200           # progress line and metrics.jsonl row every this many steps
   c.train.checkpoint_every = 2000   # checkpoint every this many steps (and at the end)
   c.train.keep_checkpoints = 2      # checkpoints kept on disk

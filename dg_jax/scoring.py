@@ -46,7 +46,7 @@ import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dg_jax.data import encoding
 from dg_jax.data.schema import Dataset
@@ -333,7 +333,10 @@ class Scorer:
     if self.mesh is not None:  # each device generates (and XLA then scores) its share of the rows
       noise = {name: jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, NOISE_SPECS[name]))
                for name, x in noise.items()}
-    return decode(self.model.generator.apply(generator_params, noise), self.model.schema)
+    out = self.model.generator.apply(generator_params, noise)
+    if self.mesh is not None:  # then whole again: XLA's CPU FFT (autocorrelation) refuses rows split over devices
+      out = jax.lax.with_sharding_constraint(out, NamedSharding(self.mesh, P()))
+    return decode(out, self.model.schema)
 
   def score(self, state: dict, ref: dict, preview: int = 3) -> tuple[dict, dict, tuple]:
     """(K-replica state, reference) -> (state with each replica's best generator updated, {name: [K]}

@@ -37,7 +37,7 @@ class ModelConfig:
       raise ValueError("model.pack must be >= 1 and model.sample_len >= 0")
 
 
-PLACEMENTS = ("auto", "device", "host")  # train.data_placement
+PLACEMENTS = ("auto", "device", "host", "sharded")  # train.data_placement
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +54,7 @@ class TrainConfig:
   d_rounds: int = 1
   g_rounds: int = 1
   steps_per_dispatch: int = 10          # training steps fused into one compiled call
-  data_placement: str = "auto"          # device | host | auto (dg_jax/data/feed.py)
+  data_placement: str = "auto"          # device | host | sharded | auto (dg_jax/data/feed.py, shares.py)
   log_every: int = 100
   checkpoint_every: int = 1000
   keep_checkpoints: int = 2

@@ -34,7 +34,7 @@ import logging
 
 from dg_jax import io_utils, privacy, scoring, sharding, workdir_lock
 from dg_jax.checkpoints import DATA_ITEM, Checkpointer, is_bundle, load_bundle
-from dg_jax.data import encoding
+from dg_jax.data import encoding, shares
 from dg_jax.data.batching import ReplicaBatches
 from dg_jax.data.feed import Feed
 from dg_jax.data.loaders import load_dataset
@@ -364,9 +364,26 @@ def load_init_source(tc: TrainConfig, config) -> dict:
   return dict(source, path=path)
 
 
+def _share(config, tc: TrainConfig, pc: PrivacyConfig, mesh) -> shares.Share | None:
+  """This process's share of data.path=PATH-{shard}.npz, when the data is sharded over the devices."""
+  if not shares.is_sharded_path(config.data.path) or tc.data_placement not in ("auto", "sharded"):
+    if tc.data_placement == "sharded":
+      raise BadInput(f"train.data_placement=sharded needs data.path=PATH-{{shard}}.npz (got {config.data.path!r})")
+    return None
+  refused = [what for what, on in (("privacy.enabled", pc.enabled), ("train.eval_every", tc.eval_every),
+                                   ("data.log1p=auto", config.data.log1p == "auto"),
+                                   ("data.max_samples", config.data.max_samples)) if on]
+  if refused:
+    raise BadInput(f"data.path={config.data.path} is sharded over the devices (train.data_placement="
+                   f"{tc.data_placement}), which does not go with {', '.join(refused)} (dg_jax/data/shares.py says "
+                   "why); use train.data_placement=device or host to load every shard in every process")
+  return shares.Share(config.data.path, mesh)
+
+
 def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpointer, workdir: str,
            primary: bool, lock) -> dict:
-  dataset = load_dataset(config.data)
+  share = _share(config, tc, pc, mesh)
+  dataset = share.local if share else load_dataset(config.data)
   if tc.eval_every and pc.enabled:
     raise BadInput("train.eval_every with privacy.enabled: scoring reads the training data outside DP-SGD, so "
                    "choosing checkpoints by it would void the guarantee; set train.eval_every=0")
@@ -392,6 +409,8 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
   else:
     saved_config, source = None, load_init_source(tc, config) if tc.init_from else None
     schema = source["schema"] if source else fit_schema_from_config(dataset, config)
+    if share and not source:
+      schema = share.merge_schema(schema)
   pc = _resolve_privacy(pc, tc, saved_config, dataset.num_samples)
   end, accountant = tc.num_steps, None
   if pc.enabled:
@@ -403,10 +422,12 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
       tc = dataclasses.replace(tc, seed=config.train.seed)
     accountant, end = _privacy_budget(pc, tc, dataset.num_samples)
   encoded = encoding.encode(dataset, schema)
-  data_id = dict(fingerprint=data_fingerprint(encoded), num_series=dataset.num_samples, source=dataset.source)
+  num_series = share.num_series if share else dataset.num_samples
+  data_id = dict(fingerprint=share.fingerprint(encoded) if share else data_fingerprint(encoded), num_series=num_series,
+                 source=dataset.source)
   model = DoppelGANger(schema, mc)
   log.info("data: %d series, T=%d, %d features, %d attributes; S=%d (%d LSTM steps)%s",
-           dataset.num_samples, schema.max_length, len(schema.feature_vars), len(schema.attribute_vars),
+           num_series, schema.max_length, len(schema.feature_vars), len(schema.attribute_vars),
            model.sample_len, -(-schema.max_length // model.sample_len),
            f"; {tc.num_seeds} replicas (seeds {tc.seed}..{tc.seed + tc.num_seeds - 1})" if tc.num_seeds > 1 else "")
   if mc.aux_critic and not model.has_aux_critic:
@@ -442,10 +463,11 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
              "%d series from other fixed noise confirm it", tc.eval_every, tc.eval_samples,
              scoring.CONFIRM_FACTOR * tc.eval_samples)
 
-  feed = Feed(batch_dict(encoded.features, encoded.attributes, encoded.additional_attributes),
-              ReplicaBatches([encoded.features], tc.batch_size, tc.seed, tc.num_seeds, start_step=start,
-                             sampling="independent" if pc.enabled else "epochs"), mesh, tc.data_placement)
-  step_fn = jit_train_step(model, tc, mesh, pc, feed.on_device)
+  arrays = batch_dict(encoded.features, encoded.attributes, encoded.additional_attributes)
+  feed = (shares.ShardedFeed(share, arrays, tc.batch_size, tc.seed, tc.num_seeds, mesh, start) if share else
+          Feed(arrays, ReplicaBatches([encoded.features], tc.batch_size, tc.seed, tc.num_seeds, start_step=start,
+                                      sampling="independent" if pc.enabled else "epochs"), mesh, tc.data_placement))
+  step_fn = jit_train_step(model, tc, mesh, pc, feed.gather)
   health = Health(sharding.to_host(state["health"]), tc)
   step, t_start, window = start, time.time(), (start, time.time())
   deadline = t_start + 60 * tc.max_minutes if tc.max_minutes else None

@@ -159,25 +159,32 @@ def private_critic_grads(model: DoppelGANger, tc: TrainConfig, pc: PrivacyConfig
 
 
 def jit_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfig | None = None,
-                   on_device_data: bool = False):
+                   gather: str | None = None):
   """make_train_step jitted, the state donated and its output laid out as its input (P('seeds') even
   when that axis has one device, which JAX would otherwise normalise to P() and so recompile the step
   at its second call). Returns (state, metrics, health): health is the new state's, in buffers of
   its own, so that it can be read after the next dispatch has consumed the state.
-  on_device_data: the step takes (state, data, indices, keys) instead of (state, batches, keys) and
-  gathers its batches on device: data[name][indices] (data/feed.py)."""
+  gather: None, the step takes (state, batches, keys); else (state, data, indices, keys) and gathers
+  its batches on device (data/feed.py): "replicated", data[name][indices] from data on every device;
+  "sharded", each device from its own block of the data (P('data'); indices local to the block)."""
   step = make_train_step(model, tc, mesh, pc)
-  rows = NamedSharding(mesh, P(None, SEEDS, DATA))
+  rows = P(None, SEEDS, DATA)
+  local_gather = jax.shard_map(lambda data, idx: jax.tree.map(lambda a: a[idx], data), mesh=mesh,
+                               in_specs=(P(DATA), rows), out_specs=rows)
 
   def train_dispatch(state, batches, keys):
     state, metrics = step(state, batches, keys)
     return state, metrics, state["health"]
 
   def train_dispatch_from_device_data(state, data, indices, keys):
-    batches = jax.lax.with_sharding_constraint(jax.tree.map(lambda a: a[indices], data), rows)
+    if gather == "sharded":
+      batches = local_gather(data, indices)
+    else:
+      batches = jax.lax.with_sharding_constraint(jax.tree.map(lambda a: a[indices], data),
+                                                 NamedSharding(mesh, rows))
     return train_dispatch(state, batches, keys)
 
-  return jax.jit(train_dispatch_from_device_data if on_device_data else train_dispatch, donate_argnums=0,
+  return jax.jit(train_dispatch_from_device_data if gather else train_dispatch, donate_argnums=0,
                  out_shardings=(sharding.by_replica(mesh), sharding.by_replica(mesh, after=1),
                                 sharding.by_replica(mesh)))
 

@@ -113,3 +113,22 @@ def test_wall_clock_budget_on_one_process_stops_both(tmp_path):
   assert stopped, logs[0][-2000:]
   step = Checkpointer(str(w)).latest_step()
   assert 0 < step < 100000 and f"at step {step}" in stopped[0]
+
+
+def test_each_process_reads_only_its_share_of_sharded_data(tmp_path):
+  """data.path=PATH-{shard}.npz: 4 shard files dealt to the 2 devices along 'data'; two processes of one
+  device each read 2 files each and train what one process reading all 4 on 2 devices trains."""
+  from dg_jax.data.loaders import load_dataset
+  from dg_jax.data.npz_format import save_npz
+  data = load_dataset(tiny.get_config().data)
+  for i in range(4):
+    save_npz(data.subset(np.arange(16 * i, 16 * (i + 1))), str(tmp_path / f"part-{i:05d}.npz"))
+  pattern = str(tmp_path / "part-{shard}.npz")
+  logs = run_processes("--config=configs/tiny.py", "--config.train.num_steps=10", f"--workdir={tmp_path / 'mp'}",
+                       f"--config.data.path={pattern}", devices=1)
+  assert "this process holds blocks [0] (32 series)" in logs[0]  # process 1 logs warnings only
+  c = tiny.get_config()
+  c.train.num_steps, c.num_devices, c.data.path = 10, 2, pattern
+  train_and_evaluate(c, str(tmp_path / "one"))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), params_of(tmp_path / "mp"),
+               params_of(tmp_path / "one"))

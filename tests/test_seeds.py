@@ -230,7 +230,7 @@ def test_the_step_compiles_once_and_gathers_on_device_what_the_host_would_feed(s
     feed = Feed(batch_dict(enc.features, enc.attributes, enc.additional_attributes),
                 ReplicaBatches([enc.features], tc.batch_size, 0, num_seeds), mesh, placement)
     state, keys = sharding.place(init_replicas(model, tc, 0, num_seeds), sharding.by_replica(mesh))
-    step = jit_train_step(model, tc, mesh, on_device_data=feed.on_device)
+    step = jit_train_step(model, tc, mesh, gather=feed.gather)
     for _ in range(2):
       state, _, health = step(state, *feed.next(3), keys)
     assert step._cache_size() == 1 and feed.on_device == (placement == "device")

@@ -27,7 +27,7 @@ class BatchIterator:
   """
 
   def __init__(self, arrays: Sequence[np.ndarray], batch_size: int, seed: int, start_step: int = 0,
-               sampling: str = "epochs"):
+               sampling: str = "epochs", stream: tuple = ()):
     n = len(arrays[0])
     if n == 0:
       raise ValueError("cannot batch an empty dataset")
@@ -41,19 +41,19 @@ class BatchIterator:
       raise ValueError(f"independent sampling draws batch_size={batch_size} distinct rows, "
                        f"but the dataset has only {n}")
     self.arrays, self.batch_size, self.seed, self.step = tuple(arrays), batch_size, seed, start_step
-    self.sampling = sampling
+    self.sampling, self.stream = sampling, tuple(stream)  # stream: more seed words (a data block's number)
     self._epoch, self._perm = -1, None
 
   def _permutation(self, epoch: int) -> np.ndarray:
     if epoch != self._epoch:
-      self._epoch, self._perm = epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.arrays[0]))
+      self._epoch, self._perm = epoch, np.random.default_rng([self.seed, *self.stream, epoch]).permutation(len(self.arrays[0]))
     return self._perm
 
   def indices(self, step: int) -> np.ndarray:
     n = len(self.arrays[0])
     if self.sampling == "independent":
       # the trailing 1 keeps these seeds apart from the epoch streams' (seed, epoch)
-      return np.random.default_rng([self.seed, step, 1]).choice(n, self.batch_size, replace=False)
+      return np.random.default_rng([self.seed, *self.stream, step, 1]).choice(n, self.batch_size, replace=False)
     positions = np.arange(step * self.batch_size, (step + 1) * self.batch_size)
     out = np.empty(self.batch_size, np.int64)
     for epoch in np.unique(positions // n):

@@ -41,13 +41,14 @@ def choose(placement: str, nbytes: int) -> str:
 
 class Feed:
   """The real-data arguments of each dispatch of the training step (train_step.jit_train_step with
-  on_device_data=self.on_device): `next(k)` -> (batches,) or (data, indices) for the next k steps."""
+  gather=self.gather): `next(k)` -> (batches,) or (data, indices) for the next k steps."""
 
   def __init__(self, arrays: dict, batches: ReplicaBatches, mesh, placement: str):
     self.batches, self.mesh = batches, mesh
     nbytes = sum(a.nbytes for a in arrays.values())
     self.placement = choose(placement, nbytes)
     self.on_device = self.placement == "device"
+    self.gather = "replicated" if self.on_device else None  # train_step.jit_train_step's
     log.info("data: %.3g MB encoded, %s (train.data_placement=%s)", nbytes / 1e6,
              "placed on every device once; batches gathered there" if self.on_device else
              "batches built on the host and copied at every dispatch", placement)

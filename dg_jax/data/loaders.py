@@ -22,7 +22,7 @@ def resolve_format(fmt: str, path: str) -> str:
     return fmt
   if not path:
     return "demo"
-  if path.endswith(".npz"):
+  if path.endswith(".npz"):  # one file, or shards PATH-{shard}.npz
     return "npz"
   if os.path.isdir(path) and glob.glob(os.path.join(path, "data_*.npz")):
     return "dg"
@@ -38,7 +38,8 @@ def load_dataset(dc: ml_collections.ConfigDict) -> Dataset:
     data = make_demo(dc.demo.num_samples, dc.demo.length, dc.demo.seed, dc.demo.variable_lengths)
   elif fmt == "npz":
     from dg_jax.data.npz_format import load_npz
-    data = load_npz(dc.path)
+    from dg_jax.data.shares import concat, is_sharded_path, shard_files
+    data = concat([load_npz(f) for f in shard_files(dc.path)], dc.path) if is_sharded_path(dc.path) else load_npz(dc.path)
   elif fmt == "dg":
     from dg_jax.data.dg_format import load_dg_folder
     data = load_dg_folder(dc.path, split=dc.split, feature_names=_names(dc.feature_names) or None,
