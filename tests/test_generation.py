@@ -20,7 +20,6 @@ from dg_jax.retrain import retrain_attributes
 from dg_jax.sampling import generate, load_generator, parse_attribute_labels, restore_run
 from dg_jax.shards import generate_to_shards
 from dg_jax.train import train_and_evaluate
-from conftest import start_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,25 +56,24 @@ def test_samples_do_not_depend_on_the_device_count_or_the_shards(trained, tmp_pa
   assert jax.device_count() == 8
   eight = generate(model, params, 45, seed=5)  # one chunk of 500 series, padded to 504 for 8 devices
   folder = tmp_path / "one.parquet"
-  args = ("--mode=generate", f"--workdir={trained}", "--num_samples=45", f"--output={folder}", "--shard_size=16")
-  cli(*args, "--seed=5")
+  cli("--mode=generate", f"--workdir={trained}", "--num_samples=45", f"--output={folder}", "--shard_size=16",
+      "--seed=5")
   assert sorted(os.listdir(folder)) == ["_generation.json"] + [f"part-0000{i}.parquet" for i in range(3)]
   one = pd.read_parquet(folder)  # 1 device
   expected = to_long_frame(eight)
   pd.testing.assert_frame_equal(one[["id", "step", "service", "region"]], expected[["id", "step", "service", "region"]])
-  np.testing.assert_allclose(one[["traffic_bytes", "latency_ms"]], expected[["traffic_bytes", "latency_ms"]], rtol=1e-5, atol=1e-6)
-  (folder / "part-00001.parquet").unlink()  # as if killed before its write
-  log = cli(*args, "--seed=5")
-  assert "2 of this process's 3 shards are already written; generating the other 1" in log
-  pd.testing.assert_frame_equal(pd.read_parquet(folder), one)
-  refused = start_cli(*args, "--seed=6")
-  _, err = refused.communicate(timeout=300)
-  assert refused.returncode == 2 and "holds another generation" in err and "differs in ['seed']" in err
-  pattern = str(tmp_path / "s-{shard}.npz")
-  assert generate_to_shards(model, params, 45, 5, pattern, dict(source=trained), shard_size=20) == 3
+  np.testing.assert_allclose(one[["traffic_bytes", "latency_ms"]], expected[["traffic_bytes", "latency_ms"]],
+                             rtol=1e-5, atol=1e-6)
+  pattern, what = str(tmp_path / "s-{shard}.npz"), dict(source=trained)
+  assert generate_to_shards(model, params, 45, 5, pattern, what, shard_size=20) == 3
   parts = [load_npz(str(tmp_path / f"s-0000{i}.npz")) for i in range(3)]
   np.testing.assert_array_equal(np.concatenate([p.lengths for p in parts]), eight.lengths)
   np.testing.assert_allclose(np.concatenate([p.features for p in parts]), eight.features, rtol=1e-5, atol=1e-6)
+  (tmp_path / "s-00001.npz").unlink()  # as if killed before its write
+  assert generate_to_shards(model, params, 45, 5, pattern, what, shard_size=20) == 1
+  np.testing.assert_array_equal(load_npz(str(tmp_path / "s-00001.npz")).features, parts[1].features)
+  with pytest.raises(BadInput, match=r"holds another generation .* differs in \['seed'\]"):
+    generate_to_shards(model, params, 45, 6, pattern, what, shard_size=20)
 
 
 def test_generation_reads_the_generators_alone(trained, monkeypatch):
