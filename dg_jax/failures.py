@@ -134,6 +134,8 @@ class StopSignals:
 
 FAILURE_KEY = "dg_jax/failure"
 ACK_TIMEOUT_MS = 10_000  # how long a failing process waits for the others to take its failure
+EXIT_GRACE = 2.0  # and then for them to be gone: a peer that acknowledged exits at once, but if this process
+                  # (which may host the coordination service) went first, the peer's JAX client would abort
 
 
 def watch_peers(poll_seconds: float = 0.5) -> None:
@@ -185,4 +187,5 @@ def announce(error: BaseException) -> bool:
         client.blocking_key_value_get(f"{FAILURE_KEY}/ack/{other}", max(1, int(1000 * (deadline - time.time()))))
       except Exception:  # noqa: BLE001  (already gone)
         pass
+  time.sleep(EXIT_GRACE)
   return True
