@@ -24,11 +24,11 @@ import numpy as np
 
 from dg_jax import io_utils, sharding
 from dg_jax.data import encoding
+from dg_jax.data.shares import SHARD  # the same pattern training reads shards by
 from dg_jax.failures import BadInput
 
 log = logging.getLogger(__name__)
 
-SHARD = "{shard}"
 FOLDER_SHARD = "part-{shard}.parquet"
 MANIFEST = "_generation.json"  # underscore: Parquet readers skip it
 SHARD_SIZE = 8192  # series per shard: about 0.3 GB of long-format frame for WWT-shaped series

@@ -47,14 +47,21 @@ class Feed:
     self.batches, self.mesh = batches, mesh
     nbytes = sum(a.nbytes for a in arrays.values())
     self.placement = choose(placement, nbytes)
-    self.on_device = self.placement == "device"
-    self.gather = "replicated" if self.on_device else None  # train_step.jit_train_step's
     log.info("data: %.3g MB encoded, %s (train.data_placement=%s)", nbytes / 1e6,
              "placed on every device once; batches gathered there" if self.on_device else
              "batches built on the host and copied at every dispatch", placement)
     self.host = arrays
     self.device = sharding.replicate(arrays, mesh) if self.on_device else None
     self.rows = NamedSharding(mesh, P(None, SEEDS, DATA))
+
+  @property
+  def on_device(self) -> bool:
+    return self.placement == "device"
+
+  @property
+  def gather(self) -> str | None:
+    """train_step.jit_train_step's `gather`."""
+    return "replicated" if self.on_device else None
 
   def next(self, k: int) -> tuple:
     indices = self.batches.next_indices(k)

@@ -140,7 +140,7 @@ class Share:
 
 class ShardedFeed:
   """Feed's interface (data/feed.py) for a Share: each device's block on device, block-local rows."""
-  on_device, gather, placement = True, "sharded", "sharded"
+  gather = "sharded"  # train_step.jit_train_step's
 
   def __init__(self, share: Share, arrays: dict, batch_size: int, seed: int, num_replicas: int, mesh,
                start_step: int = 0):
