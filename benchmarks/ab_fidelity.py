@@ -80,7 +80,8 @@ def launch(code: str, *args: str) -> None:
     raise RuntimeError(f"{code}: launch.py {' '.join(args)} failed:\n{r.stderr[-3000:]}")
 
 
-def run(version: str, code: str, dataset: str, seed: int, budget: list[str], extra: list[str], out: str) -> dict:
+def run(version: str, code: str, dataset: str, seed: int, budget: list[str], extra: list[str], out: str,
+        posthoc: str = "full") -> dict:
   folder = os.path.join(out, version, f"{dataset}_seed{seed}")
   metrics_file = os.path.join(folder, "report", "metrics.json")
   if not os.path.exists(metrics_file):
@@ -91,7 +92,7 @@ def run(version: str, code: str, dataset: str, seed: int, budget: list[str], ext
     launch(code, "--mode=generate", f"--workdir={folder}/run", f"--num_samples={num_samples}", "--seed=0",
            f"--output={folder}/synthetic.npz")
     launch(ROOT, "--mode=evaluate", f"--real={held_out(dataset, out)}", f"--synthetic={folder}/synthetic.npz",
-           f"--out={folder}/report")  # one scorer for every version
+           f"--out={folder}/report", f"--posthoc_scores={posthoc}")  # one scorer for every version
   with open(metrics_file) as fh:
     return json.load(fh)
 
@@ -120,6 +121,7 @@ def main():
   p.add_argument("--minutes", type=float, default=0, help="train each run this long instead of --steps")
   p.add_argument("--flags", action="append", default=[], help='NAME="FLAGS": extra launch.py flags of a version')
   p.add_argument("--out", default="/tmp/dg_ab")
+  p.add_argument("--posthoc_scores", default="full", help="TimeGAN's scores in each evaluation: full | quick | off")
   args = p.parse_args()
   codes = dict(c.split("=", 1) for c in args.code)
   extra = {name: shlex.split(f) for name, f in (x.split("=", 1) for x in args.flags)}
@@ -133,7 +135,8 @@ def main():
     for seed in seeds:
       for version, code in codes.items():  # alternate the versions
         print(f"{dataset} seed {seed}: {version}", flush=True)
-        results[dataset][version][seed] = run(version, code, dataset, seed, budget, extra.get(version, []), args.out)
+        results[dataset][version][seed] = run(version, code, dataset, seed, budget, extra.get(version, []), args.out,
+                                              args.posthoc_scores)
   text = table(results, list(codes), seeds)
   print(text)
   with open(os.path.join(args.out, "ab.json"), "w") as fh:
