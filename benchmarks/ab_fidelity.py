@@ -5,7 +5,8 @@ Every run trains the default config for the same number of steps (so other load 
 the time, not the result), or with --minutes for the same wall-clock time (then run nothing else).
 Each run generates with launch.py's defaults (a scored run: its best replica's best generator).
 --datasets also takes demo_npz (the demo data as an npz file without its log1p flag) and wwt_like
-(benchmarks/train_speed.py's WWT-shaped set), both through the generic npz input, held out: another draw.
+(benchmarks/train_speed.py's WWT-shaped set), both through the generic npz input, held out: another draw,
+and sines, stocklike and macro (benchmarks/multivariate.py: TimeGAN-shaped, no metadata).
 
   git worktree add /tmp/dg_before main
   python benchmarks/ab_fidelity.py --code before=/tmp/dg_before --code after=. --steps 5000 --out /tmp/ab
@@ -27,6 +28,7 @@ import sys
 
 import numpy as np
 
+import multivariate
 from common import ROOT, SHARED_DATA
 
 from dg_jax.data.demo import make_demo
@@ -39,6 +41,9 @@ DATASETS = {  # name -> (config flags, number of series to generate); {out}: the
     # generic npz input, no log1p flags (as a user's own file arrives): the demo data, and a WWT-like set
     "demo_npz": (["--config=configs/default.py", "--config.data.path={out}/demo_npz_train.npz"], 1000),
     "wwt_like": (["--config=configs/default.py", "--config.data.path={out}/wwt_like_train.npz"], 1000),
+    # TimeGAN-shaped multivariate sets, no metadata (benchmarks/multivariate.py)
+    **{name: (["--config=configs/default.py", f"--config.data.path={{out}}/{name}_train.npz"], 2000)
+       for name in multivariate.SETS},
 }
 
 
@@ -58,6 +63,8 @@ def _write(name: str, seed: int, path: str) -> None:
 
 
 def held_out(name: str, out: str) -> str:
+  if name in multivariate.SETS:
+    return multivariate.write(name, out)[1]
   path = os.path.join(out, f"{name}_held_out.npz")
   if not os.path.exists(path):
     if name == "mba":

@@ -21,6 +21,9 @@ def get_config():
   c.data.max_samples = 0            # random subsample of this many series (0 = all)
   c.data.normalization = "zero_one"  # continuous values scaled to [0,1] ("zero_one") or [-1,1] ("minus_one_one")
   c.data.auto_normalize = True      # per-series min/max as generated "additional attributes" (§4.2)
+  c.data.log_half_range = False    # auto-normalisation's per-series half-ranges generated on a log scale:
+                                    # turn on when a feature collapses (each series spanning a small share
+                                    # of the global range; docs/design.md, docs/results.md)
   c.data.log1p = ""                 # comma-separated continuous variables to model as log1p(x), or "auto":
                                     # those spanning two decades or more (log1p, or asinh if signed)
   c.data.id_column = "id"           # csv_long: series id column
@@ -39,6 +42,7 @@ def get_config():
   c.model.attribute_noise_dim = 5   # noise into the attribute MLP
   c.model.additional_noise_dim = 5  # noise into the min/max MLP
   c.model.feature_noise_dim = 5     # noise into the LSTM at every step
+  c.model.feature_noise = "per_step"  # a fresh noise draw at every LSTM step (the paper), or "per_series"
   c.model.attribute_num_layers = 2  # hidden layers of the attribute MLP
   c.model.attribute_num_units = 100
   c.model.additional_num_layers = 2  # hidden layers of the min/max MLP

@@ -11,6 +11,9 @@ device for this.
   midrange_w1/<f>          W1 of the per-series (max+min)/2, per continuous feature
   length_w1                W1 of the series lengths
   jsd/<a>, jsd/<f>         per categorical attribute, and per categorical feature (records' histogram)
+  spread_log_ratio/<f>     |ln| of the median within-series std over the reference's, per continuous feature
+  diff2_log_ratio/<f>      |ln| of the std of second differences over the reference's (jitter), per
+                           continuous feature (both where the reference's value is not 0)
   flat_share/<f>           the share of generated series that are flat (metrics.flat_share)
   memorisation_ratio       median distance of generated series to their nearest training series (all of
                            them, in chunks on device) over that of unseen real series: the held-out slice,
@@ -26,7 +29,7 @@ COLLAPSE_MARGIN more of its series than of the reference's, or a categorical var
 category where the reference has several). Otherwise, lower is better:
 
   score = mean(sqrt(autocorrelation_mse), midrange_w1 / std of the reference's midranges,
-               length_w1 / T, jsd)  +  max(0, 1 - memorisation_ratio)
+               length_w1 / T, jsd, spread_log_ratio, diff2_log_ratio)  +  max(0, 1 - memorisation_ratio)
 
 Each fidelity term is on a 0-to-about-1 scale, and the penalty makes a generator that sits closer to
 the training series than unseen data does lose to one that does not, so choosing the best checkpoint
@@ -61,6 +64,8 @@ CONFIRM_FACTOR = 2  # the confirming sample has this many times train.eval_sampl
 MIN_HOLDOUT = 20  # fewer held-out series than this: no slice is held out (tiny sets)
 MEMORISATION_QUERIES = 2000  # unseen real series whose nearest-neighbour distances give the reference median
 MEMORISATION_CHUNK = 4096  # training series per block of the on-device nearest-neighbour search
+FLAT_ALARM = 0.05  # the log names a feature flat in this share more of the generated series than of the reference's
+ALARM_FACTOR = 1.5  # ... or whose within-series spread or second differences are off by more than this factor
 HOLDOUT_SEED = 0  # the held-out slice depends on the data and train.eval_holdout only, never on train.seed
 
 
@@ -120,7 +125,7 @@ def decode(sample: dict, schema: encoding.Schema) -> tuple[jax.Array, jax.Array,
     y = block[..., 0]
     if schema.auto_normalize:
       x01 = y if schema.normalization == encoding.ZERO_ONE else (y + 1) / 2
-      mid, half = additional[:, 2 * c:2 * c + 1], additional[:, 2 * c + 1:2 * c + 2]
+      mid, half = additional[:, 2 * c:2 * c + 1], encoding.decode_half(additional[:, 2 * c + 1:2 * c + 2], schema)
       y = jnp.clip(x01 * (2 * half) + (mid - half), *encoding.value_range(schema.normalization))
     cols.append(unscale(var, y))
     c += 1
@@ -237,6 +242,29 @@ def series_ranges(x, lengths):
   return hi - lo
 
 
+def series_spreads(x, lengths):
+  """metrics.series_spreads of one feature [n, T] in jnp."""
+  valid = _valid(lengths, x.shape[1])
+  x = jnp.where(valid, x - jnp.where(valid, x, 0).sum(1, keepdims=True) / lengths[:, None], 0.0)
+  return jnp.sqrt(jnp.sum(x * x, 1) / lengths)
+
+
+def difference_spread(x, lengths, order: int):
+  """metrics.difference_spread of one feature [n, T] in jnp."""
+  d, valid = jnp.diff(x, order, axis=1), _valid(lengths, x.shape[1])[:, order:]
+  count = jnp.maximum(valid.sum(1), 1)
+  mean = jnp.where(valid, d, 0).sum(1) / count
+  rough = jnp.sqrt(jnp.where(valid, (d - mean[:, None]) ** 2, 0).sum(1) / count)
+  spread = series_spreads(x, lengths)
+  ok = (lengths > order) & (spread > 0)
+  return jnp.nanmedian(jnp.where(ok, rough / jnp.where(ok, spread, 1.0), jnp.nan))
+
+
+def log_ratio(synthetic, real):
+  """metrics.log_ratio in jnp (real > 0 here)."""
+  return jnp.abs(jnp.log(synthetic) - jnp.log(real))
+
+
 @dataclasses.dataclass(frozen=True)
 class Scorer:
   """Scores K replicas' generators against a reference set; `score` is jitted by the caller.
@@ -247,6 +275,8 @@ class Scorer:
   reference: dict  # host arrays (see `build`)
   acf_features: tuple
   several: tuple
+  varying: tuple  # the continuous features whose reference series vary (spread_log_ratio)
+  rough: tuple  # those whose reference second differences vary (diff2_log_ratio)
   mesh: jax.sharding.Mesh | None = None  # with one: each replica's sample rows split over its 'data' devices
 
   @classmethod
@@ -258,6 +288,9 @@ class Scorer:
     curves = {j: metrics.mean_autocorrelation(reference, j) for j in cont}
     acf = tuple(j for j in cont if np.isfinite(curves[j][1:]).any())
     tolerance = [metrics.flat_tolerance(reference, j) for j in cont]
+    stats = {j: metrics.variability(reference, j, tol) for j, tol in zip(cont, tolerance)}
+    varying = tuple(j for j in cont if stats[j]["spread"] > 0)
+    rough = tuple(j for j in cont if stats[j]["diff2"] > 0)
     ref = dict(
         autocorrelation=np.stack([curves[j] for j in acf]) if acf else None,
         midranges=[metrics.series_midranges(reference, j) for j in cont],
@@ -267,14 +300,16 @@ class Scorer:
         feature_histograms=[_histogram(reference, j, "feature") for j, v in enumerate(reference.feature_vars)
                             if v.is_categorical],
         flat_tolerance=np.array(tolerance),
-        flat_share=np.array([metrics.flat_share(reference, j, tol) for j, tol in zip(cont, tolerance)]))
+        flat_share=np.array([stats[j]["flat_share"] for j in cont]),
+        spread=np.array([stats[j]["spread"] for j in varying]), diff2=np.array([stats[j]["diff2"] for j in rough]))
     ref["midrange_scale"] = [float(np.std(m)) or 1.0 for m in ref["midranges"]]
     several = tuple(bool((h > 0).sum() > 1) for h in ref["attribute_histograms"] + ref["feature_histograms"])
     std = metrics.feature_scaling(train)[1]
     memo_train = _flat_scaled(train.features, std).astype(np.float32)
     ref.update(memo_train=memo_train, memo_std=std, held_out_median=reference_median(
         memo_train, _flat_scaled(reference.features, std) if held_out else None))
-    return cls(model, num_samples, jax.tree.map(lambda x: np.asarray(x, np.float32), ref), acf, several, mesh)
+    return cls(model, num_samples, jax.tree.map(lambda x: np.asarray(x, np.float32), ref), acf, several, varying,
+               rough, mesh)
 
   def names(self) -> list[str]:
     """The names of the composite's per-variable terms, in the order `metrics` computes them."""
@@ -283,6 +318,8 @@ class Scorer:
     out += [f"midrange_w1/{v.name}" for v in s.feature_vars if not v.is_categorical]
     out += ["length_w1"] + [f"jsd/{v.name}" for v in s.attribute_vars if v.is_categorical]
     out += [f"jsd/{v.name}" for v in s.feature_vars if v.is_categorical]
+    out += [f"spread_log_ratio/{s.feature_vars[j].name}" for j in self.varying]
+    out += [f"diff2_log_ratio/{s.feature_vars[j].name}" for j in self.rough]
     return out
 
   def metrics(self, decoded: tuple, ref: dict) -> dict:
@@ -303,6 +340,10 @@ class Scorer:
                    for h, j in zip(ref["feature_histograms"], cat_feats)]
     values += [jensen_shannon(h, g) for h, g in zip(ref["attribute_histograms"] + ref["feature_histograms"],
                                                      histograms)]
+    values += [log_ratio(jnp.median(series_spreads(features[:, :, j], lengths)), ref["spread"][i])
+               for i, j in enumerate(self.varying)]
+    values += [log_ratio(difference_spread(features[:, :, j], lengths, 2), ref["diff2"][i])
+               for i, j in enumerate(self.rough)]
     out = dict(zip(self.names(), values))
     flat = [jnp.mean(series_ranges(features[:, :, j], lengths) <= ref["flat_tolerance"][i]) for i, j in enumerate(cont)]
     out.update({f"flat_share/{schema.feature_vars[j].name}": f for j, f in zip(cont, flat)})
@@ -318,13 +359,35 @@ class Scorer:
     out["score"] = jnp.where(failed, jnp.inf, self.composite(out, ref))
     return out
 
+  def alarms(self, scores: dict) -> list[str]:
+    """Lines naming, per replica, each continuous feature that is flat in FLAT_ALARM more of the generated
+    series than of the reference's, or whose spread or roughness is off by more than ALARM_FACTOR: from
+    one scoring's host metrics ({name: [K]})."""
+    schema, out = self.model.schema, []
+    cont = [v.name for v in schema.feature_vars if not v.is_categorical]
+    for r in range(len(scores["score"])):
+      for name, ref_flat in zip(cont, self.reference["flat_share"]):
+        flat = scores[f"flat_share/{name}"][r]
+        if flat > ref_flat + FLAT_ALARM:
+          out.append(f"replica {r}: {name} is flat in {flat:.0%} of the generated series ({ref_flat:.0%} of the "
+                     "reference's): the feature is collapsing (data.log_half_range=True may help: docs/design.md)")
+      for key, what in (("spread_log_ratio", "within-series spread"),
+                        ("diff2_log_ratio", "spread of second differences (roughness)")):
+        for name in cont:
+          ratios = scores.get(f"{key}/{name}")  # absent where the reference does not define it
+          if ratios is not None and ratios[r] > np.log(ALARM_FACTOR):
+            out.append(f"replica {r}: {name}: {what} off by a factor of {np.exp(ratios[r]):.3g} from the "
+                       "reference's")
+    return out
+
   def composite(self, m: dict, ref: dict):
     """The documented composite score (module docstring) of one replica's metrics that did not fail."""
     schema = self.model.schema
     terms = [jnp.sqrt(m[name]) for name in self.names() if name.startswith("autocorrelation_mse/")]
     terms += [m[f"midrange_w1/{v.name}"] / scale for v, scale in
               zip([v for v in schema.feature_vars if not v.is_categorical], ref["midrange_scale"])]
-    terms += [m["length_w1"] / schema.max_length] + [m[name] for name in self.names() if name.startswith("jsd/")]
+    terms += [m["length_w1"] / schema.max_length]
+    terms += [m[name] for name in self.names() if name.startswith(("jsd/", "spread_log_ratio/", "diff2_log_ratio/"))]
     return jnp.mean(jnp.stack(terms)) + jnp.maximum(0.0, 1.0 - m["memorisation_ratio"])
 
   def sample(self, generator_params, stream: int, num_samples: int):

@@ -56,7 +56,8 @@ def fit_schema_from_config(dataset, config) -> encoding.Schema:
   dc = config.data
   names = [x.strip() for x in dc.log1p.split(",") if x.strip()]
   auto = names == ["auto"]
-  schema = encoding.fit_schema(dataset, dc.normalization, dc.auto_normalize, [] if auto else names, auto)
+  schema = encoding.fit_schema(dataset, dc.normalization, dc.auto_normalize, [] if auto else names, auto,
+                               dc.get("log_half_range", False))
   if auto:
     given = {v.name: v for v in dataset.feature_vars + dataset.attribute_vars}
     chosen = [f"{v.name} ({'log1p' if v.log1p else 'asinh'})" for v in schema.feature_vars + schema.attribute_vars
@@ -528,7 +529,10 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
       scores = {}
       if score_fn is not None and (score_now or out_of_time) and not stopped:
         state, scores, preview = score_fn(state, reference)
-        scores = {f"score/{name}": _per_replica(v) for name, v in sharding.to_host(scores).items()}
+        scores = sharding.to_host(scores)
+        for line in scorer.alarms(scores):
+          log.warning("scoring at step %d: %s", step, line)
+        scores = {f"score/{name}": _per_replica(v) for name, v in scores.items()}
         scored = True
         if tc.tensorboard:
           preview = sharding.to_host(preview)  # collective: every process takes part

@@ -1,4 +1,5 @@
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -28,11 +29,11 @@ def assert_same(a: Dataset, b: Dataset, rtol=1e-4, atol=1e-4):
 
 
 @pytest.mark.parametrize("normalization", encoding.NORMALIZATIONS)
-@pytest.mark.parametrize("auto_normalize", [True, False])
+@pytest.mark.parametrize("auto_normalize,log_half_range", [(True, False), (True, True), (False, False)])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_round_trip_random(seed, normalization, auto_normalize):
+def test_round_trip_random(seed, normalization, auto_normalize, log_half_range):
   data = random_dataset(seed)
-  schema = encoding.fit_schema(data, normalization, auto_normalize)
+  schema = encoding.fit_schema(data, normalization, auto_normalize, log_half_range=log_half_range)
   enc = encoding.encode(data, schema)
   assert enc.attributes.shape == (40, schema.attribute_dim) == (40, 4 + 1 + 2)
   assert enc.additional_attributes.shape == (40, 4 if auto_normalize else 0)
@@ -88,7 +89,8 @@ def test_generated_ranges_stay_within_the_data_range(normalization):
 
 
 @pytest.mark.parametrize("normalization", encoding.NORMALIZATIONS)
-def test_degenerate_series_round_trip(normalization):
+@pytest.mark.parametrize("log_half_range", [False, True])
+def test_degenerate_series_round_trip(normalization, log_half_range):
   # constant series, single-step series, an all-zero series, and a feature constant over the whole dataset
   f = np.zeros((4, 5, 2), np.float32)
   f[0, :, 0] = 7.0
@@ -98,7 +100,7 @@ def test_degenerate_series_round_trip(normalization):
   lengths = np.array([5, 1, 5, 3])
   f[np.arange(5)[None] >= lengths[:, None]] = 0
   data = Dataset(f, lengths, np.zeros((4, 0)), (continuous("x"), continuous("c")), ()).validate()
-  schema = encoding.fit_schema(data, normalization)
+  schema = encoding.fit_schema(data, normalization, log_half_range=log_half_range)
   enc = encoding.encode(data, schema)
   assert np.isfinite(enc.features).all() and np.isfinite(enc.additional_attributes).all()
   assert_same(encoding.decode(enc, schema), data)
@@ -106,8 +108,31 @@ def test_degenerate_series_round_trip(normalization):
 
 def test_schema_json_round_trip():
   data = random_dataset(0)
-  schema = encoding.fit_schema(data, encoding.MINUS_ONE_ONE)
+  schema = encoding.fit_schema(data, encoding.MINUS_ONE_ONE, log_half_range=True)
   assert encoding.Schema.from_json(schema.to_json()) == schema
+  # a schema saved before log_half_range existed keeps decoding its runs' linear half-ranges
+  old = json.loads(schema.to_json())
+  del old["log_half_range"]
+  assert encoding.Schema.from_json(json.dumps(old)).log_half_range is False
+
+
+@pytest.mark.parametrize("normalization", encoding.NORMALIZATIONS)
+def test_log_half_range_known_answers(normalization):
+  """The smallest half-range (AUTO_NORM_EPS, a constant series) codes 0, the largest (half the value range,
+  widened) 1, and a series spanning 1% of the global range sits mid-scale rather than near the sigmoid's flat
+  end; the jnp decode (scoring) under jit agrees with numpy's."""
+  import jax
+  schema = encoding.fit_schema(random_dataset(0), normalization, log_half_range=True)
+  lo, hi = encoding.value_range(normalization)
+  eps, top = encoding.AUTO_NORM_EPS, (hi - lo) / 2 + encoding.AUTO_NORM_EPS
+  np.testing.assert_allclose(encoding.encode_half(np.array([eps, top]), schema), [0, 1], atol=1e-12)
+  one_percent = encoding.encode_half(0.01 * (hi - lo) / 2 + eps, schema)
+  assert 0.45 < one_percent < 0.55
+  codes = np.linspace(0, 1, 7, dtype=np.float32)
+  np.testing.assert_allclose(jax.jit(lambda c: encoding.decode_half(c, schema))(codes),
+                             encoding.decode_half(codes.astype(np.float64), schema), rtol=1e-5)
+  np.testing.assert_allclose(encoding.encode_half(encoding.decode_half(codes.astype(np.float64), schema), schema),
+                             codes, atol=1e-7)
 
 
 def test_log1p_config_and_negative_error():

@@ -61,6 +61,11 @@ def test_total_w1_by_category():
   assert set(metrics.total_w1_by_category(only_a, synth, 0, 0)) == {"a"}  # keys: the real data's categories
 
 
+def variability_keys(features):
+  return {f"{m}/{f}" for m in ("spread_log_ratio", "flat_share_gap", "diff1_log_ratio", "diff2_log_ratio")
+          for f in features}
+
+
 def two_feature(features, lengths=None):
   features = np.asarray(features, np.float32)
   n, t, _ = features.shape
@@ -79,7 +84,7 @@ def test_midrange_pearson_and_evaluate():
   np.testing.assert_allclose(metrics.series_pearson(d, 0, 1), [1, -1])
   scores = metrics.evaluate(d, d)
   assert set(scores) == {"autocorrelation_mse/x", "autocorrelation_mse/y", "midrange_w1/x", "midrange_w1/y",
-                         "jsd/c", "length_w1", "pearson_w1/x,y"}
+                         "jsd/c", "length_w1", "pearson_w1/x,y"} | variability_keys("xy")
   assert all(v == 0 for v in scores.values())
   shifted = two_feature(f + np.where(np.arange(4)[None, :, None] < np.array([4, 2])[:, None, None], 10, 0),
                         lengths=[4, 2])
@@ -118,6 +123,7 @@ def test_evaluate_keys_and_known_shifts():
   scores = metrics.evaluate(d, d, total_by="c")
   want = {"autocorrelation_mse/x", "autocorrelation_mse/y", "midrange_w1/x", "midrange_w1/y", "pearson_w1/x,y",
           "length_w1", "jsd/c", "w1/size", "total_w1/x/c=a", "total_w1/x/c=b", "total_w1/y/c=a", "total_w1/y/c=b"}
+  want |= variability_keys("xy")
   assert set(scores) == want and all(v == 0 for v in scores.values())
   assert set(metrics.evaluate(d, d)) == {k for k in want if not k.startswith("total_w1/")}
 
@@ -140,6 +146,31 @@ def test_evaluate_keys_and_known_shifts():
   assert scores["total_w1/y/c=a"] == 0 and scores["total_w1/x/c=b"] == 0
   totals = d.features[b, :, 1].astype(np.float64).sum(1)
   assert scores["total_w1/y/c=b"] == pytest.approx(metrics.wasserstein1(totals, 2 * totals))
+
+
+def test_variability_known_answers():
+  """A flat feature, a jittery one and a doubled one, against smooth sinusoids with a known spread."""
+  rng = np.random.default_rng(0)
+  t = np.arange(24)
+  smooth = np.sin(rng.uniform(0.05, 0.1, (200, 1)) * t + rng.uniform(0, 6, (200, 1)))[..., None]
+  real = dataset(smooth, np.zeros(200))
+  level = smooth.mean(1, keepdims=True) * np.ones_like(smooth)
+  flat = metrics.evaluate(real, dataset(level + 1e-6 * rng.normal(size=smooth.shape), np.zeros(200)))
+  assert flat["flat_share_gap/x"] == 1.0 and flat["spread_log_ratio/x"] > np.log(100)
+  jitter = smooth + 0.01 * rng.normal(size=smooth.shape)  # 1% noise: invisible in levels, not in 2nd differences
+  scores = metrics.evaluate(real, dataset(jitter, np.zeros(200)))
+  assert scores["spread_log_ratio/x"] < 0.01 and scores["flat_share_gap/x"] == 0
+  # per series: second differences of white noise add 6 sigma^2 to their variance; relative to each series' std
+  rough, spread = np.diff(smooth[..., 0], 2, axis=1).std(1), smooth[..., 0].std(1)
+  want = np.log(np.median(np.sqrt(rough ** 2 + 6 * 0.01 ** 2) / spread) / np.median(rough / spread))
+  assert scores["diff2_log_ratio/x"] == pytest.approx(want, rel=0.1) and scores["diff2_log_ratio/x"] > np.log(1.5)
+  doubled = metrics.evaluate(real, dataset(2 * smooth, np.zeros(200)))  # twice the spread, just as smooth
+  assert doubled["spread_log_ratio/x"] == pytest.approx(np.log(2))
+  assert doubled["diff1_log_ratio/x"] == pytest.approx(0, abs=1e-6) == doubled["diff2_log_ratio/x"]
+  # fully constant synthetic series: the spread is undefined for it, a failure (NaN), never dropped
+  reasons = {}
+  assert np.isnan(metrics.evaluate(real, dataset(level, np.zeros(200)), reasons=reasons)["spread_log_ratio/x"])
+  assert "failure of the generator" in reasons["spread_log_ratio/x"]
 
 
 def test_evaluate_rejects_bad_requests():

@@ -71,6 +71,18 @@ def test_conditional_and_forced_length(schema):
   assert out["features"].shape == (6, 23, 4)  # longer than the training T, no masking
 
 
+def test_per_series_feature_noise(schema):
+  """model.feature_noise="per_series": one draw per series, the same at every LSTM step; "per_step" draws afresh."""
+  cfg = dataclasses.replace(SMALL, feature_noise="per_series")
+  noise = np.asarray(sample_noise(jax.random.key(1), 8, schema, cfg)["feature"])
+  assert noise.shape == (3, 8, cfg.feature_noise_dim) and (noise == noise[:1]).all()
+  assert len(np.unique(noise[0, :, 0])) == 8
+  fresh = np.asarray(sample_noise(jax.random.key(1), 8, schema, SMALL)["feature"])
+  assert not np.allclose(fresh[0], fresh[1])
+  with pytest.raises(ValueError, match="feature_noise"):
+    ModelConfig(feature_noise="per_record")
+
+
 def test_sample_len_auto():
   assert resolve_sample_len(0, 550) == 11 and resolve_sample_len(0, 56) == 1 and resolve_sample_len(0, 2497) == 50
   assert resolve_sample_len(7, 550) == 7

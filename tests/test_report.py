@@ -76,13 +76,16 @@ def test_several_sets_from_files_nested_bold_and_null(tmp_path):
   assert all(written["flat"][k] is None and np.isnan(result["flat"][k]) for k in failed)
   text = (out / "report.md").read_text()
   assert "Not computed or failed: autocorrelation_mse/latency_ms (flat): the synthetic data does not define it" in text
-  assert "collapse (flat): traffic_bytes: 100% of the series are flat (0% of the real ones)" in text
+  assert "collapse (flat): traffic_bytes: 100% of the series are flat (8% of the real ones); latency_ms: 100%" in text
   plots = EXPECTED_PLOTS | {"nearest_neighbours_copy.png", "nearest_neighbours_flat.png"}
   assert {p.name for p in out.glob("*.png")} == plots
   assert_pngs(out, plots)
 
+  metric_table, variability = (out / "report.md").read_text().split("## Variability")
+  # the variability table: per feature, real then each set; the flat set's series have no spread at all
+  assert "| latency_ms | flat | 0 | 1 | n/a | n/a |" in variability
   rows = {line.split(" | ")[0][2:]: line.strip("| ").split(" | ")[1:]
-          for line in (out / "report.md").read_text().splitlines() if line.startswith("| ")}
+          for line in metric_table.splitlines() if line.startswith("| ")}
   assert rows.pop("metric") == ["copy", "flat"]
   assert set(rows) == set(written["copy"]) - {"accuracy"} | {"accuracy (higher is better)"}
   assert rows.pop("accuracy (higher is better)") == ["0.5", "**0.9**"]

@@ -48,6 +48,25 @@ def test_failed_generators_score_worst(demo_scorer):
   assert scored(demo_scorer, features=constant)["flat_share/latency_ms"] == 1 and honest["flat_share/latency_ms"] == 0
 
 
+def test_the_log_names_a_collapsing_or_jittery_feature(demo_scorer):
+  """Replica 0 honest, replica 1 with a flat latency_ms, replica 2 with jitter on traffic_bytes: the alarms
+  name exactly those, and the jitter raises the score's roughness term."""
+  scorer, sample, _ = demo_scorer
+  honest = scored(demo_scorer)
+  flat, jitter = sample.features.copy(), sample.features.copy()
+  flat[..., 1] = np.where(sample.valid_steps, sample.features[..., 1].mean(1, keepdims=True), 0)
+  rng = np.random.default_rng(0)
+  jitter[..., 0] *= np.exp(rng.normal(0, 1.0, jitter.shape[:2]))
+  runs = [honest, scored(demo_scorer, features=flat), scored(demo_scorer, features=jitter)]
+  alarms = scorer.alarms({k: np.array([r[k] for r in runs]) for k in honest})
+  assert not [a for a in alarms if a.startswith("replica 0")]
+  assert any(a.startswith("replica 1: latency_ms is flat in 100% of the generated series (0% of the reference's): "
+                          "the feature is collapsing") for a in alarms)
+  assert any(a.startswith("replica 2: traffic_bytes: spread of second differences (roughness) off by a factor")
+             for a in alarms)
+  assert runs[2]["diff2_log_ratio/traffic_bytes"] > honest["diff2_log_ratio/traffic_bytes"] + np.log(1.5)
+
+
 def test_two_scorings_of_one_generator_agree_and_a_better_score_must_be_confirmed(demo_scorer):
   """Common random numbers: scoring the same generator twice, at different steps, gives the same score.
   A first scoring keeps the generator only through its confirming score, which it reports."""

@@ -2,8 +2,10 @@
 
 Encoded layout (all float32):
   attributes             [n, A]     one-hot blocks / scaled continuous values, in schema order
-  additional_attributes  [n, 2*Kc]  per continuous feature: (max+min)/2 in the feature's range,
-                                    (max-min)/2 in [0, 1] (empty without auto-normalisation)
+  additional_attributes  [n, 2*Kc]  per continuous feature: (max+min)/2 in the feature's range, and
+                                    (max-min)/2 in [0, 1], or with `log_half_range` its position on a
+                                    log scale from AUTO_NORM_EPS to the largest possible half-range
+                                    (empty without auto-normalisation)
   features               [n, T, F]  per record: feature blocks, then the 2 generation-flag columns
                                     ([1,0] continues, [0,1] ends here, [0,0] after the end)
 """
@@ -40,6 +42,11 @@ class Schema:
   # The shortest training series: generated series are never shorter (unless a length is forced).
   # min_length == max_length (every series has length T, as in MBA) means fixed-length generation.
   min_length: int = 1
+  # The per-series half-range on a log scale (`encode_half`): series whose range is a small share of the
+  # global one (a day's move of a stock over ten years) are then generated away from the sigmoid's flat
+  # end; a linear code of 0.006 saturates there and the feature collapses (issue 21). Off in schemas
+  # saved before it existed.
+  log_half_range: bool = False
 
   def __post_init__(self):
     if self.normalization not in NORMALIZATIONS:
@@ -121,7 +128,7 @@ def heavy_tailed(values: np.ndarray) -> bool:
 
 
 def fit_schema(dataset: Dataset, normalization: str = ZERO_ONE, auto_normalize: bool = True,
-               log1p: Iterable[str] = (), auto_log: bool = False) -> Schema:
+               log1p: Iterable[str] = (), auto_log: bool = False, log_half_range: bool = False) -> Schema:
   """Global per-variable ranges (over valid steps only) of `dataset`; `log1p` names more variables to log.
 
   auto_log: also transform every continuous variable that is `heavy_tailed` in this data: log1p(x)
@@ -147,7 +154,7 @@ def fit_schema(dataset: Dataset, normalization: str = ZERO_ONE, auto_normalize: 
   features = tuple(fit(v, dataset.features[:, :, j][valid]) for j, v in enumerate(dataset.feature_vars))
   attributes = tuple(fit(v, dataset.attributes[:, j]) for j, v in enumerate(dataset.attribute_vars))
   return Schema(attributes, features, dataset.max_length, normalization, auto_normalize,
-                int(dataset.lengths.min()))
+                int(dataset.lengths.min()), log_half_range)
 
 
 def _forward(var: Variable, x: np.ndarray) -> np.ndarray:
@@ -169,6 +176,27 @@ def _scale(var: Variable, x: np.ndarray, normalization: str) -> np.ndarray:
 def value_range(normalization: str) -> tuple[float, float]:
   """The model-space range of continuous values: [0, 1] or [-1, 1]."""
   return (0.0, 1.0) if normalization == ZERO_ONE else (-1.0, 1.0)
+
+
+def _log_half_span(schema: Schema) -> float:
+  """ln(largest half-range / smallest): half the value range, widened as every series is, over AUTO_NORM_EPS."""
+  low, high = value_range(schema.normalization)
+  return float(np.log(((high - low) / 2 + AUTO_NORM_EPS) / AUTO_NORM_EPS))
+
+
+def encode_half(half, schema: Schema):
+  """Per-series half-ranges (at least AUTO_NORM_EPS) -> their code in [0, 1]: linear, or with
+  schema.log_half_range ln(half / AUTO_NORM_EPS) over its largest value."""
+  if not schema.log_half_range:
+    return half
+  return np.clip(np.log(half / AUTO_NORM_EPS) / _log_half_span(schema), 0.0, 1.0)
+
+
+def decode_half(code, schema: Schema):
+  """The inverse of `encode_half`, for numpy or jnp arrays."""
+  if not schema.log_half_range:
+    return code
+  return AUTO_NORM_EPS * float(np.exp(_log_half_span(schema))) ** code
 
 
 def _unscale(var: Variable, y: np.ndarray, normalization: str) -> np.ndarray:
@@ -230,7 +258,7 @@ def encode(dataset: Dataset, schema: Schema) -> Encoded:
     if schema.auto_normalize:
       big = np.where(valid, g, -np.inf).max(axis=1) + AUTO_NORM_EPS
       small = np.where(valid, g, np.inf).min(axis=1) - AUTO_NORM_EPS
-      additional += [(big + small) / 2, (big - small) / 2]
+      additional += [(big + small) / 2, encode_half((big - small) / 2, schema)]
       g = (g - small[:, None]) / (big - small)[:, None]
       if schema.normalization == MINUS_ONE_ONE:
         g = 2 * g - 1
@@ -290,7 +318,7 @@ def decode(encoded: Encoded, schema: Schema, source: str = "<generated>") -> Dat
     y = blocks[j][..., 0].astype(np.float64)
     if schema.auto_normalize:
       x01 = y if schema.normalization == ZERO_ONE else (y + 1) / 2
-      mid, half = additional[:, 2 * c:2 * c + 1], additional[:, 2 * c + 1:2 * c + 2]
+      mid, half = additional[:, 2 * c:2 * c + 1], decode_half(additional[:, 2 * c + 1:2 * c + 2], schema)
       # A generated min (mid - half) can fall outside the global range, e.g. negative byte counts;
       # keep values within the range the data was scaled to, as without auto-normalisation.
       y = np.clip(x01 * (2 * half) + (mid - half), *value_range(schema.normalization))

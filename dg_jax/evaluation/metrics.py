@@ -6,12 +6,18 @@
 |------------------------------------------|--------------------------------------------------------------|-----------------|
 | `autocorrelation_mse/<feature>`          | MSE of the mean autocorrelation curves, lags 1.. both define | Fig 1, Table 3  |
 | `midrange_w1/<feature>`                  | W1 of the per-series (max+min)/2 over valid steps            | Fig 6           |
+| `spread_log_ratio/<feature>`             | abs ln of median within-series std, synthetic over real       |                 |
+| `flat_share_gap/<feature>`               | abs difference of the shares of flat series (`flat_share`)    |                 |
+| `diff1_log_ratio/<feature>`              | abs ln of `difference_spread` of order 1, synthetic over real |                 |
+| `diff2_log_ratio/<feature>`              | abs ln of `difference_spread` of order 2 (roughness), same    |                 |
 | `pearson_w1/<a>,<b>`                     | W1 of the per-series Pearson correlation of a and b          | Fig 8           |
 | `length_w1`                              | W1 of the series lengths                                     | Fig 9, 18       |
 | `jsd/<attribute>`                        | base-2 Jensen-Shannon divergence of its histogram, in [0, 1] | Fig 10, 19      |
 | `w1/<attribute>`                         | W1 of a continuous attribute                                 |                 |
 | `total_w1/<feature>/<attribute>=<label>` | W1 of per-series totals within a category (with `total_by`)  | Table 2, Fig 20 |
 
+The variability keys catch what the others miss: a feature whose levels, marginals and correlations
+are right but whose series are flat (collapsed) or jittery (rough from record to record); ln 1.5 = 0.41.
 Features: the continuous ones (categorical features get no feature keys); pairs `<a>,<b>` in schema
 order. W1 is the 1-D Wasserstein-1 distance between empirical distributions, in the variable's units.
 
@@ -157,7 +163,7 @@ def series_pearson(data: Dataset, a: int, b: int) -> np.ndarray:
   return np.clip(r, -1.0, 1.0)
 
 
-FLAT_TOLERANCE = 1e-3  # a series is flat if its range over its valid steps is at most this share of the real median range
+FLAT_TOLERANCE = 0.05  # a series is flat if its range over its valid steps is at most this share of the real median range
 COLLAPSE_MARGIN = 0.5  # collapsed: the share of flat synthetic series exceeds the real share by more than this
 
 
@@ -175,6 +181,43 @@ def flat_tolerance(real: Dataset, feature: int) -> float:
 def flat_share(data: Dataset, feature: int, tolerance: float) -> float:
   """The share of series whose range is at most `tolerance` (flat_tolerance of the real data)."""
   return float(np.mean(series_ranges(data, feature) <= tolerance))
+
+
+def series_spreads(data: Dataset, feature: int) -> np.ndarray:
+  """Per series standard deviation of a feature over its valid steps."""
+  x, _ = _centred(data, feature)
+  return np.sqrt(np.sum(x * x, 1) / data.valid_steps.sum(1))
+
+
+def difference_spread(data: Dataset, feature: int, order: int) -> float:
+  """How rough a feature's series are from record to record: the median over series of the standard
+  deviation of their `order`-th differences over their own standard deviation (NaN where no series has
+  order + 1 records and varies). Relative to each series' spread, so that on heavy-tailed data a few large
+  series do not decide it (a pooled std of differences moved 9x between two draws of the demo data)."""
+  x = data.features[:, :, feature].astype(np.float64)
+  d, valid = np.diff(x, order, axis=1), data.valid_steps[:, order:]
+  count = valid.sum(1)
+  mean = np.where(valid, d, 0).sum(1) / np.maximum(count, 1)
+  rough = np.sqrt(np.where(valid, (d - mean[:, None]) ** 2, 0).sum(1) / np.maximum(count, 1))
+  spread = series_spreads(data, feature)
+  ok = (count > 0) & (spread > 0)
+  return float(np.median(rough[ok] / spread[ok])) if ok.any() else float("nan")
+
+
+def log_ratio(synthetic: float, real: float) -> float:
+  """|ln(synthetic / real)|: 0 when equal, ln 1.5 = 0.41 at 1.5x either way; inf when only one is 0."""
+  if synthetic == real:
+    return 0.0
+  with np.errstate(divide="ignore"):
+    return float(abs(np.log(synthetic) - np.log(real)))
+
+
+def variability(data: Dataset, feature: int, tolerance: float) -> dict[str, float]:
+  """How a continuous feature varies within series: the median within-series standard deviation, the share
+  of flat series (range at most `tolerance`), and the roughness of first and second differences
+  (`difference_spread`)."""
+  return dict(spread=float(np.median(series_spreads(data, feature))), flat_share=flat_share(data, feature, tolerance),
+              diff1=difference_spread(data, feature, 1), diff2=difference_spread(data, feature, 2))
 
 
 def failures(real: Dataset, synthetic: Dataset) -> list[str]:
@@ -230,6 +273,9 @@ def categorical_attributes(data: Dataset, names: str | Sequence[str] | None) -> 
 
 # Why a metric does not apply to the real data (it is then left out of `evaluate`'s result).
 UNDEFINED_BECAUSE = {
+    "spread_log_ratio": "the real series of this feature are all constant",
+    "diff1_log_ratio": "no real series has 2 or more records that are not all equal",
+    "diff2_log_ratio": "no real series has 3 or more records whose step-to-step changes vary",
     "autocorrelation_mse": "no real series has 2 or more records that are not all equal",
     "pearson_w1": "no real series has 2 or more records where both features vary",
 }
@@ -256,6 +302,17 @@ def evaluate(real: Dataset, synthetic: Dataset, total_by: str | Sequence[str] | 
     if not np.isfinite(real_curve[1:]).any():
       inapplicable.add(key)
     out[f"midrange_w1/{var.name}"] = wasserstein1(series_midranges(real, j), series_midranges(synthetic, j))
+    tol = flat_tolerance(real, j)
+    ref, syn = variability(real, j, tol), variability(synthetic, j, tol)
+    out[f"spread_log_ratio/{var.name}"] = log_ratio(syn["spread"], ref["spread"])
+    out[f"flat_share_gap/{var.name}"] = abs(syn["flat_share"] - ref["flat_share"])
+    for d in ("diff1", "diff2"):
+      key = f"{d}_log_ratio/{var.name}"
+      out[key] = log_ratio(syn[d], ref[d])
+      if not ref[d] > 0:
+        inapplicable.add(key)
+    if not ref["spread"] > 0:
+      inapplicable.add(f"spread_log_ratio/{var.name}")
     for a in by:
       attr = real.attribute_vars[a].name
       for label, w1 in total_w1_by_category(real, synthetic, j, a).items():

@@ -146,6 +146,20 @@ def _table(scores: dict[str, dict[str, float]], ranking: tuple[tuple, tuple]) ->
   return ["metric", *names], rows
 
 
+def _variability_table(real: Dataset, sets: dict[str, Dataset]) -> tuple[list, list]:
+  """Per continuous feature and set (real first): metrics.variability's statistics, side by side."""
+  stats = ("spread", "flat_share", "diff1", "diff2")
+  rows = []
+  for j, var in enumerate(real.feature_vars):
+    if not var.is_categorical:
+      tol = metrics.flat_tolerance(real, j)
+      for name, data in {"real": real, **sets}.items():
+        v = metrics.variability(data, j, tol)
+        rows.append([(var.name, False), (name, False)] + [(_format(v[s]), False) for s in stats])
+  return ["feature", "set", "median within-series std", "flat share", "1st differences (relative std)",
+          "2nd differences (relative std)"], rows
+
+
 def _blocks(real, sets, train, scores, undefined, figures, title, ranking) -> list[tuple]:
   """The report's content, independent of the output format."""
   sizes = ", ".join(f"{name}: {d.num_samples} series" for name, d in sets.items())
@@ -161,6 +175,15 @@ def _blocks(real, sets, train, scores, undefined, figures, title, ranking) -> li
   if undefined:
     blocks.append(("p", "Not computed or failed: " + "; ".join(f"{k}: {why}" for k, why in sorted(undefined.items()))
                    + "."))
+  variability = _variability_table(real, sets)
+  if variability[1]:
+    blocks += [("h2", "Variability"),
+               ("p", "How each continuous feature varies within series: its median within-series standard "
+                     "deviation (in its units), the share of flat series (range at most "
+                     f"{metrics.FLAT_TOLERANCE:g} of the real median range), and the median over series of the "
+                     "standard deviation of first and second differences over the series' own. A collapsed "
+                     "feature has a small spread and a large flat share, a jittery one large differences."),
+               ("table", *variability)]
   section = None
   for sec, caption, name in figures:
     if sec != section:

@@ -175,6 +175,16 @@ def num_rollout_steps(length: int, sample_len: int) -> int:
   return math.ceil(length / sample_len)
 
 
+def feature_noise(key: jax.Array, steps: int, batch_size: int, cfg: ModelConfig) -> jax.Array:
+  """[steps, B, noise dim] LSTM noise: a fresh draw per step, or with cfg.feature_noise="per_series" one
+  draw per series repeated at every step (issue 21: half of the step-to-step jitter of a trained model
+  came from the per-step draws)."""
+  if cfg.feature_noise == "per_series":
+    return jnp.broadcast_to(jax.random.normal(key, (1, batch_size, cfg.feature_noise_dim)),
+                            (steps, batch_size, cfg.feature_noise_dim))
+  return jax.random.normal(key, (steps, batch_size, cfg.feature_noise_dim))
+
+
 def sample_noise(key: jax.Array, batch_size: int, schema: Schema, cfg: ModelConfig,
                  length: int | None = None) -> dict:
   """All generator noise for `batch_size` samples of `length` records (default: T)."""
@@ -184,7 +194,7 @@ def sample_noise(key: jax.Array, batch_size: int, schema: Schema, cfg: ModelConf
   init = (jax.random.normal if cfg.initial_state == "random" else lambda _, shape: jnp.zeros(shape))
   return dict(attribute=jax.random.normal(k[0], (batch_size, cfg.attribute_noise_dim)),
               additional=jax.random.normal(k[1], (batch_size, cfg.additional_noise_dim)),
-              feature=jax.random.normal(k[2], (steps, batch_size, cfg.feature_noise_dim)),
+              feature=feature_noise(k[2], steps, batch_size, cfg),
               initial_h=init(k[3], (batch_size, h)), initial_c=init(k[4], (batch_size, h)))
 
 
