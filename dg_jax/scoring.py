@@ -136,13 +136,19 @@ def decode(sample: dict, schema: encoding.Schema) -> tuple[jax.Array, jax.Array,
   return features, lengths, attributes
 
 
+def _centred(x, lengths):
+  """One feature [n, T] with each series' mean over its valid records removed (0 after the end)."""
+  valid = _valid(lengths, x.shape[1])
+  return jnp.where(valid, x - jnp.where(valid, x, 0).sum(1, keepdims=True) / lengths[:, None], 0.0)
+
+
 def mean_autocorrelation(x, lengths):
   """metrics.mean_autocorrelation of one feature [n, T] in jnp."""
   n, t = x.shape
   valid = _valid(lengths, t)
   hi, lo = _extrema(x, lengths)
   varying = hi > lo
-  x = jnp.where(valid, x - jnp.where(valid, x, 0).sum(1, keepdims=True) / lengths[:, None], 0.0)
+  x = _centred(x, lengths)
   spectrum = jnp.fft.rfft(x, n=2 * t)
   lagged = jnp.fft.irfft(spectrum * jnp.conj(spectrum), n=2 * t)[:, :t]
   denom = jnp.where(varying, jnp.sum(x * x, 1), 1.0)
@@ -244,8 +250,7 @@ def series_ranges(x, lengths):
 
 def series_spreads(x, lengths):
   """metrics.series_spreads of one feature [n, T] in jnp."""
-  valid = _valid(lengths, x.shape[1])
-  x = jnp.where(valid, x - jnp.where(valid, x, 0).sum(1, keepdims=True) / lengths[:, None], 0.0)
+  x = _centred(x, lengths)
   return jnp.sqrt(jnp.sum(x * x, 1) / lengths)
 
 
