@@ -83,6 +83,9 @@ def get_config():
   c.train.init_from = ""            # start a new run from another: WORKDIR, WORKDIR@STEP or a bundle folder
                                     # (weights, and that run's schema; the data must fit that schema)
   c.train.init_optimizer = False    # with init_from a workdir: also take its Adam states
+  c.train.per_replica = ""          # JSON {field: [one value per replica]}: replicas that differ in learning
+                                    # rates, Adam betas, gp_weight or aux_critic_weight, still one program
+                                    # (settings.PER_REPLICA_FIELDS; --mode=sweep groups such variants itself)
   c.train.tensorboard = True        # also write the logged scalars as TensorBoard events in <workdir>/tensorboard
                                     # (gs:// workdirs: pip install google-cloud-storage, or set False)
   c.train.eval_every = 0            # score every replica's generator on device every this many steps and keep

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import ml_collections
@@ -42,6 +43,11 @@ class ModelConfig:
 
 
 PLACEMENTS = ("auto", "device", "host", "sharded")  # train.data_placement
+# Fields that may differ between the replicas of one run (train.per_replica): numbers the step only
+# computes with, so replicas that differ in them still share one compiled program (dg_jax/sweep.py
+# groups such variants into one run).
+PER_REPLICA_FIELDS = ("train.learning_rate", "train.beta1", "train.beta2", "train.gp_weight",
+                      "model.aux_critic_weight")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +77,8 @@ class TrainConfig:
   eval_holdout: float = 0.1             # with scoring: fraction of the series held out of training to score against
   profile_steps: str = ""               # "first,last": JAX profiler trace of those steps ("" = none)
   tensorboard: bool = True              # TensorBoard scalars in <workdir>/tensorboard
+  per_replica: str = ""                 # JSON {field: [one value per replica]} for PER_REPLICA_FIELDS;
+                                        # "" = every replica uses the config's values
 
   def __post_init__(self):
     for name in ("batch_size", "num_seeds", "d_rounds", "g_rounds", "steps_per_dispatch", "log_every",
@@ -84,7 +92,26 @@ class TrainConfig:
                        f"{self.eval_samples}) and train.eval_holdout in [0, 1) (got {self.eval_holdout})")
     if self.data_placement not in PLACEMENTS:
       raise ValueError(f"train.data_placement must be one of {PLACEMENTS}, got {self.data_placement!r}")
-    self.profile_window  # noqa: B018  (fails early on a malformed value)
+    self.profile_window  # noqa: B018  (fail early on malformed values)
+    self.replica_values  # noqa: B018
+
+  @property
+  def replica_values(self) -> dict[str, tuple[float, ...]]:
+    """train.per_replica parsed: {field in PER_REPLICA_FIELDS: num_seeds finite numbers}."""
+    if not self.per_replica.strip():
+      return {}
+    try:
+      values = json.loads(self.per_replica)
+      assert isinstance(values, dict)
+    except (ValueError, AssertionError):
+      raise ValueError(f"train.per_replica={self.per_replica!r}: expected JSON {{field: [values]}}") from None
+    for field, v in values.items():
+      if field not in PER_REPLICA_FIELDS:
+        raise ValueError(f"train.per_replica: {field} cannot differ between replicas (only {PER_REPLICA_FIELDS})")
+      if (not isinstance(v, list) or len(v) != self.num_seeds
+          or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in v)):
+        raise ValueError(f"train.per_replica: {field} needs train.num_seeds={self.num_seeds} finite numbers, got {v!r}")
+    return {field: tuple(float(x) for x in v) for field, v in values.items()}
 
   @property
   def profile_window(self) -> tuple[int, int] | None:

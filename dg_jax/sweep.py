@@ -1,8 +1,9 @@
 """Ablations with error bars: train each variant of a config with train.num_seeds = K seeds at once (one
-training program per variant), generate a sample from every seed's generator (its best-scored one when
-train.eval_every scores the run, else its latest) and score it with the §5 metrics against held-out data
-(`real_test`: an npz file, or `split:test` for the training folder's test split) or, without it, against
-the training data (the tables then say so).
+training program per variant; variants that differ only in numbers the step computes with, such as
+learning rates, share one program of V x K replicas: `plan`), generate a sample from every seed's
+generator (its best-scored one when train.eval_every scores the run, else its latest) and score it with
+the §5 metrics against held-out data (`real_test`: an npz file, or `split:test` for the training folder's
+test split) or, without it, against the training data (the tables then say so).
 
 A variant is a name and config settings (`parse_variants`: "paper=;no_aux=model.aux_critic=False"), or
 one point of a grid (`parse_grid`: "model.sample_len=1,5,10"); the S ablation of §4.1/§4.4 (Figure 4)
@@ -16,10 +17,11 @@ by the mean autocorrelation MSE (CRITERION); each metric of each variant carries
 Mann-Whitney U test over seeds against the baseline variant (the first, unless named): `*` marks p < 0.05,
 which needs K >= 4 seeds per variant (with K = 3 the smallest possible p is 0.1).
 
-Each run lives in `<workdir>/<variant name>` and resumes like any run; its per-seed scores are kept in its
-folder (SCORES_FILE), keyed by the full resolved config and how it was scored, once the run has finished
-(not when train.max_minutes cut it short), so an interrupted sweep picks up where it stopped and a changed
-config is retrained and rescored. Results: `<workdir>/sweep.json`, `sweep.md` and `sweep.png`.
+Each run lives in `<workdir>/<variant name>` (a shared one in `<workdir>/<a>+<b>+...`) and resumes like
+any run; each variant's per-seed scores are kept in `<workdir>/<variant name>` (SCORES_FILE), keyed by
+the full resolved config and how it was scored, once the run has finished (not when train.max_minutes
+cut it short), so an interrupted sweep picks up where it stopped and a changed config is retrained and
+rescored. Results: `<workdir>/sweep.json`, `sweep.md` and `sweep.png`.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ from dg_jax.data.loaders import load_dataset
 from dg_jax.data.schema import DataError
 from dg_jax.evaluation import metrics, plots, posthoc
 from dg_jax.failures import BadInput, Diverged
-from dg_jax.settings import privacy_config, train_config
+from dg_jax.settings import PER_REPLICA_FIELDS, privacy_config, train_config
 from dg_jax.train import train_and_evaluate
 
 log = logging.getLogger(__name__)
@@ -192,42 +194,52 @@ def _run_sweep(configs: dict, workdir: str, num_samples: int, seed: int, real_te
     metrics.check_same_schema(train, real)
   else:
     real, against = train, "the training data (no --real_test: these scores cannot show overfitting)"
-  runs, cut_short, spent = {}, {}, {}
+  runs, cut_short, spent, keys = {}, {}, {}, {}
   for name, run_config in configs.items():
-    k = train_config(run_config).num_seeds
-    run_dir = io_utils.join(workdir, name)
-    key = dict(config=json.loads(run_config.to_json()), scored_against=real_test or "training data",
-               num_samples=num_samples, seed=seed, posthoc=posthoc_settings and dataclasses.asdict(posthoc_settings))
-    cache = io_utils.join(run_dir, SCORES_FILE)
+    keys[name] = dict(config=json.loads(run_config.to_json()), scored_against=real_test or "training data",
+                      num_samples=num_samples, seed=seed,
+                      posthoc=posthoc_settings and dataclasses.asdict(posthoc_settings))
+    cache = io_utils.join(workdir, name, SCORES_FILE)
     cached = json.loads(io_utils.read_text(cache)) if io_utils.exists(cache) else None
-    if cached and cached["key"] == key:
+    if cached and cached["key"] == keys[name]:
       log.info("sweep: %s already trained and scored (%s)", name, cache)
       runs[name] = cached["seeds"]
-      continue
-    log.info("sweep: training %s (%d seed%s) in %s", name, k, "s" if k > 1 else "", run_dir)
+  for run_name, run_config, members in plan({n: c for n, c in configs.items() if n not in runs}):
+    k, total = train_config(configs[members[0]]).num_seeds, train_config(run_config).num_seeds
+    run_dir = io_utils.join(workdir, run_name)
+    if len(members) == 1:
+      log.info("sweep: training %s (%d seed%s) in %s", run_name, k, "s" if k > 1 else "", run_dir)
+    else:
+      log.info("sweep: training %s as one program of %d replicas (%d seeds each; they differ only in %s) in %s",
+               ", ".join(members), total, k, ", ".join(json.loads(run_config.train.per_replica)), run_dir)
     try:
-      step, frozen_at = train_and_evaluate(run_config, run_dir)["step"], [-1] * k
+      step, frozen_at = train_and_evaluate(run_config, run_dir)["step"], [-1] * total
     except Diverged as e:  # a failed seed, counted as such; the other seeds (and variants) go on
-      log.warning("sweep: %s: %s", name, e)
+      log.warning("sweep: %s: %s", run_name, e)
       step, frozen_at = e.step, e.frozen_at
-    runs[name] = []
-    for r in range(k):
-      model, params, config_used = sampling.load_generator(run_dir, seed_index=r)
-      synthetic = sampling.generate(model, params, num_samples or real.num_samples, seed)
-      scores = _score(real, synthetic, posthoc_settings)
-      if frozen_at[r] >= 0:
-        scores["failures"].insert(0, f"diverged: frozen with its state before step {frozen_at[r] + 1}")
-      runs[name].append(dict(scores, **{"generated_from/step": config_used.generated_from.step}))
-    if name in private:
-      spent[name] = (config_used.privacy_spent.to_dict(), train_config(config_used), privacy_config(config_used))
+    first_seed = train_config(run_config).seed
+    for v, name in enumerate(members):
+      runs[name] = []
+      for r in range(v * k, (v + 1) * k):
+        model, params, config_used = sampling.load_generator(run_dir, seed_index=r)
+        synthetic = sampling.generate(model, params, num_samples or real.num_samples, seed)
+        scores = _score(real, synthetic, posthoc_settings)
+        if frozen_at[r] >= 0:
+          scores["failures"].insert(0, f"diverged: frozen with its state before step {frozen_at[r] + 1}")
+        runs[name].append(dict(scores, **{"generated_from/step": config_used.generated_from.step,
+                                          "generated_from/seed": first_seed + r}))
+      if step < run_config.train.num_steps:
+        cut_short[name] = step
+      elif sharding.is_primary():
+        io_utils.write_text(io_utils.join(workdir, name, SCORES_FILE), json.dumps(io_utils.json_safe(
+            dict(key=keys[name], trained_in=run_dir, seeds=runs[name])), indent=1, allow_nan=False))
+      log.info("sweep: %s  %s %s%s", name, CRITERION, _mean_std([r[CRITERION] for r in runs[name] if not failed(r)]),
+               _failed_note(runs[name]))
+    if privacy_config(run_config).enabled:
+      spent[run_name] = (config_used.privacy_spent.to_dict(), train_config(config_used), privacy_config(config_used))
     if step < run_config.train.num_steps:
-      cut_short[name] = step
       log.warning("sweep: %s stopped at step %d of %d (train.max_minutes): scored, not cached; the same command "
-                  "resumes it", name, step, run_config.train.num_steps)
-    elif sharding.is_primary():
-      io_utils.write_text(cache, json.dumps(io_utils.json_safe(dict(key=key, seeds=runs[name])), indent=1, allow_nan=False))
-    log.info("sweep: %s  %s %s%s", name, CRITERION, _mean_std([r[CRITERION] for r in runs[name] if not failed(r)]),
-             _failed_note(runs[name]))
+                  "resumes it", run_name, step, run_config.train.num_steps)
   summary = summarise(runs, baseline)
   ranking = sorted(summary, key=lambda n: (summary[n]["failed"], _finite_or_inf(summary[n]["mean"].get(CRITERION))))
   k = train_config(next(iter(configs.values()))).num_seeds
@@ -241,6 +253,40 @@ def _run_sweep(configs: dict, workdir: str, num_samples: int, seed: int, real_te
     plots.sweep(summary, PLOTTED, workdir, f"{k} seed(s) per variant, scored against {real_test or 'training data'}")
   log.info("sweep: best %s; tables in %s", ranking[0], io_utils.join(workdir, "sweep.md"))
   return result
+
+
+def plan(configs: dict) -> list[tuple[str, object, list[str]]]:
+  """The runs that train `configs` ({variant: resolved config}): [(run folder, run config, variants)].
+  Variants whose configs differ only in settings.PER_REPLICA_FIELDS share one run named 'a+b+...', one
+  program of V x K replicas (train.per_replica): variant v's seeds are its replicas vK..vK+K-1, i.e.
+  train.seed + vK + k. Any other difference (shapes, data, privacy, rounds) makes a run of its own, as
+  does a variant with train.init_from or its own train.per_replica."""
+  groups = {}
+  for name, config in configs.items():
+    shared = json.loads(config.to_json())
+    for field in PER_REPLICA_FIELDS:
+      section, leaf = field.split(".")
+      shared[section].pop(leaf, None)
+    alone = config.train.get("init_from") or config.train.get("per_replica")
+    groups.setdefault(name if alone else json.dumps(shared, sort_keys=True), []).append(name)
+  out = []
+  for members in groups.values():
+    first = configs[members[0]]
+    if len(members) == 1:
+      out.append((members[0], first, members))
+      continue
+    run_config = first.copy_and_resolve_references()
+    k = train_config(first).num_seeds
+    run_config.train.num_seeds = k * len(members)
+    per_replica = {}
+    for field in PER_REPLICA_FIELDS:
+      section, leaf = field.split(".")
+      values = [configs[n][section][leaf] for n in members]
+      if len(set(values)) > 1:
+        per_replica[field] = [float(v) for v in values for _ in range(k)]
+    run_config.train.per_replica = json.dumps(per_replica)
+    out.append(("+".join(members), run_config, members))
+  return out
 
 
 def _privacy_of_sweep(spent: dict, against: str) -> dict:

@@ -74,7 +74,7 @@ def batch_dict(features, attributes, additional):
 # train fields that change what a run computes: a resumed run must keep them (budgets, logging and
 # checkpoint cadence may change between launches)
 FIXED_ON_RESUME = ("seed", "num_seeds", "eval_holdout", "eval_samples", "batch_size", "learning_rate", "beta1",
-                   "beta2", "gp_weight", "d_rounds", "g_rounds")
+                   "beta2", "gp_weight", "d_rounds", "g_rounds", "per_replica")
 
 
 def _differences(section: str, was: dict, now: dict) -> str:
@@ -100,10 +100,11 @@ def _check_resumable(saved: dict, config: ml_collections.ConfigDict, workdir: st
   for name in FIXED_ON_RESUME:
     if name == "seed" and secret_seed:  # the run's secret seed is kept, whatever --config.train.seed says
       continue
-    if saved["train"].get(name) != config.train[name]:
-      raise BadInput(f"{workdir} holds a run with train.{name}={saved['train'].get(name)!r}, not "
-                       f"{config.train[name]!r}: resuming would change what the run computes; use a new "
-                       f"--workdir (or the same setting). Budgets, logging and checkpoint cadence may change.")
+    was, now = (section.get(name, getattr(TrainConfig, name)) for section in (saved["train"], config.train))
+    if was != now:  # (a field absent from an older config: its default)
+      raise BadInput(f"{workdir} holds a run with train.{name}={was!r}, not {now!r}: resuming would change what "
+                     "the run computes; use a new --workdir (or the same setting). Budgets, logging and checkpoint "
+                     "cadence may change.")
 
 
 def _resolve_privacy(pc: PrivacyConfig, tc: TrainConfig, saved: dict | None, num_examples: int) -> PrivacyConfig:
@@ -431,6 +432,9 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
            num_series, schema.max_length, len(schema.feature_vars), len(schema.attribute_vars),
            model.sample_len, -(-schema.max_length // model.sample_len),
            f"; {tc.num_seeds} replicas (seeds {tc.seed}..{tc.seed + tc.num_seeds - 1})" if tc.num_seeds > 1 else "")
+  if tc.replica_values:
+    log.info("per-replica settings (train.per_replica): %s", "; ".join(
+        f"{field}={list(values)}" for field, values in tc.replica_values.items()))
   if mc.aux_critic and not model.has_aux_critic:
     log.info("no metadata (no attributes, no min/max): the auxiliary critic has nothing to see; training without it")
 

@@ -33,7 +33,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dg_jax import losses, privacy, sharding
 from dg_jax.models.doppelganger import STATS, DoppelGANger, sample_noise, split_stats
-from dg_jax.settings import PrivacyConfig, TrainConfig
+from dg_jax.settings import PER_REPLICA_FIELDS, ModelConfig, PrivacyConfig, TrainConfig
 from dg_jax.sharding import DATA, SEEDS
 
 DP_NOISE_STREAM = 0x5eed  # fold_in tag of the DP noise keys, apart from the step's other keys
@@ -42,8 +42,19 @@ NOISE_SPECS = dict(attribute=P(DATA), additional=P(DATA), feature=P(None, DATA),
                    initial_h=P(DATA), initial_c=P(DATA))
 
 
-def optimizer(tc: TrainConfig) -> optax.GradientTransformation:
-  return optax.adam(tc.learning_rate, b1=tc.beta1, b2=tc.beta2)
+def optimizer(hp: dict) -> optax.GradientTransformation:
+  """Adam with the learning rate and betas of hp (hyperparameters' names)."""
+  return optax.adam(hp["learning_rate"], b1=hp["beta1"], b2=hp["beta2"])
+
+
+def hyperparameters(tc: TrainConfig, mc: ModelConfig) -> tuple[dict, dict]:
+  """The numbers of PER_REPLICA_FIELDS the step computes with, by short name: (the config's values as
+  Python floats, {those train.per_replica sets: [K] float32 arrays}). The step takes the second as an
+  argument, vmapped with the replicas, so a run without per-replica values computes exactly as before."""
+  sections = dict(train=tc, model=mc)
+  fixed = {name: getattr(sections[section], name) for section, name in (f.split(".") for f in PER_REPLICA_FIELDS)}
+  varying = {field.split(".")[1]: jnp.asarray(v, jnp.float32) for field, v in tc.replica_values.items()}
+  return fixed, varying
 
 
 def critic_params(params: dict) -> dict:
@@ -58,7 +69,7 @@ def init_state(model: DoppelGANger, tc: TrainConfig, seed) -> tuple[dict, jax.Ar
   frozen at (-1: never)."""
   init_key, run_key = jax.random.split(jax.random.key(seed))
   params = model.init(init_key)
-  opt = optimizer(tc)
+  opt = optimizer(hyperparameters(tc, model.cfg)[0])  # Adam's state does not depend on its numbers
   trainable, _ = split_stats(params["generator"])  # BatchNorm's running averages are not optimised
   state = dict(params=params, g_opt=opt.init(trainable), d_opt=opt.init(critic_params(params)),
                step=jnp.zeros((), jnp.int32),
@@ -117,33 +128,35 @@ def per_replica(fn):
   return wrapped
 
 
-def critic_fns(model: DoppelGANger, d_params: dict):
-  """[(weight, score function on flattened samples)] for the critic and, if on, the auxiliary critic."""
+def critic_fns(model: DoppelGANger, d_params: dict, aux_weight=None):
+  """[(weight, score function on flattened samples)] for the critic and, if on, the auxiliary critic
+  (weight aux_weight, default model.aux_critic_weight)."""
   critic = model.critic
   fns = [(1.0, lambda x: critic.apply(d_params["critic"], x))]
   if model.has_aux_critic:
     meta = model.meta_dim
-    fns.append((model.cfg.aux_critic_weight, lambda x: critic.apply(d_params["aux_critic"], x[:, x.shape[1] - meta:])))
+    weight = model.cfg.aux_critic_weight if aux_weight is None else aux_weight
+    fns.append((weight, lambda x: critic.apply(d_params["aux_critic"], x[:, x.shape[1] - meta:])))
   return fns
 
 
-def d_loss_fn(model: DoppelGANger, tc: TrainConfig, d_params, real, fake, t):
+def d_loss_fn(model: DoppelGANger, gp_weight, d_params, real, fake, t):
   """The critics' losses, summed unweighted: as in the original, alpha weights only the generator's
   loss, and each critic (with its own parameters, and Adam being per-parameter) trains on its own loss."""
   total, metrics = 0.0, {}
   for (_, fn), name in zip(critic_fns(model, d_params), ("", "aux_")):
-    loss, w = losses.critic_loss(fn, real, fake, t, tc.gp_weight, model.cfg.pack)
+    loss, w = losses.critic_loss(fn, real, fake, t, gp_weight, model.cfg.pack)
     total = total + loss
     metrics[f"{name}w_distance"] = w
   metrics["d_loss"] = total
   return total, metrics
 
 
-def g_loss_fn(model: DoppelGANger, d_params, fake):
-  return sum(weight * losses.generator_loss(fn, fake) for weight, fn in critic_fns(model, d_params))
+def g_loss_fn(model: DoppelGANger, d_params, fake, aux_weight=None):
+  return sum(weight * losses.generator_loss(fn, fake) for weight, fn in critic_fns(model, d_params, aux_weight))
 
 
-def private_critic_grads(model: DoppelGANger, tc: TrainConfig, pc: PrivacyConfig, d_params, real, fake, t,
+def private_critic_grads(model: DoppelGANger, gp_weight, pc: PrivacyConfig, d_params, real, fake, t,
                          key, batch_size: int):
   """DP-SGD critic gradient on this device's examples (inside shard_map); batch_size is global.
 
@@ -151,7 +164,7 @@ def private_critic_grads(model: DoppelGANger, tc: TrainConfig, pc: PrivacyConfig
   depends on example i alone; the metrics are the means of the per-example ones, i.e. the batch's.
   """
   def example_loss(p, r, f, ti):
-    return d_loss_fn(model, tc, p, r[None], f[None], ti[None])
+    return d_loss_fn(model, gp_weight, p, r[None], f[None], ti[None])
   grads, metrics, clipped = privacy.private_grad(example_loss, d_params, (real, fake, t), pc.l2_clip,
                                                  pc.noise_multiplier, key, batch_size, DATA)
   metrics = jax.tree.map(jnp.mean, metrics)
@@ -199,11 +212,15 @@ def make_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfi
   batches: dict(features [k, K, B, T, F], attributes [k, K, B, A], additional_attributes [k, K, B, 2Kc]).
   metrics: dict of [k, K] arrays.
   """
-  gen, opt = model.generator.clone(axis_name=DATA), optimizer(tc)
+  gen = model.generator.clone(axis_name=DATA)
   dp = pc is not None and pc.enabled
+  fixed_hp, varying_hp = hyperparameters(tc, model.cfg)
 
-  def local_step(state, real_batch, noises, ts, dp_keys):
-    """Runs on each device's slice of the batch; gradients are averaged over devices."""
+  def local_step(state, varying, real_batch, noises, ts, dp_keys):
+    """Runs on each device's slice of the batch; gradients are averaged over devices. varying: this
+    replica's values of the hyperparameters train.per_replica sets."""
+    hp = dict(fixed_hp, **varying)
+    opt = optimizer(hp)
     params = state["params"]
     (g_params, stats), d_params = split_stats(params["generator"]), critic_params(params)
     g_opt, d_opt = state["g_opt"], state["d_opt"]
@@ -221,10 +238,10 @@ def make_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfi
     for r in range(tc.d_rounds):
       fake, pullback, stats = forward(noises[r])
       if dp:
-        grads, metrics = private_critic_grads(model, tc, pc, d_params, real, jax.lax.stop_gradient(fake), ts[r],
-                                              dp_keys[r], real.shape[0] * mesh.shape[DATA])
+        grads, metrics = private_critic_grads(model, hp["gp_weight"], pc, d_params, real, jax.lax.stop_gradient(fake),
+                                              ts[r], dp_keys[r], real.shape[0] * mesh.shape[DATA])
       else:
-        grads, metrics = jax.grad(functools.partial(d_loss_fn, model, tc), has_aux=True)(
+        grads, metrics = jax.grad(functools.partial(d_loss_fn, model, hp["gp_weight"]), has_aux=True)(
             d_params, real, jax.lax.stop_gradient(fake), ts[r])
         grads = pmean(grads)
       updates, d_opt = opt.update(grads, d_opt, d_params)
@@ -232,7 +249,8 @@ def make_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfi
     for r in range(tc.g_rounds):
       if r > 0:
         fake, pullback, stats = forward(noises[tc.d_rounds + r - 1])
-      g_loss, d_fake = jax.value_and_grad(functools.partial(g_loss_fn, model, d_params))(fake)
+      g_loss, d_fake = jax.value_and_grad(functools.partial(g_loss_fn, model, d_params,
+                                                            aux_weight=hp["aux_critic_weight"]))(fake)
       (grads,) = pullback(d_fake)
       updates, g_opt = opt.update(pmean(grads), g_opt, g_params)
       g_params = optax.apply_updates(g_params, updates)
@@ -244,7 +262,7 @@ def make_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfi
   noise_specs = {name: P(SEEDS, *spec) for name, spec in NOISE_SPECS.items()}
   sharded_step = jax.shard_map(
       per_replica(local_step), mesh=mesh,
-      in_specs=(P(SEEDS), P(SEEDS, DATA), [noise_specs] * (tc.d_rounds + tc.g_rounds - 1),
+      in_specs=(P(SEEDS), P(SEEDS), P(SEEDS, DATA), [noise_specs] * (tc.d_rounds + tc.g_rounds - 1),
                 [P(SEEDS, DATA)] * tc.d_rounds, [P(SEEDS)] * (tc.d_rounds if dp else 0)),
       out_specs=(P(SEEDS), P(SEEDS)),
       # Unchecked: with replication checking on, gradients of replicated params are psum'd
@@ -269,7 +287,7 @@ def make_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfi
     batch_size = real_batch["features"].shape[1]
     noises, ts, dp_keys = jax.vmap(functools.partial(draws, batch_size=batch_size))(
         run_keys, state["step"], state["health"]["rollbacks"])
-    return sharded_step(state, real_batch, noises, ts, dp_keys)
+    return sharded_step(state, varying_hp, real_batch, noises, ts, dp_keys)
 
   def multi_step(state, batches, keys):
     new, metrics = jax.lax.scan(functools.partial(one_step, run_keys=keys), state, batches)

@@ -4,6 +4,8 @@ benchmarks/chaos.py start it as they would start launch.py; the package itself h
   nan:R@S[,S...]    replica R's batches of training steps S hold NaN (bad batches: that replica diverges;
                     the data is then host-fed)
   write_error:P@N   process P's Nth metrics.jsonl row fails to write with ENOSPC (a full disk)
+  flat:R            what replica R's generator generates is flat: each series repeats its first record
+                    (a collapsed generator, as the sweep sees it)
 """
 import errno
 import os
@@ -43,6 +45,22 @@ def inject(fault: str) -> None:
           raise OSError(errno.ENOSPC, "No space left on device (injected)", str(path))
       append(path, text)
     io_utils.append_text = append_or_fail
+  elif kind == "flat":
+    import dataclasses
+    from dg_jax import sampling
+    replica, load, generate, chosen = int(first), sampling.load_generator, sampling.generate, []
+
+    def load_and_note(*args, seed_index=None, **kwargs):
+      chosen.append(seed_index)
+      return load(*args, seed_index=seed_index, **kwargs)
+
+    def generate_flat(*args, **kwargs):
+      out = generate(*args, **kwargs)
+      if chosen and chosen[-1] == replica:
+        valid = np.arange(out.features.shape[1])[None, :, None] < out.lengths[:, None, None]
+        out = dataclasses.replace(out, features=np.where(valid, out.features[:, :1], 0).astype(out.features.dtype))
+      return out
+    sampling.load_generator, sampling.generate = load_and_note, generate_flat
   elif kind:
     raise SystemExit(f"DG_JAX_FAULT={fault!r}: unknown fault")
 

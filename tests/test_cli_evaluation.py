@@ -41,17 +41,30 @@ def test_baseline_and_evaluate_modes(tmp_path, cli):
 
 def test_sweep_mode_with_seeds_a_held_out_file_variants_and_resume(tmp_path, cli):
   """K=2 seeds per variant, each scored (its best checkpoint) against a held-out draw; the tables give
-  mean ± std over seeds; a second launch with named variants reuses the S sweep's finished run of the
-  same resolved config and trains one that switches off the auxiliary critic, tested against it, whose
-  replica 1 diverges (NaN batches, tests/fault_launch.py): a failed seed, counted, and the sweep goes on."""
+  mean ± std over seeds; variants that differ only in per-replica numbers train as one program; a second
+  launch reuses a finished variant of the same resolved config and trains one that switches off the
+  auxiliary critic, tested against it, whose replica 1 diverges (NaN batches, tests/fault_launch.py): a
+  failed seed, counted, and the sweep goes on."""
   save_npz(make_demo(64, 24, seed=1, variable_lengths=True), str(tmp_path / "test.npz"))  # tiny.py's, another draw
   w = tmp_path / "sweep"
   args = ("--mode=sweep", "--config=configs/tiny.py", f"--workdir={w}", "--config.train.num_steps=10",
           "--config.train.num_seeds=2", "--config.train.eval_every=5", "--config.train.eval_holdout=0",
           "--config.train.max_rollbacks=0", "--num_samples=32", f"--real_test={tmp_path / 'test.npz'}",
           "--posthoc_scores=quick")
-  log = cli(*args, "--sample_lens=2")
-  assert "sweep: training sample_len_2 (2 seeds)" in log
+  # two variants that differ only in the learning rate: one program of 4 replicas, split back per variant
+  # replica 3 (fast's second seed) generates flat series (tests/fault_launch.py): a collapsed seed, counted
+  log = cli(*args, "--variants=sample_len_2=model.sample_len=2;fast=model.sample_len=2,train.learning_rate=3e-3",
+            fault="flat:3")
+  assert ("sweep: training sample_len_2, fast as one program of 4 replicas (2 seeds each; they differ only in "
+          "train.learning_rate)") in log
+  result = json.loads((w / "sweep.json").read_text())
+  assert [result["runs"][n]["failed"] for n in ("sample_len_2", "fast")] == [0, 1] and result["ranking"][-1] == "fast"
+  assert result["runs"]["fast"]["seeds"][1]["failures"][0].startswith("traffic_bytes: 100% of the series are flat")
+  assert "| fast | 1 of 2 |" in (w / "sweep.md").read_text()
+  group = json.loads((w / "sample_len_2+fast" / "config.json").read_text())["train"]
+  assert group["num_seeds"] == 4 and json.loads(group["per_replica"]) == {"train.learning_rate": [1e-3] * 2 + [3e-3] * 2}
+  fast = json.loads((w / "fast" / "sweep_scores.json").read_text())
+  assert [s["generated_from/seed"] for s in fast["seeds"]] == [2, 3] and fast["trained_in"] == str(w / "sample_len_2+fast")
   log = cli(*args, "--variants=sample_len_2=model.sample_len=2;no_aux=model.sample_len=2,model.aux_critic=False",
             "--baseline=sample_len_2", fault="nan:1@7")
   assert "sample_len_2 already trained and scored" in log and "sweep: training no_aux (2 seeds)" in log

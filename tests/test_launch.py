@@ -21,3 +21,9 @@ def test_compile_cache_is_on_by_default_filled_once_and_reused(tmp_path):
   assert any(name.startswith("jit_train_dispatch") for name in entries), entries
   launch(tmp_path / "b", home=tmp_path / "home")  # the same program: read, not written again
   assert sorted(p.name for p in cache.iterdir() if p.name.endswith("-cache")) == entries
+
+
+def test_devices_mode_reports_processes_and_devices(capsys):
+  import launch
+  launch._devices()
+  assert capsys.readouterr().out.startswith("process 0 of 1: 8 local and 8 global device(s), cpu")

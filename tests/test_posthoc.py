@@ -22,10 +22,10 @@ def test_known_answers():
   """Another draw of the same process: the classifier cannot tell it from the real set; the identical set:
   close to 0 too, above it by the module docstring's memorisation artefact; series shuffled in time: it
   almost always can, and a predictor trained on them learnt nothing that holds on real data, unlike one
-  trained on the real series. (1000 steps, not the published 2000/5000: tolerances allow for that.)"""
+  trained on the real series. (500 steps, not the published 2000/5000: tolerances allow for that.)"""
   real = sines(256, 0)
   shuffled = dataclasses.replace(real, features=real.features[:, np.random.default_rng(0).permutation(24)])
-  settings = posthoc.Settings(discriminator_steps=1000, predictor_steps=1000, repeats=2)
+  settings = posthoc.Settings(discriminator_steps=500, predictor_steps=500, repeats=2)
   same, bad = (posthoc.posthoc_scores(real, s, settings) for s in (real, shuffled))
   assert same["discriminative_score"] < 0.2 and bad["discriminative_score"] > 0.3, (same, bad)
   assert posthoc.discriminative_score(real, sines(256, 1), settings)[0] < 0.1

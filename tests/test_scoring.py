@@ -9,7 +9,7 @@ from dg_jax.data import encoding
 from dg_jax.data.demo import make_demo
 from dg_jax.data.schema import Dataset, continuous
 from dg_jax.models.doppelganger import DoppelGANger
-from dg_jax.settings import model_config
+from dg_jax.settings import model_config, train_config
 from dg_jax.train_step import init_replicas
 from test_training import tiny_config
 
@@ -71,7 +71,7 @@ def test_two_scorings_of_one_generator_agree_and_a_better_score_must_be_confirme
   """Common random numbers: scoring the same generator twice, at different steps, gives the same score.
   A first scoring keeps the generator only through its confirming score, which it reports."""
   scorer = demo_scorer[0]
-  state = init_replicas(scorer.model, tiny_config().train, 0, 2)[0]
+  state = init_replicas(scorer.model, train_config(tiny_config()), 0, 2)[0]
   score = jax.jit(scorer.score)
   once, m1, _ = score(state, scorer.reference)
   twice, m2, _ = score(dict(once, step=once["step"] + 100), scorer.reference)

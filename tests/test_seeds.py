@@ -1,4 +1,5 @@
 """K seeds as one program (train.num_seeds), scoring while training, and choosing what to generate from."""
+import dataclasses
 import json
 
 import jax
@@ -39,6 +40,31 @@ def test_replica_k_is_the_run_with_seed_plus_k(setup, num_devices):
       np.testing.assert_allclose(m_both[name][:, k], m_alone[name], rtol=1e-3, atol=1e-4)
   assert not np.allclose(both["params"]["generator"]["params"]["heads"]["kernel"][0],
                          both["params"]["generator"]["params"]["heads"]["kernel"][1])
+
+
+def test_replicas_with_their_own_hyperparameters_are_the_runs_with_those_settings(setup):
+  """train.per_replica: replica 1 of a two-replica program with its own learning rate, beta1,
+  gradient-penalty and auxiliary-critic weights computes what a one-seed run (seed 1) with those settings
+  computes; replica 0 keeps the config's values."""
+  model, tc, batches = setup
+  from dg_jax.data.batching import BatchIterator
+  enc = encoding.encode(load_dataset(tiny_config().data), model.schema)
+  arrays = [enc.features, enc.attributes, enc.additional_attributes]
+  per_seed = [dict(zip(batches, BatchIterator(arrays, 16, s).next(3))) for s in (0, 1)]
+  stacked = jax.tree.map(lambda a, b: np.stack([a, b], 1), *per_seed)
+  own = {"train.learning_rate": 3e-3, "train.beta1": 0.9, "train.gp_weight": 5.0, "model.aux_critic_weight": 0.25}
+  per_replica = {field: [getattr(tc if field.startswith("train") else model.cfg, field.split(".")[1]), value]
+                 for field, value in own.items()}
+  grouped = dataclasses.replace(tc, num_seeds=2, per_replica=json.dumps(per_replica))
+  both, _ = run_steps(model, grouped, stacked, 1, seed=0, num_seeds=2)
+  alone_tc = dataclasses.replace(tc, learning_rate=3e-3, beta1=0.9, gp_weight=5.0)
+  alone_model = DoppelGANger(model.schema, dataclasses.replace(model.cfg, aux_critic_weight=0.25))
+  jax.tree.map(close, replica(both, 1), run_steps(alone_model, alone_tc, per_seed[1], 1, seed=1)[0])
+  jax.tree.map(close, replica(both, 0), run_steps(model, tc, per_seed[0], 1, seed=0)[0])
+  with pytest.raises(ValueError, match="train.per_replica: train.batch_size cannot differ"):
+    dataclasses.replace(tc, num_seeds=2, per_replica='{"train.batch_size": [1, 2]}')
+  with pytest.raises(ValueError, match="needs train.num_seeds=2 finite numbers"):
+    dataclasses.replace(tc, num_seeds=2, per_replica='{"train.learning_rate": [1e-3]}')
 
 
 def params_at(workdir, k):

@@ -231,7 +231,7 @@ def test_alpha_weights_only_the_generator_loss(setup):
   aux = lambda x: model.critic.apply(d_params["aux_critic"], x[:, x.shape[1] - model.meta_dim:])  # noqa: E731
   d_main, _ = losses.critic_loss(main, real, fake, t, tc.gp_weight)
   d_aux, _ = losses.critic_loss(aux, real, fake, t, tc.gp_weight)
-  d_total, _ = d_loss_fn(model, tc, d_params, real, fake, t)
+  d_total, _ = d_loss_fn(model, tc.gp_weight, d_params, real, fake, t)
   np.testing.assert_allclose(d_total, d_main + d_aux, rtol=1e-5)
   want = losses.generator_loss(main, fake) + 3.0 * losses.generator_loss(aux, fake)
   np.testing.assert_allclose(g_loss_fn(model, d_params, fake), want, rtol=1e-5)
