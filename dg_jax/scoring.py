@@ -364,25 +364,26 @@ class Scorer:
     out["score"] = jnp.where(failed, jnp.inf, self.composite(out, ref))
     return out
 
-  def alarms(self, scores: dict) -> list[str]:
-    """Lines naming, per replica, each continuous feature that is flat in FLAT_ALARM more of the generated
-    series than of the reference's, or whose spread or roughness is off by more than ALARM_FACTOR: from
-    one scoring's host metrics ({name: [K]})."""
-    schema, out = self.model.schema, []
+  def alarms(self, scores: dict) -> dict[tuple[int, str, str], str]:
+    """{(replica, feature, what): line} for each continuous feature of each replica that is flat in
+    FLAT_ALARM more of the generated series than of the reference's ("collapse"), or whose spread or
+    roughness is off by more than ALARM_FACTOR: from one scoring's host metrics ({name: [K]})."""
+    schema, out = self.model.schema, {}
     cont = [v.name for v in schema.feature_vars if not v.is_categorical]
     for r in range(len(scores["score"])):
       for name, ref_flat in zip(cont, self.reference["flat_share"]):
         flat = scores[f"flat_share/{name}"][r]
         if flat > ref_flat + FLAT_ALARM:
-          out.append(f"replica {r}: {name} is flat in {flat:.0%} of the generated series ({ref_flat:.0%} of the "
-                     "reference's): the feature is collapsing (data.log_half_range=True may help: docs/design.md)")
+          out[r, name, "collapse"] = (
+              f"replica {r}: {name} is flat in {flat:.0%} of the generated series ({ref_flat:.0%} of the "
+              "reference's): the feature is collapsing (data.log_half_range=True may help: docs/design.md)")
       for key, what in (("spread_log_ratio", "within-series spread"),
                         ("diff2_log_ratio", "spread of second differences (roughness)")):
         for name in cont:
           ratios = scores.get(f"{key}/{name}")  # absent where the reference does not define it
           if ratios is not None and ratios[r] > np.log(ALARM_FACTOR):
-            out.append(f"replica {r}: {name}: {what} off by a factor of {np.exp(ratios[r]):.3g} from the "
-                       "reference's")
+            out[r, name, what] = (f"replica {r}: {name}: {what} off by a factor of {np.exp(ratios[r]):.3g} from "
+                                  "the reference's")
     return out
 
   def composite(self, m: dict, ref: dict):

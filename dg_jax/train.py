@@ -515,6 +515,7 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
     cleanup.callback(metrics_log.close)
     cleanup.callback(profiler.stop)
     unread = None  # the previous dispatch, read while this one runs: decisions lag one dispatch
+    raised = {}  # the scoring alarms of the last scoring (Scorer.alarms)
     while step < end and not stop and len(health.frozen) < tc.num_seeds:
       k = tc.steps_per_dispatch if end - step >= tc.steps_per_dispatch else 1
       profiler.before(step, k)
@@ -534,8 +535,12 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
       if score_fn is not None and (score_now or out_of_time) and not stopped:
         state, scores, preview = score_fn(state, reference)
         scores = sharding.to_host(scores)
-        for line in scorer.alarms(scores):
-          log.warning("scoring at step %d: %s", step, line)
+        alarms = scorer.alarms(scores)  # each logged (by process 0) when it starts and when it ends
+        for r, name, what in sorted(alarms.keys() - raised.keys()) if primary else ():
+          log.warning("scoring at step %d: %s", step, alarms[r, name, what])
+        for r, name, what in sorted(raised.keys() - alarms.keys()) if primary else ():
+          log.info("scoring at step %d: replica %d: %s: %s within bounds again", step, r, name, what)
+        raised = alarms
         scores = {f"score/{name}": _per_replica(v) for name, v in scores.items()}
         scored = True
         if tc.tensorboard:

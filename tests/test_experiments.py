@@ -29,11 +29,14 @@ SMALL = ("--extra=--config.model.critic_num_units=16", "--extra=--config.model.f
          "--extra=--config.model.critic_num_layers=1")
 
 
-def test_dp_tradeoff_and_membership(tmp_path, shared_data):
+def test_dp_tradeoff(tmp_path, shared_data):
   out = run_script("dp_tradeoff.py", "--epsilons=1000", "--steps=4", f"--out={tmp_path / 'dp'}", *SMALL)
   rows = {r["run"]: r for r in json.loads((tmp_path / "dp" / "dp.json").read_text())["rows"]}
   assert rows["non-private"]["epsilon"] is None and 0 < rows["epsilon=1000"]["epsilon"] <= 1000
   assert (tmp_path / "dp" / "dp_autocorrelation.png").stat().st_size > 1000 and "| epsilon=1000 |" in out
+
+
+def test_membership(tmp_path, shared_data):
   run_script("membership.py", "--sizes=20", "--steps=4", f"--out={tmp_path / 'mi'}", *SMALL)
   (row,) = json.loads((tmp_path / "mi" / "membership.json").read_text())["rows"]
   assert row["size"] == 20 and row["epochs"] == 4  # 4 steps of a batch of 20 over 20 series

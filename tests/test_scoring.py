@@ -58,7 +58,9 @@ def test_the_log_names_a_collapsing_or_jittery_feature(demo_scorer):
   rng = np.random.default_rng(0)
   jitter[..., 0] *= np.exp(rng.normal(0, 1.0, jitter.shape[:2]))
   runs = [honest, scored(demo_scorer, features=flat), scored(demo_scorer, features=jitter)]
-  alarms = scorer.alarms({k: np.array([r[k] for r in runs]) for k in honest})
+  raised = scorer.alarms({k: np.array([r[k] for r in runs]) for k in honest})
+  assert (1, "latency_ms", "collapse") in raised and not [key for key in raised if key[0] == 0]
+  alarms = list(raised.values())
   assert not [a for a in alarms if a.startswith("replica 0")]
   assert any(a.startswith("replica 1: latency_ms is flat in 100% of the generated series (0% of the reference's): "
                           "the feature is collapsing") for a in alarms)

@@ -1,6 +1,8 @@
 """K seeds as one program (train.num_seeds), scoring while training, and choosing what to generate from."""
 import dataclasses
 import json
+import logging
+import re
 
 import jax
 import numpy as np
@@ -96,12 +98,29 @@ def scored_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("scored")
   c = tiny_config(1, num_seeds=2, eval_every=5, eval_samples=50, keep_checkpoints=4, checkpoint_every=5)
   c.data.demo.num_samples = 200
-  train_and_evaluate(c, str(workdir))
-  return workdir, c
+  records = []
+  handler = logging.Handler()
+  handler.emit = records.append
+  logging.getLogger("dg_jax").addHandler(handler)
+  try:
+    train_and_evaluate(c, str(workdir))
+  finally:
+    logging.getLogger("dg_jax").removeHandler(handler)
+  return workdir, c, [r.getMessage() for r in records]
 
 
 def test_scores_are_logged_per_replica_and_the_best_generator_is_kept(scored_run):
-  workdir, _ = scored_run
+  workdir, _, log = scored_run
+  # a scoring alarm is logged when it starts, then not again until a line says it has ended
+  state, alarm = {}, re.compile(r"scoring at step \d+: replica (\d+): (\w+)(?: is flat|: (within-series spread|"
+                                 r"spread of second differences \(roughness\)|collapse) (off|within))")
+  for line in log:
+    m = alarm.match(line)
+    if m:
+      key, starts = (m[1], m[2], m[3] or "collapse"), m[4] != "within"
+      assert state.get(key, False) != starts, line
+      state[key] = starts
+  assert state, "the tiny run raises no alarm to test with"
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   scored = [r for r in rows if "score/score" in r]
   assert [r["step"] for r in scored] == [5, 10, 15, 20]
@@ -130,7 +149,7 @@ def test_scores_are_logged_per_replica_and_the_best_generator_is_kept(scored_run
 
 
 def test_generate_from_the_best_replica_or_the_one_asked_for(scored_run, tmp_path):
-  workdir, _ = scored_run
+  workdir = scored_run[0]
   state = jax.device_get(restore_run(str(workdir))[1])
   best_k = int(np.argmin(state["best"]["score"]))
   _, params, config = load_generator(str(workdir))
@@ -152,7 +171,7 @@ def test_generate_from_the_best_replica_or_the_one_asked_for(scored_run, tmp_pat
 
 
 def test_export_records_the_chosen_replica_and_checkpoint(scored_run, tmp_path):
-  workdir, _ = scored_run
+  workdir = scored_run[0]
   log = run_cli("--mode=export", f"--workdir={workdir}", f"--bundle={tmp_path / 'b'}", "--seed_index=1",
                 "--checkpoint=latest")
   assert "replica 1 of 2, the latest generator (step 20)" in log
@@ -167,7 +186,7 @@ def test_export_records_the_chosen_replica_and_checkpoint(scored_run, tmp_path):
 
 def test_tensorboard_has_per_replica_scalars_and_sample_figures(scored_run):
   from test_training import tensorboard_scalars
-  workdir, _ = scored_run
+  workdir = scored_run[0]
   tags = tensorboard_scalars(workdir / "tensorboard")
   for k in (0, 1):
     assert [s for s, _ in tags[f"train/score/score/replica_{k}"]] == [5, 10, 15, 20]
@@ -179,7 +198,7 @@ def test_tensorboard_has_per_replica_scalars_and_sample_figures(scored_run):
 def test_on_device_metrics_agree_with_the_evaluation_module(scored_run):
   """The jitted scores of one replica's samples equal metrics.py's and memorisation.py's on the same
   samples decoded on the host."""
-  workdir, c = scored_run
+  workdir, c, _ = scored_run
   data = load_dataset(c.data)
   train, held_out = scoring.split_holdout(data, c.train.eval_holdout)
   assert held_out.num_samples == 20 and train.num_samples == 180
