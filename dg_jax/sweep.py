@@ -210,8 +210,9 @@ def _run_sweep(configs: dict, workdir: str, num_samples: int, seed: int, real_te
     if len(members) == 1:
       log.info("sweep: training %s (%d seed%s) in %s", run_name, k, "s" if k > 1 else "", run_dir)
     else:
-      log.info("sweep: training %s as one program of %d replicas (%d seeds each; they differ only in %s) in %s",
-               ", ".join(members), total, k, ", ".join(json.loads(run_config.train.per_replica)), run_dir)
+      log.info("sweep: training %s as one program of %d replicas (%d seed%s each; they differ only in %s) in %s",
+               ", ".join(members), total, k, "s" if k > 1 else "", ", ".join(json.loads(run_config.train.per_replica)),
+               run_dir)
     try:
       step, frozen_at = train_and_evaluate(run_config, run_dir)["step"], [-1] * total
     except Diverged as e:  # a failed seed, counted as such; the other seeds (and variants) go on
