@@ -218,7 +218,8 @@ def _run_sweep(configs: dict, workdir: str, num_samples: int, seed: int, real_te
     except Diverged as e:  # a failed seed, counted as such; the other seeds (and variants) go on
       log.warning("sweep: %s: %s", run_name, e)
       step, frozen_at = e.step, e.frozen_at
-    first_seed = train_config(run_config).seed
+    pc = privacy_config(run_config)
+    first_seed = None if pc.enabled and pc.secret_seed else train_config(run_config).seed  # a secret one stays so
     for v, name in enumerate(members):
       runs[name] = []
       for r in range(v * k, (v + 1) * k):
@@ -227,8 +228,8 @@ def _run_sweep(configs: dict, workdir: str, num_samples: int, seed: int, real_te
         scores = _score(real, synthetic, posthoc_settings)
         if frozen_at[r] >= 0:
           scores["failures"].insert(0, f"diverged: frozen with its state before step {frozen_at[r] + 1}")
-        runs[name].append(dict(scores, **{"generated_from/step": config_used.generated_from.step,
-                                          "generated_from/seed": first_seed + r}))
+        runs[name].append(dict(scores, **{"generated_from/step": config_used.generated_from.step},
+                               **({} if first_seed is None else {"generated_from/seed": first_seed + r})))
       if step < run_config.train.num_steps:
         cut_short[name] = step
       elif sharding.is_primary():
@@ -236,7 +237,7 @@ def _run_sweep(configs: dict, workdir: str, num_samples: int, seed: int, real_te
             dict(key=keys[name], trained_in=run_dir, seeds=runs[name])), indent=1, allow_nan=False))
       log.info("sweep: %s  %s %s%s", name, CRITERION, _mean_std([r[CRITERION] for r in runs[name] if not failed(r)]),
                _failed_note(runs[name]))
-    if privacy_config(run_config).enabled:
+    if pc.enabled:
       spent[run_name] = (config_used.privacy_spent.to_dict(), train_config(config_used), privacy_config(config_used))
     if step < run_config.train.num_steps:
       log.warning("sweep: %s stopped at step %d of %d (train.max_minutes): scored, not cached; the same command "

@@ -535,12 +535,13 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
       if score_fn is not None and (score_now or out_of_time) and not stopped:
         state, scores, preview = score_fn(state, reference)
         scores = sharding.to_host(scores)
-        alarms = scorer.alarms(scores)  # each logged (by process 0) when it starts and when it ends
-        for r, name, what in sorted(alarms.keys() - raised.keys()) if primary else ():
-          log.warning("scoring at step %d: %s", step, alarms[r, name, what])
-        for r, name, what in sorted(raised.keys() - alarms.keys()) if primary else ():
-          log.info("scoring at step %d: replica %d: %s: %s within bounds again", step, r, name, what)
-        raised = alarms
+        if primary:  # each alarm logged when it starts and when it ends, not at every scoring
+          alarms = scorer.alarms(scores)
+          for key in sorted(alarms.keys() - raised.keys()):
+            log.warning("scoring at step %d: %s", step, alarms[key])
+          for r, name, what in sorted(raised.keys() - alarms.keys()):
+            log.info("scoring at step %d: replica %d: %s: %s within bounds again", step, r, name, what)
+          raised = alarms
         scores = {f"score/{name}": _per_replica(v) for name, v in scores.items()}
         scored = True
         if tc.tensorboard:
