@@ -21,9 +21,10 @@ def get_config():
   c.data.max_samples = 0            # random subsample of this many series (0 = all)
   c.data.normalization = "zero_one"  # continuous values scaled to [0,1] ("zero_one") or [-1,1] ("minus_one_one")
   c.data.auto_normalize = True      # per-series min/max as generated "additional attributes" (§4.2)
-  c.data.log_half_range = False    # auto-normalisation's per-series half-ranges generated on a log scale:
-                                    # turn on when a feature collapses (each series spanning a small share
-                                    # of the global range; docs/design.md, docs/results.md)
+  c.data.log_half_range = "auto"    # auto-normalisation's per-series half-ranges generated on a log scale
+                                    # (True), linearly as in the paper (False), or "auto": log where a
+                                    # feature's series each span a small share of its range, which can
+                                    # otherwise collapse the feature (docs/design.md, docs/results.md)
   c.data.log1p = ""                 # comma-separated continuous variables to model as log1p(x), or "auto":
                                     # those spanning two decades or more (log1p, or asinh if signed)
   c.data.id_column = "id"           # csv_long: series id column
@@ -57,6 +58,9 @@ def get_config():
   c.model.aux_critic_weight = 1.0   # alpha: weight of the auxiliary critic in the generator loss (each critic
                                     # trains on its own unweighted loss, as in the original)
   c.model.pack = 1                  # PacGAN packing degree (1 = off)
+  c.model.critic_difference_weight = 0.0  # > 0: critics also see each continuous feature's record-to-record
+                                    # differences times this (10: sines 80x -> 9x rougher than real, but the
+                                    # demo's autocorrelation and spreads worse; docs/design.md)
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 100          # each replica's batch, a multiple of the devices that split it

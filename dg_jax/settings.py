@@ -32,14 +32,16 @@ class ModelConfig:
   pack: int = 1                         # PacGAN packing degree
   feature_noise: str = "per_step"       # LSTM noise: a fresh draw at every step (the paper) or "per_series"
                                         # (one draw per series, fed at every step)
+  critic_difference_weight: float = 0.0  # the critics also see each continuous feature's record-to-record
+                                        # differences times this (0 = not, as the paper; issue 21: jitter)
 
   def __post_init__(self):
     if self.initial_state not in ("random", "zero"):
       raise ValueError(f"model.initial_state must be 'random' or 'zero', got {self.initial_state!r}")
     if self.feature_noise not in ("per_step", "per_series"):
       raise ValueError(f"model.feature_noise must be 'per_step' or 'per_series', got {self.feature_noise!r}")
-    if self.pack < 1 or self.sample_len < 0:
-      raise ValueError("model.pack must be >= 1 and model.sample_len >= 0")
+    if self.pack < 1 or self.sample_len < 0 or self.critic_difference_weight < 0:
+      raise ValueError("model.pack must be >= 1, model.sample_len and model.critic_difference_weight >= 0")
 
 
 PLACEMENTS = ("auto", "device", "host", "sharded")  # train.data_placement

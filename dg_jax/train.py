@@ -52,12 +52,20 @@ PROFILE_DIR = "profile"
 
 
 def fit_schema_from_config(dataset, config) -> encoding.Schema:
-  """data.log1p: "auto" (encoding.fit_schema's auto_log) or the names of variables to model as log1p(x)."""
+  """data.log1p: "auto" (encoding.fit_schema's auto_log) or the names of variables to model as log1p(x);
+  data.log_half_range: "auto", True or False (a bool in configs saved before "auto")."""
   dc = config.data
   names = [x.strip() for x in dc.log1p.split(",") if x.strip()]
   auto = names == ["auto"]
-  schema = encoding.fit_schema(dataset, dc.normalization, dc.auto_normalize, [] if auto else names, auto,
-                               dc.get("log_half_range", False))
+  half = dc.get("log_half_range", False)
+  half = {"auto": "auto", "true": True, "false": False}.get(str(half).lower())
+  if half is None:
+    raise BadInput(f"data.log_half_range must be auto, True or False, got {dc.log_half_range!r}")
+  schema = encoding.fit_schema(dataset, dc.normalization, dc.auto_normalize, [] if auto else names, auto, half)
+  if half == "auto" and dc.auto_normalize:
+    narrow = encoding.narrow_series(dataset, schema)
+    log.info("data.log_half_range=auto: %s", f"{', '.join(narrow)}: each series spans a small share of the "
+             "feature's range; half-ranges coded on a log scale" if narrow else "half-ranges coded linearly")
   if auto:
     given = {v.name: v for v in dataset.feature_vars + dataset.attribute_vars}
     chosen = [f"{v.name} ({'log1p' if v.log1p else 'asinh'})" for v in schema.feature_vars + schema.attribute_vars

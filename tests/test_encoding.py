@@ -237,7 +237,8 @@ def test_auto_log_picks_heavy_tailed_variables_and_round_trips(tmp_path):
 
 
 def test_log1p_auto_from_the_config():
-  """data.log1p="auto" reaches fit_schema from the training config; names still work as before."""
+  """data.log1p="auto" reaches fit_schema from the training config; names still work as before; so does
+  data.log_half_range, a bad value of which is a clear error."""
   from configs import tiny
   from dg_jax.data.demo import make_demo
   from dg_jax.train import fit_schema_from_config
@@ -248,3 +249,28 @@ def test_log1p_auto_from_the_config():
   assert [v.log1p for v in fit_schema_from_config(plain, c).feature_vars] == [True, False]  # traffic_bytes only
   c.data.log1p = "latency_ms"
   assert [v.log1p for v in fit_schema_from_config(plain, c).feature_vars] == [False, True]
+  c.data.log_half_range = "True"  # as --config.data.log_half_range=True arrives
+  assert fit_schema_from_config(plain, c).log_half_range
+  c.data.log_half_range = "sometimes"
+  with pytest.raises(ValueError, match="data.log_half_range must be auto, True or False, got 'sometimes'"):
+    fit_schema_from_config(plain, c)
+
+
+def test_log_half_range_auto():
+  """"auto" picks the log code when a feature's series each span a small share of its global range (windows of
+  a long trend), the paper's linear code when they span much of it or are small because the feature is
+  heavy-tailed (most series near 1, a few near 1e4); without auto-normalisation, none."""
+  t, n = 24, 200
+  rng = np.random.default_rng(0)
+  trend = np.linspace(0, 1, n)[:, None] + 0.001 * rng.normal(size=(n, t))  # each window ~0.3% of the range
+  wide = rng.uniform(size=(n, t))
+  names = (continuous("wide"), continuous("trend"))
+  data = Dataset(np.stack([wide, trend], -1), np.full(n, t), np.zeros((n, 0)), names, ()).validate()
+  schema = encoding.fit_schema(data, log_half_range="auto")
+  assert schema.log_half_range and encoding.narrow_series(data, schema) == ["trend"]
+  only_wide = Dataset(wide[..., None], np.full(n, t), np.zeros((n, 0)), names[:1], ()).validate()
+  assert not encoding.fit_schema(only_wide, log_half_range="auto").log_half_range
+  tail = (1 + rng.uniform(size=(n, t))) * np.where(np.arange(n) < n - 10, 1.0, 1e4)[:, None]
+  heavy = Dataset(np.stack([wide, tail], -1), np.full(n, t), np.zeros((n, 0)), names, ()).validate()
+  assert not encoding.fit_schema(heavy, log_half_range="auto").log_half_range
+  assert not encoding.fit_schema(data, auto_normalize=False, log_half_range="auto").log_half_range

@@ -9,6 +9,7 @@ import pytest
 from dg_jax import losses
 from dg_jax.data import encoding
 from dg_jax.data.demo import make_demo
+from dg_jax.data.schema import Dataset, categorical, continuous
 from dg_jax.models.doppelganger import DoppelGANger, keep_mask, sample_noise
 from dg_jax.settings import ModelConfig, resolve_sample_len
 
@@ -81,6 +82,27 @@ def test_per_series_feature_noise(schema):
   assert not np.allclose(fresh[0], fresh[1])
   with pytest.raises(ValueError, match="feature_noise"):
     ModelConfig(feature_noise="per_record")
+
+
+def test_critic_sees_weighted_record_differences(schema):
+  """model.critic_difference_weight=w: after the records, w times each continuous feature's difference between
+  neighbouring records (categorical one-hot and flag columns have none); the metadata stays last, where the
+  auxiliary critic reads it; w=0 is the paper's input."""
+  cfg = dataclasses.replace(SMALL, critic_difference_weight=10.0)
+  model = DoppelGANger(schema, cfg)
+  out = model.generator.apply(model.init(jax.random.key(0))["generator"], sample_noise(jax.random.key(1), 4, schema, cfg))
+  f, x = np.asarray(out["features"]), np.asarray(model.flatten(out))
+  np.testing.assert_array_equal(model.continuous_columns, [0, 1])  # the demo's two features, then the flags
+  steps = 10.0 * (f[:, 1:, :2] - f[:, :-1, :2]).reshape(4, -1)
+  np.testing.assert_allclose(x[:, 40:40 + steps.shape[1]], steps, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(x[:, -model.meta_dim:], np.asarray(DoppelGANger(schema, SMALL).flatten(out))[:, 40:])
+  assert x.shape == (4, 10 * 4 + 9 * 2 + model.meta_dim)
+  mixed = Dataset(np.stack([np.tile([0.0, 2, 1], (3, 2)), np.ones((3, 6))], -1), np.full(3, 6), np.zeros((3, 0)),
+                  (categorical("kind", ["a", "b", "c"]), continuous("level")), ())
+  mixed_model = DoppelGANger(encoding.fit_schema(mixed), cfg)
+  np.testing.assert_array_equal(mixed_model.continuous_columns, [3])  # after the 3 one-hot columns
+  with pytest.raises(ValueError, match="critic_difference_weight"):
+    ModelConfig(critic_difference_weight=-1.0)
 
 
 def test_sample_len_auto():

@@ -27,7 +27,9 @@ close = lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)  # n
 @pytest.mark.parametrize("num_devices", [1, 4])
 def test_replica_k_is_the_run_with_seed_plus_k(setup, num_devices):
   """Two replicas in one vmapped step (1 device: both on it; 4 devices: one per 2-device half of the
-  mesh) compute what two separate runs with seeds 0 and 1 compute."""
+  mesh) compute what two separate runs with seeds 0 and 1 compute, each on as many devices as a replica
+  has (the batch split the same way: another split sums in another order, rounding that Adam's
+  normalisation can grow past the tolerance)."""
   model, tc, batches = setup
   from dg_jax.data.batching import BatchIterator
   enc = encoding.encode(load_dataset(tiny_config().data), model.schema)
@@ -36,7 +38,7 @@ def test_replica_k_is_the_run_with_seed_plus_k(setup, num_devices):
   stacked = jax.tree.map(lambda a, b: np.stack([a, b], 1), *per_seed)
   both, m_both = run_steps(model, tc, stacked, num_devices, seed=0, num_seeds=2)
   for k in (0, 1):
-    alone, m_alone = run_steps(model, tc, per_seed[k], 1, seed=k)
+    alone, m_alone = run_steps(model, tc, per_seed[k], max(1, num_devices // 2), seed=k)
     jax.tree.map(close, replica(both, k), alone)
     for name in m_alone:
       np.testing.assert_allclose(m_both[name][:, k], m_alone[name], rtol=1e-3, atol=1e-4)
@@ -75,13 +77,14 @@ def params_at(workdir, k):
 
 def test_k_seeds_train_resume_and_match_single_runs(tmp_path):
   """The whole loop: K=2 over a ('seeds'=2, 'data'=2) mesh, resumed halfway, equals the straight run,
-  and its replica 1 equals a one-seed run with seed 1 (its own batches, noise and initialisation)."""
+  and its replica 1 equals a one-seed run with seed 1 (its own batches, noise and initialisation) on as many
+  devices as a replica has."""
   straight, split, single = tmp_path / "straight", tmp_path / "split", tmp_path / "single"
   out = train_and_evaluate(tiny_config(4, num_seeds=2), str(straight))
   assert isinstance(out["d_loss"], list) and len(out["d_loss"]) == 2
   train_and_evaluate(tiny_config(4, num_seeds=2, num_steps=10), str(split))
   train_and_evaluate(tiny_config(4, num_seeds=2), str(split))
-  train_and_evaluate(tiny_config(1, seed=1), str(single))
+  train_and_evaluate(tiny_config(2, seed=1), str(single))
   for k in (0, 1):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), params_at(split, k),
                  params_at(straight, k))

@@ -128,11 +128,12 @@ def heavy_tailed(values: np.ndarray) -> bool:
 
 
 def fit_schema(dataset: Dataset, normalization: str = ZERO_ONE, auto_normalize: bool = True,
-               log1p: Iterable[str] = (), auto_log: bool = False, log_half_range: bool = False) -> Schema:
+               log1p: Iterable[str] = (), auto_log: bool = False, log_half_range: bool | str = False) -> Schema:
   """Global per-variable ranges (over valid steps only) of `dataset`; `log1p` names more variables to log.
 
   auto_log: also transform every continuous variable that is `heavy_tailed` in this data: log1p(x)
-  when it is never negative, asinh(x) (signed, log-like in both tails) when it is."""
+  when it is never negative, asinh(x) (signed, log-like in both tails) when it is.
+  log_half_range: True, False, or "auto": True where `narrow_series` names a feature."""
   dataset = dataset.validate()
   log1p = set(log1p)
   known = {v.name for v in dataset.feature_vars + dataset.attribute_vars}
@@ -153,8 +154,38 @@ def fit_schema(dataset: Dataset, normalization: str = ZERO_ONE, auto_normalize: 
 
   features = tuple(fit(v, dataset.features[:, :, j][valid]) for j, v in enumerate(dataset.feature_vars))
   attributes = tuple(fit(v, dataset.attributes[:, j]) for j, v in enumerate(dataset.attribute_vars))
-  return Schema(attributes, features, dataset.max_length, normalization, auto_normalize,
-                int(dataset.lengths.min()), log_half_range)
+  schema = Schema(attributes, features, dataset.max_length, normalization, auto_normalize, int(dataset.lengths.min()))
+  if log_half_range == "auto":
+    log_half_range = auto_normalize and bool(narrow_series(dataset, schema))
+  return dataclasses.replace(schema, log_half_range=bool(log_half_range))
+
+
+# data.log_half_range="auto" codes half-ranges on a log scale when some continuous feature's median
+# per-series half-range codes below this linearly: the sigmoid's slope there is below 0.02 (1/12 of its
+# slope at 0.5), and one overshoot towards 0 can leave the feature flat for good (issue 21: 24-day
+# stock windows code near 0.006; the demo's, sines' and WWT's log1p-scaled series above 0.05).
+NARROW_HALF_RANGE = 0.02
+
+
+def _series_bounds(g: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """[n, T] scaled values -> each series' (max, min) over its valid steps, widened by AUTO_NORM_EPS."""
+  return (np.where(valid, g, -np.inf).max(axis=1) + AUTO_NORM_EPS,
+          np.where(valid, g, np.inf).min(axis=1) - AUTO_NORM_EPS)
+
+
+def narrow_series(dataset: Dataset, schema: Schema) -> list[str]:
+  """The continuous features whose series each span a small share of the feature's range (median per-series
+  half-range coding below NARROW_HALF_RANGE linearly), not because of a heavy tail: where most series sit
+  near 0 and a few span decades (`heavy_tailed`, which data.log1p models), the log code made spreads and
+  correlations worse (docs/results.md)."""
+  valid = _valid_mask(dataset.lengths, dataset.max_length)
+  names = []
+  for j in schema.continuous_features:
+    var, x = schema.feature_vars[j], dataset.features[:, :, j]
+    big, small = _series_bounds(_scale(var, x, schema.normalization), valid)
+    if np.median((big - small) / 2) < NARROW_HALF_RANGE and (var.log1p or var.asinh or not heavy_tailed(x[valid])):
+      names.append(var.name)
+  return names
 
 
 def _forward(var: Variable, x: np.ndarray) -> np.ndarray:
@@ -256,8 +287,7 @@ def encode(dataset: Dataset, schema: Schema) -> Encoded:
       continue
     g = _scale(var, x, schema.normalization)
     if schema.auto_normalize:
-      big = np.where(valid, g, -np.inf).max(axis=1) + AUTO_NORM_EPS
-      small = np.where(valid, g, np.inf).min(axis=1) - AUTO_NORM_EPS
+      big, small = _series_bounds(g, valid)
       additional += [(big + small) / 2, encode_half((big - small) / 2, schema)]
       g = (g - small[:, None]) / (big - small)[:, None]
       if schema.normalization == MINUS_ONE_ONE:

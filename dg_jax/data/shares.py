@@ -118,14 +118,15 @@ class Share:
   def merge_schema(self, schema: encoding.Schema) -> encoding.Schema:
     """The schema fitted on this process's share -> the one fitted on all shares."""
     continuous = [v for v in schema.feature_vars + schema.attribute_vars if not v.is_categorical]
-    mine = np.array([x for v in continuous for x in (v.low, -v.high)] + [schema.min_length, -schema.max_length],
-                    np.float64)
+    mine = np.array([x for v in continuous for x in (v.low, -v.high)] + [schema.min_length, -schema.max_length,
+                    -float(schema.log_half_range)], np.float64)  # the log code if any share asks for it
     merged = _allgather(mine).min(axis=0)
     bounds = {v.name: (merged[2 * i], -merged[2 * i + 1]) for i, v in enumerate(continuous)}
     fix = lambda vs: tuple(v if v.is_categorical else dataclasses.replace(  # noqa: E731
         v, low=float(bounds[v.name][0]), high=float(bounds[v.name][1])) for v in vs)
     return dataclasses.replace(schema, feature_vars=fix(schema.feature_vars), attribute_vars=fix(schema.attribute_vars),
-                               min_length=int(merged[-2]), max_length=int(-merged[-1]))
+                               min_length=int(merged[-3]), max_length=int(-merged[-2]),
+                               log_half_range=bool(merged[-1] < 0))
 
   def fingerprint(self, encoded: encoding.Encoded) -> str:
     """Of all blocks, whichever process holds which."""

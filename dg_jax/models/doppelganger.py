@@ -13,6 +13,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dg_jax.data.encoding import Head, Schema
 from dg_jax.settings import ModelConfig, resolve_sample_len
@@ -238,11 +239,24 @@ class DoppelGANger:
     """The auxiliary critic judges the metadata; without any (no attributes, no min/max) there is none."""
     return self.cfg.aux_critic and self.meta_dim > 0
 
+  @property
+  def continuous_columns(self) -> np.ndarray:
+    """The record columns of the continuous features."""
+    starts = np.cumsum([0] + [h.dim for h in self.schema.feature_heads])
+    return starts[list(self.schema.continuous_features)]
+
   def flatten(self, sample: dict) -> jax.Array:
-    """[B, T*F + A + 2Kc] critic input; the metadata part is the last `meta_dim` columns."""
+    """[B, T*F + (T-1)*Kc + A + 2Kc] critic input: the records, each continuous feature's record-to-record
+    differences times model.critic_difference_weight (none when 0), then the metadata (the last `meta_dim`
+    columns). The critics are 1-Lipschitz in this input (gradient penalty), so the weight is how much a
+    jump between neighbouring records may count for: at 0 (the paper) step-to-step jitter of a few percent
+    of a series' range is worth too little to them, and generated series stay rough (issue 21)."""
     f = sample["features"]
-    return jnp.concatenate([f.reshape(f.shape[0], -1), sample["attributes"],
-                            sample["additional_attributes"]], axis=-1)
+    parts = [f.reshape(f.shape[0], -1)]
+    if self.cfg.critic_difference_weight and f.shape[1] > 1:
+      steps = jnp.diff(f[..., self.continuous_columns], axis=1)
+      parts.append(self.cfg.critic_difference_weight * steps.reshape(f.shape[0], -1))
+    return jnp.concatenate(parts + [sample["attributes"], sample["additional_attributes"]], axis=-1)
 
   def init(self, key: jax.Array, batch_size: int = 2) -> dict:
     batch_size = max(batch_size, self.cfg.pack)
