@@ -61,9 +61,9 @@ def fit_schema_from_config(dataset, config) -> encoding.Schema:
   half = {"auto": "auto", "true": True, "false": False}.get(str(half).lower())
   if half is None:
     raise BadInput(f"data.log_half_range must be auto, True or False, got {dc.log_half_range!r}")
-  schema = encoding.fit_schema(dataset, dc.normalization, dc.auto_normalize, [] if auto else names, auto, half)
+  schema = encoding.fit_schema(dataset, dc.normalization, dc.auto_normalize, [] if auto else names, auto, half is True)
   if half == "auto" and dc.auto_normalize:
-    narrow = encoding.narrow_series(dataset, schema)
+    schema, narrow = encoding.auto_half_range(dataset, schema)
     log.info("data.log_half_range=auto: %s", f"{', '.join(narrow)}: each series spans a small share of the "
              "feature's range; half-ranges coded on a log scale" if narrow else "half-ranges coded linearly")
   if auto:

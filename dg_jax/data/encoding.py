@@ -133,7 +133,7 @@ def fit_schema(dataset: Dataset, normalization: str = ZERO_ONE, auto_normalize: 
 
   auto_log: also transform every continuous variable that is `heavy_tailed` in this data: log1p(x)
   when it is never negative, asinh(x) (signed, log-like in both tails) when it is.
-  log_half_range: True, False, or "auto": True where `narrow_series` names a feature."""
+  log_half_range: True, False, or "auto" (`auto_half_range`)."""
   dataset = dataset.validate()
   log1p = set(log1p)
   known = {v.name for v in dataset.feature_vars + dataset.attribute_vars}
@@ -154,10 +154,9 @@ def fit_schema(dataset: Dataset, normalization: str = ZERO_ONE, auto_normalize: 
 
   features = tuple(fit(v, dataset.features[:, :, j][valid]) for j, v in enumerate(dataset.feature_vars))
   attributes = tuple(fit(v, dataset.attributes[:, j]) for j, v in enumerate(dataset.attribute_vars))
-  schema = Schema(attributes, features, dataset.max_length, normalization, auto_normalize, int(dataset.lengths.min()))
-  if log_half_range == "auto":
-    log_half_range = auto_normalize and bool(narrow_series(dataset, schema))
-  return dataclasses.replace(schema, log_half_range=bool(log_half_range))
+  schema = Schema(attributes, features, dataset.max_length, normalization, auto_normalize, int(dataset.lengths.min()),
+                  log_half_range != "auto" and bool(log_half_range))
+  return auto_half_range(dataset, schema)[0] if log_half_range == "auto" else schema
 
 
 # data.log_half_range="auto" codes half-ranges on a log scale when some continuous feature's median
@@ -171,6 +170,12 @@ def _series_bounds(g: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.nda
   """[n, T] scaled values -> each series' (max, min) over its valid steps, widened by AUTO_NORM_EPS."""
   return (np.where(valid, g, -np.inf).max(axis=1) + AUTO_NORM_EPS,
           np.where(valid, g, np.inf).min(axis=1) - AUTO_NORM_EPS)
+
+
+def auto_half_range(dataset: Dataset, schema: Schema) -> tuple[Schema, list[str]]:
+  """data.log_half_range="auto": (the schema with the log code where `narrow_series` names a feature, the names)."""
+  narrow = narrow_series(dataset, schema) if schema.auto_normalize else []
+  return dataclasses.replace(schema, log_half_range=bool(narrow)), narrow
 
 
 def narrow_series(dataset: Dataset, schema: Schema) -> list[str]:
