@@ -431,6 +431,10 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
                            sharding.from_primary(secrets.randbits(31)))  # one run: every process the same seed
       tc = dataclasses.replace(tc, seed=config.train.seed)
     accountant, end = _privacy_budget(pc, tc, dataset.num_samples)
+  dataset, clipped = encoding.clip_to_schema(dataset, schema)
+  if clipped:
+    log.warning("values outside the schema's ranges (a schema fitted on other data: train.init_from) clipped "
+                "into them, in %s", ", ".join(f"{n} series of {name}" for name, n in clipped.items()))
   encoded = encoding.encode(dataset, schema)
   num_series = share.num_series if share else dataset.num_samples
   data_id = dict(fingerprint=share.fingerprint(encoded) if share else data_fingerprint(encoded), num_series=num_series,

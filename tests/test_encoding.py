@@ -162,6 +162,27 @@ def test_encode_rejects_incompatible_data():
     encoding.encode(longer, schema)
 
 
+def test_clip_to_a_schema_fitted_elsewhere():
+  """train.init_from's schema comes from other data: values beyond its ranges are clipped to their
+  ends (in original units, log1p variables too), counted per series; padding and categories untouched."""
+  data = random_dataset(0)
+  schema = encoding.fit_schema(data)
+  assert encoding.clip_to_schema(data, schema) == (data, {})  # fitted on this data: nothing to clip
+  wider = dataclasses.replace(data, features=data.features.copy(), attributes=data.attributes.copy())
+  wider.features[0, 0, 0] = data.features[..., 0].max() * 10  # bytes (log1p)
+  wider.features[1, :data.lengths[1], 2] -= 100  # loss: a whole series below the range
+  wider.attributes[:3, 1] = 99  # rate
+  clipped, counts = encoding.clip_to_schema(wider, schema)
+  assert counts == {"bytes": 1, "loss": 1, "rate": 3}
+  np.testing.assert_allclose(clipped.features[0, 0, 0], data.features[..., 0].max(), rtol=1e-5)
+  np.testing.assert_allclose(clipped.features[1, :data.lengths[1], 2], data.features[..., 2].min(), rtol=1e-5)
+  np.testing.assert_allclose(clipped.attributes[:3, 1], data.attributes[:, 1].max())
+  np.testing.assert_array_equal(clipped.features[..., 1], data.features[..., 1])
+  assert (clipped.features[1, data.lengths[1]:] == 0).all()
+  encoded = encoding.encode(clipped, schema)
+  assert encoded.additional_attributes.min() >= 0 and encoded.additional_attributes.max() <= 1 + 1e-6
+
+
 @pytest.mark.parametrize("mutate, message", [
     (lambda d: d.features.__setitem__((0, 0, 0), np.nan), "feature 'bytes' has 1 NaN"),
     (lambda d: d.attributes.__setitem__((0, 1), np.inf), "attribute 'rate' has 1 NaN or infinite"),

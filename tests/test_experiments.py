@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -51,3 +52,16 @@ def test_membership(tmp_path, shared_data):
   np.testing.assert_array_equal(members.features, pool.subset(order[:20]).features)
   run = str(tmp_path / "mi" / "size_20" / "run")
   assert row["success_rate"] == membership_inference(run, members, pool.subset(order[-20:]))["membership/success_rate"]
+
+
+def test_dp_pretrain(tmp_path):
+  run_script("dp_pretrain.py", "--recipes=dp-finetune", "--epsilons=1000", "--steps=4", "--public_steps=4",
+             "--n_private=60", "--n_holdout=20", "--n_public=40", "--length=24", "--offset=5", "--eval_samples=20",
+             f"--out={tmp_path}", *SMALL, "--extra=--config.train.batch_size=20")
+  result = json.loads((tmp_path / "dp_pretrain.json").read_text())
+  (row,) = result["rows"]
+  assert row["recipe"] == "dp-finetune" and 0 < row["epsilon"] <= 1000 and len(row["replicas"]) == 2
+  assert all(0 <= r["membership"] <= 1 and r["attribute_jsd"] >= 0 for r in row["replicas"])
+  # fine-tuning started from the public run, whose data is declared public and left out of the account
+  assert json.loads((Path(row["workdir"]) / "config.json").read_text())["train"]["init_from"] == result["public"]
+  assert (tmp_path / "dp_pretrain.png").stat().st_size > 1000

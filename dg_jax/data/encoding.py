@@ -243,6 +243,29 @@ def _unscale(var: Variable, y: np.ndarray, normalization: str) -> np.ndarray:
   return np.expm1(t) if var.log1p else np.sinh(t) if var.asinh else t
 
 
+def clip_to_schema(dataset: Dataset, schema: Schema) -> tuple[Dataset, dict[str, int]]:
+  """`dataset` with each continuous value clipped into the schema's range of its variable, and the
+  number of series clipped per variable (none when the schema was fitted on this data). A schema from
+  elsewhere (train.init_from: fitted on public data) may be narrower than the data; unclipped, such
+  values would encode outside the range the generator's outputs can reach."""
+  features, attributes, clipped = dataset.features.copy(), dataset.attributes.copy(), {}
+  valid = _valid_mask(dataset.lengths, dataset.max_length)
+  for values, variables, mask in ((features, schema.feature_vars, valid), (attributes, schema.attribute_vars, True)):
+    for j, var in enumerate(variables):
+      if var.is_categorical:
+        continue
+      u = _scale(var, values[..., j], ZERO_ONE)
+      low, high = (u < -1e-6) & mask, (u > 1 + 1e-6) & mask  # not float round-off at the range's ends
+      series = (low | high) if low.ndim == 1 else (low | high).any(axis=1)
+      if series.any():
+        clipped[var.name] = int(series.sum())
+        ends = _unscale(var, np.array([0.0, 1.0]), ZERO_ONE)
+        values[..., j] = np.where(low, ends[0], np.where(high, ends[1], values[..., j]))
+  if not clipped:
+    return dataset, clipped
+  return dataclasses.replace(dataset, features=features, attributes=attributes), clipped
+
+
 def _one_hot(codes: np.ndarray, k: int) -> np.ndarray:
   return np.eye(k, dtype=np.float32)[codes.astype(np.int64)]
 
