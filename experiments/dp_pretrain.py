@@ -28,8 +28,8 @@ rate (LOGAN's critic attack: training series vs the unseen ones; 0.5 = guessing)
 from __future__ import annotations
 
 import argparse
-import hashlib
 import dataclasses
+import hashlib
 import json
 import os
 
@@ -151,7 +151,8 @@ def main():
   p.add_argument("--eval_samples", type=int, default=5000)
   p.add_argument("--best", default="--config.train.d_rounds=3",
                  help="space-separated overrides of dp-best (on top of dp-finetune)")
-  p.add_argument("--recipes", default="non-private,public-only,dp-scratch,dp-finetune,dp-best", help="which recipes to run")
+  p.add_argument("--recipes", default="non-private,public-only,dp-scratch,dp-finetune,dp-best",
+                 help="which recipes to run")
   p.add_argument("--search", action="store_true", help="compare fine-tuning variants (SEARCH) at the largest epsilon")
   p.add_argument("--out", default="/tmp/dg_dp_pretrain")
   p.add_argument("--extra", action="append", default=[], help="extra --config overrides for every run")
@@ -210,7 +211,8 @@ def main():
   table += ["| " + " | ".join(fmt(r[h]) for h in head) + " |" for r in rows]
   name = "dp_pretrain_search" if args.search else "dp_pretrain"
   write_text(os.path.join(args.out, name + ".md"), "\n".join(table) + "\n")
-  write_text(os.path.join(args.out, name + ".json"), json.dumps(json_safe(dict(args=vars(args), public=public, rows=rows)), indent=1))
+  result = dict(args=vars(args), public=public, rows=rows)
+  write_text(os.path.join(args.out, name + ".json"), json.dumps(json_safe(result), indent=1))
   if not args.search:
     plot(rows, os.path.join(args.out, name + ".png"))
   print("\n".join(table))
