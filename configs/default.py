@@ -87,6 +87,9 @@ def get_config():
   c.train.init_from = ""            # start a new run from another: WORKDIR, WORKDIR@STEP or a bundle folder
                                     # (weights, and that run's schema; the data must fit that schema)
   c.train.init_optimizer = False    # with init_from a workdir: also take its Adam states
+  c.train.fixed_parts = ""          # with init_from: generator parts that keep its weights, of attribute_mlp,
+                                    # additional_mlp (min/max), lstm, heads; e.g. "lstm,heads" fine-tunes only
+                                    # the metadata generators (private fine-tuning: docs/privacy.md)
   c.train.per_replica = ""          # JSON {field: [one value per replica]}: replicas that differ in learning
                                     # rates, Adam betas, gp_weight or aux_critic_weight, still one program
                                     # (settings.PER_REPLICA_FIELDS; --mode=sweep groups such variants itself)

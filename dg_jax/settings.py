@@ -45,6 +45,8 @@ class ModelConfig:
 
 
 PLACEMENTS = ("auto", "device", "host", "sharded")  # train.data_placement
+# The generator's parts (dg_jax/models/doppelganger.py) that train.fixed_parts may name.
+GENERATOR_PARTS = ("attribute_mlp", "additional_mlp", "lstm", "heads")
 # Fields that may differ between the replicas of one run (train.per_replica): numbers the step only
 # computes with, so replicas that differ in them still share one compiled program (dg_jax/sweep.py
 # groups such variants into one run).
@@ -74,6 +76,8 @@ class TrainConfig:
                                         # divergence than this freezes it (dg_jax/train_step.py)
   init_from: str = ""                   # start a new run from another: WORKDIR[@STEP] or a bundle folder
   init_optimizer: bool = False          # with init_from (a workdir): also take its Adam states
+  fixed_parts: str = ""                 # comma-separated generator parts (GENERATOR_PARTS) that keep their
+                                        # init_from weights; "" = all train
   eval_every: int = 0                   # score every replica's generator every this many steps (0 = off)
   eval_samples: int = 200               # series each replica generates per scoring
   eval_holdout: float = 0.1             # with scoring: fraction of the series held out of training to score against
@@ -94,8 +98,18 @@ class TrainConfig:
                        f"{self.eval_samples}) and train.eval_holdout in [0, 1) (got {self.eval_holdout})")
     if self.data_placement not in PLACEMENTS:
       raise ValueError(f"train.data_placement must be one of {PLACEMENTS}, got {self.data_placement!r}")
+    unknown = set(self.fixed_part_names) - set(GENERATOR_PARTS)
+    if unknown or (self.fixed_part_names and not self.init_from):
+      raise ValueError(f"train.fixed_parts={self.fixed_parts!r}: " + (
+          f"unknown parts {sorted(unknown)}; the generator's are {GENERATOR_PARTS}" if unknown
+          else "needs train.init_from (else they would be random weights that never change)"))
     self.profile_window  # noqa: B018  (fail early on malformed values)
     self.replica_values  # noqa: B018
+
+  @property
+  def fixed_part_names(self) -> tuple[str, ...]:
+    """train.fixed_parts as a tuple of names."""
+    return tuple(part.strip() for part in self.fixed_parts.split(",") if part.strip())
 
   @property
   def replica_values(self) -> dict[str, tuple[float, ...]]:

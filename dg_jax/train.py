@@ -333,6 +333,10 @@ def initial_state_from(model: DoppelGANger, tc: TrainConfig, source: dict, mesh)
   (`load_init_source`): replica r from the source's replica r, or every replica from a one-replica source."""
   state, keys = init_replicas(model, tc, tc.seed, tc.num_seeds)
   state = jax.device_get(state)
+  absent = set(tc.fixed_part_names) - set(state["params"]["generator"]["params"])
+  if absent:
+    raise BadInput(f"train.fixed_parts={tc.fixed_parts!r}: this model's generator has no {sorted(absent)} (no "
+                   "attributes, or no min/max without data.auto_normalize)")
   parts = {"params": source["params"]}
   if tc.init_optimizer:
     if "g_opt" not in source:

@@ -216,6 +216,11 @@ def make_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfi
   dp = pc is not None and pc.enabled
   fixed_hp, varying_hp = hyperparameters(tc, model.cfg)
 
+  def freeze(updates):
+    """The parts train.fixed_parts names keep their weights: their updates are zero (Adam's moments still run)."""
+    return dict(updates, params={part: jax.tree.map(jnp.zeros_like, u) if part in tc.fixed_part_names else u
+                                 for part, u in updates["params"].items()})
+
   def local_step(state, varying, real_batch, noises, ts, dp_keys):
     """Runs on each device's slice of the batch; gradients are averaged over devices. varying: this
     replica's values of the hyperparameters train.per_replica sets."""
@@ -253,7 +258,7 @@ def make_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfi
                                                             aux_weight=hp["aux_critic_weight"]))(fake)
       (grads,) = pullback(d_fake)
       updates, g_opt = opt.update(pmean(grads), g_opt, g_params)
-      g_params = optax.apply_updates(g_params, updates)
+      g_params = optax.apply_updates(g_params, freeze(updates))
     metrics = pmean(dict(metrics, g_loss=g_loss))
     new_state = dict(state, params=dict(d_params, generator=dict(g_params, **stats)), g_opt=g_opt, d_opt=d_opt,
                      step=state["step"] + 1)

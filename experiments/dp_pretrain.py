@@ -11,6 +11,8 @@ against as many private training series:
   dp-scratch    DP-SGD from scratch (today's recipe), `--steps` steps at each epsilon
   dp-finetune   the same DP-SGD, `--steps` steps, initialised from the public run (train.init_from)
   dp-best       dp-finetune with `--best` overrides (chosen by --search, below)
+  dp-metadata   dp-best with the pre-trained LSTM and output heads fixed (train.fixed_parts): only the
+                metadata generators (attributes, per-series min/max) move towards the private data
 
 The public run trains `--public_steps` steps without privacy on the public set only, so only fine-tuning
 is accounted (delta = 1/(10 n)). `--search` instead compares fine-tuning variants at the largest epsilon
@@ -18,7 +20,7 @@ is accounted (delta = 1/(10 n)). `--search` instead compares fine-tuning variant
 privacy.secret_seed=False, so that they are reproducible; finished runs are reused when re-run.
 
   python experiments/dp_pretrain.py --search            # fine-tuning variants at epsilon 10 (~25 min)
-  python experiments/dp_pretrain.py                     # the table and plot (~70 min on 2 cores)
+  python experiments/dp_pretrain.py                     # the table and plot (~80 min on 2 cores)
 
 Writes <out>/dp_pretrain.json, <out>/dp_pretrain.md and <out>/dp_pretrain.png: per recipe and epsilon,
 the mean over replicas of the attribute JSD, the autocorrelation MSE, the level W1 (W1 of the series'
@@ -48,6 +50,7 @@ SEARCH = {  # fine-tuning variants at the largest epsilon (--search); "batch" ke
     "batch x4": ["--config.train.batch_size=400", "steps/4"],
     "lr/10": ["--config.train.learning_rate=1e-4"],
 }
+FEATURE_PARTS = "lstm,heads"  # dp-metadata keeps these pre-trained parts as they are
 PUBLIC_MIX, PUBLIC_SCALE = (0.2, 0.3, 0.5), 3.0  # the private set's mix is (0.3, 0.5, 0.2)
 SCORES = ("attribute_jsd", "autocorrelation_mse", "level_w1", "membership")
 
@@ -151,7 +154,7 @@ def main():
   p.add_argument("--eval_samples", type=int, default=5000)
   p.add_argument("--best", default="--config.train.d_rounds=3",
                  help="space-separated overrides of dp-best (on top of dp-finetune)")
-  p.add_argument("--recipes", default="non-private,public-only,dp-scratch,dp-finetune,dp-best",
+  p.add_argument("--recipes", default="non-private,public-only,dp-scratch,dp-finetune,dp-best,dp-metadata",
                  help="which recipes to run")
   p.add_argument("--search", action="store_true", help="compare fine-tuning variants (SEARCH) at the largest epsilon")
   p.add_argument("--out", default="/tmp/dg_dp_pretrain")
@@ -188,7 +191,9 @@ def main():
       recipes[name] = (epsilons[-1:], finetune + [o for o in overrides if o != "steps/4"], steps)
   else:
     recipes.update({"dp-scratch": (epsilons, [], args.steps), "dp-finetune": (epsilons, finetune, args.steps),
-                    "dp-best": (epsilons, finetune + args.best.split(), args.steps)})
+                    "dp-best": (epsilons, finetune + args.best.split(), args.steps),
+                    "dp-metadata": (epsilons, finetune + [f"--config.train.fixed_parts={FEATURE_PARTS}",
+                                                          *args.best.split()], args.steps)})
     recipes = {name: recipe for name, recipe in recipes.items() if name in args.recipes.split(",")}
   rows = []
   if "public-only" in args.recipes.split(","):  # the pre-trained generator as it is: no private data at all

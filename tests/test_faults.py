@@ -144,9 +144,19 @@ def test_init_from_another_run_or_its_bundle(tmp_path):
   wrong.model.feature_num_units = 12
   with pytest.raises(BadInput, match=r"its model differs from config.model \(feature_num_units=16, not 12\)"):
     train_and_evaluate(wrong, str(tmp_path / "d"))
-  train_and_evaluate(tiny_config(num_steps=5, num_devices=0, init_from=f"{a}@10"), str(tmp_path / "b"))
+  # train.fixed_parts: the named generator parts keep the source's weights, the others train
+  train_and_evaluate(tiny_config(num_steps=5, num_devices=0, init_from=f"{a}@10", fixed_parts="lstm,heads"),
+                     str(tmp_path / "b"))
   assert json.loads((tmp_path / "b" / "config.json").read_text())["train"]["init_from"] == f"{a}@10"
   assert Checkpointer(str(tmp_path / "b")).latest_step() == 5
+  start, end = source["params"]["generator"]["params"], state_of(tmp_path / "b")["params"]["generator"]["params"]
+  for part in ("lstm", "heads"):
+    jax.tree.map(same, end[part], start[part])
+  assert not np.allclose(end["attribute_mlp"]["Dense_0"]["kernel"], start["attribute_mlp"]["Dense_0"]["kernel"])
+  with pytest.raises(ValueError, match=r"unknown parts \['head'\]"):
+    train_config(tiny_config(fixed_parts="lstm,head", init_from=str(a)))
+  with pytest.raises(ValueError, match="needs train.init_from"):
+    train_config(tiny_config(fixed_parts="lstm"))
 
 
 def test_file_lock_refuses_a_second_holder_and_takes_over_a_stale_one(tmp_path, caplog):
