@@ -82,7 +82,7 @@ def batch_dict(features, attributes, additional):
 # train fields that change what a run computes: a resumed run must keep them (budgets, logging and
 # checkpoint cadence may change between launches)
 FIXED_ON_RESUME = ("seed", "num_seeds", "eval_holdout", "eval_samples", "batch_size", "learning_rate", "beta1",
-                   "beta2", "gp_weight", "d_rounds", "g_rounds", "per_replica")
+                   "beta2", "gp_weight", "d_rounds", "g_rounds", "per_replica", "fixed_parts")
 
 
 def _differences(section: str, was: dict, now: dict) -> str:
