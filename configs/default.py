@@ -78,7 +78,9 @@ def get_config():
   c.train.data_placement = "auto"   # device: the encoded data placed on the devices once, batches gathered
                                     # there; host: batches built on the host each dispatch; sharded (data.path
                                     # = PATH-{shard}.npz): each device holds, and each process reads, only its
-                                    # block; auto: sharded for such a path, else device when it fits
+                                    # block; sharded_host: each process reads its blocks and builds its devices'
+                                    # batches on the host; auto: for such a path sharded when a block fits on a
+                                    # device, else sharded_host; otherwise device when the data fits, else host
   c.train.log_every = 200           # progress line and metrics.jsonl row every this many steps
   c.train.checkpoint_every = 2000   # checkpoint every this many steps (and at the end)
   c.train.keep_checkpoints = 2      # checkpoints kept on disk

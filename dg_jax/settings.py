@@ -44,7 +44,7 @@ class ModelConfig:
       raise ValueError("model.pack must be >= 1, model.sample_len and model.critic_difference_weight >= 0")
 
 
-PLACEMENTS = ("auto", "device", "host", "sharded")  # train.data_placement
+PLACEMENTS = ("auto", "device", "host", "sharded", "sharded_host")  # train.data_placement
 # The generator's parts (dg_jax/models/doppelganger.py) that train.fixed_parts may name.
 GENERATOR_PARTS = ("attribute_mlp", "additional_mlp", "lstm", "heads")
 # Fields that may differ between the replicas of one run (train.per_replica): numbers the step only
@@ -68,7 +68,7 @@ class TrainConfig:
   d_rounds: int = 1
   g_rounds: int = 1
   steps_per_dispatch: int = 10          # training steps fused into one compiled call
-  data_placement: str = "auto"          # device | host | sharded | auto (dg_jax/data/feed.py, shares.py)
+  data_placement: str = "auto"          # device | host | sharded | sharded_host | auto (data/feed.py, shares.py)
   log_every: int = 100
   checkpoint_every: int = 1000
   keep_checkpoints: int = 2

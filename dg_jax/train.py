@@ -380,9 +380,10 @@ def load_init_source(tc: TrainConfig, config) -> dict:
 
 def _share(config, tc: TrainConfig, pc: PrivacyConfig, mesh) -> shares.Share | None:
   """This process's share of data.path=PATH-{shard}.npz, when the data is sharded over the devices."""
-  if not shares.is_sharded_path(config.data.path) or tc.data_placement not in ("auto", "sharded"):
-    if tc.data_placement == "sharded":
-      raise BadInput(f"train.data_placement=sharded needs data.path=PATH-{{shard}}.npz (got {config.data.path!r})")
+  if not shares.is_sharded_path(config.data.path) or tc.data_placement not in ("auto", "sharded", "sharded_host"):
+    if tc.data_placement.startswith("sharded"):
+      raise BadInput(f"train.data_placement={tc.data_placement} needs data.path=PATH-{{shard}}.npz (got "
+                     f"{config.data.path!r})")
     return None
   refused = [what for what, on in (("privacy.enabled", pc.enabled), ("train.eval_every", tc.eval_every),
                                    ("data.log1p=auto", config.data.log1p == "auto"),
@@ -485,7 +486,8 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
              scoring.CONFIRM_FACTOR * tc.eval_samples)
 
   arrays = batch_dict(encoded.features, encoded.attributes, encoded.additional_attributes)
-  feed = (shares.ShardedFeed(share, arrays, tc.batch_size, tc.seed, tc.num_seeds, mesh, start) if share else
+  feed = (shares.ShardedFeed(share, arrays, tc.batch_size, tc.seed, tc.num_seeds, mesh, start, tc.data_placement)
+          if share else
           Feed(arrays, ReplicaBatches([encoded.features], tc.batch_size, tc.seed, tc.num_seeds, start_step=start,
                                       sampling="independent" if pc.enabled else "epochs"), mesh, tc.data_placement))
   step_fn = jit_train_step(model, tc, mesh, pc, feed.gather)

@@ -108,7 +108,8 @@ def test_two_processes_train_and_score_k_seeds_as_one(tmp_path):
 
 def test_each_process_reads_only_its_share_of_sharded_data(tmp_path):
   """data.path=PATH-{shard}.npz: 4 shard files dealt to the 2 devices along 'data'; two processes of one
-  device each read 2 files each and train what one process reading all 4 on 2 devices trains."""
+  device each read 2 files each and, building their device's batches on the host (sharded_host), train
+  what one process reading all 4 on 2 devices, its blocks on device (sharded), trains."""
   from dg_jax.data.loaders import load_dataset
   from dg_jax.data.npz_format import save_npz
   data = load_dataset(tiny.get_config().data)
@@ -116,7 +117,7 @@ def test_each_process_reads_only_its_share_of_sharded_data(tmp_path):
     save_npz(data.subset(np.arange(16 * i, 16 * (i + 1))), str(tmp_path / f"part-{i:05d}.npz"))
   pattern = str(tmp_path / "part-{shard}.npz")
   logs = run_processes("--config=configs/tiny.py", "--config.train.num_steps=10", f"--workdir={tmp_path / 'mp'}",
-                       f"--config.data.path={pattern}", devices=1)
+                       f"--config.data.path={pattern}", "--config.train.data_placement=sharded_host", devices=1)
   assert "this process holds blocks [0] (32 series)" in logs[0]  # process 1 logs warnings only
   c = tiny.get_config()
   c.train.num_steps, c.num_devices, c.data.path = 10, 2, pattern

@@ -1,7 +1,9 @@
 """Sharded npz input (data.path=PATH-{shard}.npz): loading, checks, and what sharding refuses.
 tests/test_multiprocess.py trains on it with two processes reading half each."""
 import dataclasses
+import logging
 
+import jax
 import numpy as np
 import pytest
 
@@ -10,6 +12,7 @@ from dg_jax.data.loaders import load_dataset
 from dg_jax.data.npz_format import save_npz
 from dg_jax.data.schema import DataError, categorical
 from dg_jax.failures import BadInput
+from dg_jax.sampling import restore_run
 from dg_jax.train import train_and_evaluate
 
 
@@ -38,3 +41,21 @@ def test_shards_load_in_order_are_checked_and_refuse_what_sharding_cannot_do(tmp
   c.data.path = str(tmp_path / "none-{shard}.npz")
   with pytest.raises(DataError, match="no shard files match"):
     load_dataset(c.data)
+
+
+def test_blocks_in_host_memory_train_what_blocks_on_device_train(tmp_path, caplog):
+  """train.data_placement=sharded_host (blocks too large for the devices): each process builds its devices'
+  batches from its blocks on the host; the same batches, so the same run, as the blocks on device."""
+  data = load_dataset(tiny.get_config().data)
+  for i in range(4):
+    save_npz(data.subset(np.arange(16 * i, 16 * (i + 1))), str(tmp_path / f"part-{i:05d}.npz"))
+  params = {}
+  caplog.set_level(logging.INFO)
+  for placement in ("sharded", "sharded_host"):
+    c = tiny.get_config()
+    c.train.update(num_steps=10, data_placement=placement)
+    c.num_devices, c.data.path = 2, str(tmp_path / "part-{shard}.npz")
+    train_and_evaluate(c, str(tmp_path / placement))
+    params[placement] = jax.device_get(restore_run(str(tmp_path / placement))[1]["params"])
+  assert "each on its devices" in caplog.text and "in host memory; each process builds" in caplog.text
+  jax.tree.map(np.testing.assert_array_equal, params["sharded"], params["sharded_host"])

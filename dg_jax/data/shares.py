@@ -1,5 +1,5 @@
 """Each process its own share of a sharded dataset: data.path = PATH-{shard}.npz (train.data_placement
-"sharded", the default for such a path).
+"sharded" or "sharded_host"; "auto" chooses between them for such a path).
 
 The shard files (PATH-00000.npz, ... in the project's npz format, e.g. what generation's
 --output=PATH-{shard}.npz writes) are dealt to the blocks of the mesh's 'data' axis, file f to block
@@ -140,14 +140,23 @@ class Share:
 
 
 class ShardedFeed:
-  """Feed's interface (data/feed.py) for a Share: each device's block on device, block-local rows."""
-  gather = "sharded"  # train_step.jit_train_step's
+  """Feed's interface (data/feed.py) for a Share: each device's block on device and block-local rows
+  (train.data_placement "sharded"), or, for blocks too large for the devices ("sharded_host"), each
+  process building its own devices' batches from its blocks in host memory at every dispatch. "auto"
+  takes the first when a block fits (feed.choose's rule)."""
 
   def __init__(self, share: Share, arrays: dict, batch_size: int, seed: int, num_replicas: int, mesh,
-               start_step: int = 0):
+               start_step: int = 0, placement: str = "auto"):
+    from dg_jax.data.feed import choose
     d, n_max = share.num_blocks, int(share.counts.max())
     if batch_size % d:
       raise DataError(f"train.batch_size={batch_size} must be a multiple of the {d} blocks along 'data'")
+    block_bytes = sum(a[:1].nbytes for a in arrays.values()) * n_max
+    on_device = placement == "sharded" or (placement == "auto" and choose("auto", block_bytes) == "device")
+    log.info("data: blocks of %.3g MB, %s", block_bytes / 1e6, "each on its devices" if on_device else
+             "in host memory; each process builds its devices' batches at every dispatch")
+    self.gather = "sharded" if on_device else None  # train_step.jit_train_step's
+    self.share, self.host = share, arrays
     blocks = NamedSharding(mesh, P(DATA))
 
     def place(a):
@@ -156,7 +165,7 @@ class ShardedFeed:
         rows = a[share.offsets[b]:share.offsets[b] + share.counts[b]]
         return np.pad(rows, [(0, n_max - len(rows))] + [(0, 0)] * (a.ndim - 1))
       return jax.make_array_from_callback((d * n_max,) + a.shape[1:], blocks, block)
-    self.device = {name: place(a) for name, a in arrays.items()}
+    self.device = {name: place(a) for name, a in arrays.items()} if on_device else None
     self.iterators = [[BatchIterator([range(int(share.counts[b]))], batch_size // d, seed + r, start_step,
                                      stream=(b,)) for b in range(d)] for r in range(num_replicas)]
     self.rows = NamedSharding(mesh, P(None, SEEDS, DATA))
@@ -165,4 +174,15 @@ class ShardedFeed:
     """(the blocks, [k, K, B] block-local rows: device b of the 'data' axis reads B/D of its block)."""
     indices = np.stack([np.concatenate([it.next_indices(k) for it in per_block], axis=1)
                         for per_block in self.iterators], axis=1).astype(np.int32)
+    if self.device is None:
+      return {name: self._host_batches(a, indices) for name, a in self.host.items()},
     return self.device, sharding.place(indices, self.rows)
+
+  def _host_batches(self, a: np.ndarray, indices: np.ndarray) -> jax.Array:
+    """[k, K, B, ...] rows of `a`: each local device's slice read from its own block on this process."""
+    per_block = indices.shape[2] // self.share.num_blocks
+
+    def rows(index):
+      b = (index[2].start or 0) // per_block
+      return a[self.share.offsets[b] + indices[index[:3]]]
+    return jax.make_array_from_callback(indices.shape + a.shape[1:], self.rows, rows)
