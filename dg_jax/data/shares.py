@@ -171,7 +171,8 @@ class ShardedFeed:
     self.rows = NamedSharding(mesh, P(None, SEEDS, DATA))
 
   def next(self, k: int) -> tuple:
-    """(the blocks, [k, K, B] block-local rows: device b of the 'data' axis reads B/D of its block)."""
+    """(the blocks, [k, K, B] block-local rows: device b of the 'data' axis reads B/D of its block); with
+    the blocks in host memory, (the batches those rows make,)."""
     indices = np.stack([np.concatenate([it.next_indices(k) for it in per_block], axis=1)
                         for per_block in self.iterators], axis=1).astype(np.int32)
     if self.device is None:
