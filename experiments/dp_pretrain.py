@@ -21,8 +21,10 @@ privacy.secret_seed=False, so that they are reproducible; finished runs are reus
 
   python experiments/dp_pretrain.py --search            # fine-tuning variants at epsilon 10 (~25 min)
   python experiments/dp_pretrain.py                     # the table and plot (~80 min on 2 cores)
+  python experiments/dp_pretrain.py --recipes=dp-metadata --noise_multipliers=0.867,0.321   # what less noise buys
 
-Writes <out>/dp_pretrain.json, <out>/dp_pretrain.md and <out>/dp_pretrain.png: per recipe and epsilon,
+Writes <out>/dp_pretrain.json, <out>/dp_pretrain.md and <out>/dp_pretrain.png (dp_pretrain_noise.* with
+--noise_multipliers, no plot): per recipe and epsilon,
 the mean over replicas of the attribute JSD, the autocorrelation MSE, the level W1 (W1 of the series'
 midranges over the real midranges' spread, mean over features) and the membership-inference success
 rate (LOGAN's critic attack: training series vs the unseen ones; 0.5 = guessing).
@@ -157,6 +159,9 @@ def main():
   p.add_argument("--recipes", default="non-private,public-only,dp-scratch,dp-finetune,dp-best,dp-metadata",
                  help="which recipes to run")
   p.add_argument("--search", action="store_true", help="compare fine-tuning variants (SEARCH) at the largest epsilon")
+  p.add_argument("--noise_multipliers", default="",
+                 help="run the DP recipes at these noise multipliers instead of --epsilons (no budget; the table "
+                      "gives the replace-one epsilon they spend): what less noise, e.g. another mechanism's, buys")
   p.add_argument("--out", default="/tmp/dg_dp_pretrain")
   p.add_argument("--extra", action="append", default=[], help="extra --config overrides for every run")
   args = p.parse_args()
@@ -199,26 +204,30 @@ def main():
   if "public-only" in args.recipes.split(","):  # the pre-trained generator as it is: no private data at all
     rows.append(dict(recipe="public-only", epsilon=0.0, steps=0, workdir=public,
                      **mean_scores(score_replicas(public, args.seeds, real, members, holdout, args.eval_samples))))
+  noises = [float(x) for x in args.noise_multipliers.split(",") if x]
   for recipe, (eps_list, overrides, steps) in recipes.items():
-    for eps in eps_list:
-      private_flags = [] if eps is None else ["--config.privacy.enabled=True", "--config.privacy.secret_seed=False",
-                                              f"--config.privacy.target_epsilon={eps:g}"]
-      name = recipe if eps is None else f"{recipe} epsilon={eps:g}"
+    levels = eps_list if eps_list == [None] or not noises else [("noise_multiplier", x) for x in noises]
+    for level in levels:
+      what, value = ("target_epsilon", level) if not isinstance(level, tuple) else level
+      private_flags = [] if value is None else ["--config.privacy.enabled=True", "--config.privacy.secret_seed=False",
+                                                f"--config.privacy.{what}={value:g}"]
+      name = recipe if value is None else f"{recipe} {what}={value:g}"
       workdir = run(name, paths["private"], steps, overrides + private_flags)
-      with open(os.path.join(workdir, "metrics.jsonl")) as fh:
-        log = json.loads(fh.read().strip().splitlines()[-1])
+      with open(os.path.join(workdir, "metrics.jsonl")) as fh, open(os.path.join(workdir, "config.json")) as cfg:
+        log, noise = json.loads(fh.read().strip().splitlines()[-1]), json.load(cfg)["privacy"]["noise_multiplier"]
       rows.append(dict(recipe=recipe, epsilon=log.get("epsilon"), steps=log["step"], workdir=workdir,
+                       noise_multiplier=noise,
                        **mean_scores(score_replicas(workdir, args.seeds, real, members, holdout, args.eval_samples))))
       print(f"{name}: " + ", ".join(f"{k} {rows[-1][k]:.4g}" for k in SCORES), flush=True)
-  head = ["recipe", "epsilon", "steps", *SCORES]
+  head = ["recipe", "epsilon", "noise_multiplier", "steps", *SCORES]
   fmt = lambda v: "-" if v is None else v if isinstance(v, str) else f"{v:.4g}"  # noqa: E731
   table = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-  table += ["| " + " | ".join(fmt(r[h]) for h in head) + " |" for r in rows]
-  name = "dp_pretrain_search" if args.search else "dp_pretrain"
+  table += ["| " + " | ".join(fmt(r.get(h)) for h in head) + " |" for r in rows]
+  name = "dp_pretrain_search" if args.search else "dp_pretrain_noise" if noises else "dp_pretrain"
   write_text(os.path.join(args.out, name + ".md"), "\n".join(table) + "\n")
   result = dict(args=vars(args), public=public, rows=rows)
   write_text(os.path.join(args.out, name + ".json"), json.dumps(json_safe(result), indent=1))
-  if not args.search:
+  if not args.search and not noises:
     plot(rows, os.path.join(args.out, name + ".png"))
   print("\n".join(table))
 

@@ -65,3 +65,9 @@ def test_dp_pretrain(tmp_path):
   # fine-tuning started from the public run, whose data is declared public and left out of the account
   assert json.loads((Path(row["workdir"]) / "config.json").read_text())["train"]["init_from"] == result["public"]
   assert (tmp_path / "dp_pretrain.png").stat().st_size > 1000
+  # --noise_multipliers: the same recipe at a given noise, no epsilon budget (the table gives what it spends)
+  run_script("dp_pretrain.py", "--recipes=dp-finetune", "--noise_multipliers=2.5", "--steps=4", "--public_steps=4",
+             "--n_private=60", "--n_holdout=20", "--n_public=40", "--length=24", "--offset=5", "--eval_samples=20",
+             f"--out={tmp_path}", *SMALL, "--extra=--config.train.batch_size=20")
+  (noisy,) = json.loads((tmp_path / "dp_pretrain_noise.json").read_text())["rows"]
+  assert noisy["noise_multiplier"] == 2.5 and noisy["steps"] == 4 and noisy["epsilon"] > 0

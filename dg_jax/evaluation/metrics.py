@@ -163,7 +163,10 @@ def series_pearson(data: Dataset, a: int, b: int) -> np.ndarray:
   return np.clip(r, -1.0, 1.0)
 
 
-FLAT_TOLERANCE = 0.05  # a series is flat if its range over its valid steps is at most this share of the real median range
+# A series is flat if its range over its valid steps is at most this share of the median range of the real
+# series that vary: where most real series are constant (MBA's ping loss rate), a median over all of them would
+# be 0, and generated series that move by 1e-4 of the range (auto-normalisation's widening) would not count.
+FLAT_TOLERANCE = 0.05
 COLLAPSE_MARGIN = 0.5  # collapsed: the share of flat synthetic series exceeds the real share by more than this
 
 
@@ -175,7 +178,9 @@ def series_ranges(data: Dataset, feature: int) -> np.ndarray:
 
 
 def flat_tolerance(real: Dataset, feature: int) -> float:
-  return FLAT_TOLERANCE * float(np.median(series_ranges(real, feature)))
+  ranges = series_ranges(real, feature)
+  varying = ranges[ranges > 0]
+  return FLAT_TOLERANCE * float(np.median(varying)) if varying.size else 0.0
 
 
 def flat_share(data: Dataset, feature: int, tolerance: float) -> float:
