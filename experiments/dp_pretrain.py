@@ -206,9 +206,9 @@ def main():
                      **mean_scores(score_replicas(public, args.seeds, real, members, holdout, args.eval_samples))))
   noises = [float(x) for x in args.noise_multipliers.split(",") if x]
   for recipe, (eps_list, overrides, steps) in recipes.items():
-    levels = eps_list if eps_list == [None] or not noises else [("noise_multiplier", x) for x in noises]
-    for level in levels:
-      what, value = ("target_epsilon", level) if not isinstance(level, tuple) else level
+    levels = ([("noise_multiplier", x) for x in noises] if noises and eps_list != [None]
+              else [("target_epsilon", e) for e in eps_list])
+    for what, value in levels:
       private_flags = [] if value is None else ["--config.privacy.enabled=True", "--config.privacy.secret_seed=False",
                                                 f"--config.privacy.{what}={value:g}"]
       name = recipe if value is None else f"{recipe} {what}={value:g}"

@@ -180,9 +180,10 @@ def _blocks(real, sets, train, scores, undefined, figures, title, ranking) -> li
     blocks += [("h2", "Variability"),
                ("p", "How each continuous feature varies within series: its median within-series standard "
                      "deviation (in its units), the share of flat series (range at most "
-                     f"{metrics.FLAT_TOLERANCE:g} of the median range of the real series that vary), and the median over series of the "
-                     "standard deviation of first and second differences over the series' own. A collapsed "
-                     "feature has a small spread and a large flat share, a jittery one large differences."),
+                     f"{metrics.FLAT_TOLERANCE:g} of the median range of the real series that vary), and the "
+                     "median over series of the standard deviation of first and second differences over the "
+                     "series' own. A collapsed feature has a small spread and a large flat share, a jittery one "
+                     "large differences."),
                ("table", *variability)]
   section = None
   for sec, caption, name in figures:
