@@ -113,6 +113,9 @@ def get_config():
   c.privacy.delta = 0.0             # delta of (epsilon, delta)-DP; 0 = 1 / (10 n) for n training series
   c.privacy.secret_seed = True      # draw train.seed from the OS's secure randomness (known noise voids the
                                     # guarantee); kept in the workdir for resume, left out of bundles
+  c.privacy.sampling = "fixed"      # fixed: B of the n series per step, replace-one neighbours; poisson: each
+                                    # series with probability B/n, add-or-remove neighbours (less noise)
+  c.privacy.capacity = 0            # poisson: rows per batch, sampled series then padding (0 = choose)
 
   c.num_devices = 0                 # devices to train on (0 = all)
   c.cpu_devices = 0                 # on CPU: virtual devices to split the batch over (0 = one per core);

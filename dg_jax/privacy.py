@@ -17,15 +17,29 @@ whose mean over i is the ordinary batch loss; fakes do not depend on data, and t
 cross-example normalisation, so example i's gradient depends on example i alone. PacGAN packing
 (pack > 1) mixes examples in one critic row and is rejected with privacy on (settings.py).
 
-Sampling and accounting. Each step draws a uniform sample of B of the n series without
-replacement, independently of other steps (BatchIterator(sampling="independent")). A fixed batch
-shape keeps one compiled step on every device; Poisson sampling would need masked variable-size
-batches and overflow handling. dp_accounting's RDP accountant covers this sampling
+Sampling and accounting (privacy.sampling). "fixed", the default: each step draws a uniform sample
+of B of the n series without replacement, independently of other steps
+(BatchIterator(sampling="independent")); dp_accounting's RDP accountant covers it
 (SampledWithoutReplacementDpEvent, Wang, Balle and Kasiviswanathan 2019) under the replace-one
 neighbouring relation (n is public). Replacing one series changes one clipped gradient of the sum
 by up to 2 * l2_clip, so relative to that sensitivity the noise multiplier is noise_multiplier / 2.
-A step's d_rounds critic updates reuse its batch: one sampled event of d_rounds composed Gaussians.
-Epsilon is a function of the step count alone, so a resumed run reports what a straight run would.
+"poisson": each series joins a step's batch with probability q = B/n (n taken as public, as above),
+independently (batches of random size), accounted as PoissonSampledDpEvent under add-or-remove neighbours (sensitivity
+l2_clip): the relation Opacus, TF Privacy and jax-privacy report, weaker than replace-one (replacing
+a series is removing one and adding another, so an add-or-remove (epsilon, delta) guarantee gives a
+replace-one (2 epsilon, (1 + e^epsilon) delta) one, no better in general). One compiled step needs one
+shape, so a batch holds `capacity` rows, the sampled ones then padding rows of weight 0, and a batch
+that would exceed the capacity is truncated. Truncation changes the mechanism only on the event that
+some step samples more than `capacity` series, whose probability P is at most T * P(Binomial(n+1, q)
+> capacity) over T steps; so an (epsilon, delta_rdp) guarantee of the untruncated mechanism gives
+(epsilon, delta_rdp + (1 + e^epsilon) P) for the truncated one. The RDP part is computed at
+(1 - TRUNCATION_SHARE) delta and the capacity chosen (to a multiple of 8 rows, so that 1, 2, 4 or 8
+devices split it) so that the second term stays within TRUNCATION_SHARE delta for the steps of
+every replica; a capacity set by hand is accounted the same way, whatever delta it leads to. The sum
+of clipped gradients is divided by B, the expected batch size (the actual one depends on the data).
+Either way a step's d_rounds critic updates reuse its batch: one sampled event of d_rounds composed
+Gaussians. Epsilon is a function of the step count alone, so a resumed run reports what a straight
+run would.
 
 Multi-device. optax's differentially_private_aggregate adds noise at every call, so calling it on
 each device would add noise once per device. Here each device clips its own examples' gradients
@@ -41,20 +55,23 @@ import functools
 import dp_accounting
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from scipy import stats
 
 from dg_jax.settings import PrivacyConfig
 
 
 def private_grad(example_loss, params, examples: tuple, l2_clip: float, noise_multiplier: float, key: jax.Array,
-                 batch_size: int, axis_name: str):
+                 batch_size: int, axis_name: str, weights: jax.Array | None = None):
   """DP-SGD gradient of the mean example loss, run on each device inside shard_map.
 
   example_loss(params, *example) -> (loss, aux) for one example; `examples` hold this device's
-  examples on axis 0. Each example's gradient is clipped to L2 norm l2_clip, summed, summed over
-  devices, given N(0, (noise_multiplier * l2_clip)^2) noise from `key` (the same on all devices)
-  and divided by the global `batch_size`. Returns (gradient, per-example aux, number of clipped
-  examples over all devices).
+  examples on axis 0, `weights` (1 or 0: a Poisson batch's padding rows) whether each is in the batch.
+  Each example's gradient is clipped to L2 norm l2_clip, summed, summed over devices, given
+  N(0, (noise_multiplier * l2_clip)^2) noise from `key` (the same on all devices) and divided by
+  `batch_size` (global, or expected for Poisson sampling). Returns (gradient, per-example aux,
+  number of clipped examples over all devices).
 
   Two passes: per-example gradients only feed their norms, then one batched backward pass of the
   clip-weighted loss sum gives the sum of clipped gradients. Summing the per-example gradients
@@ -63,9 +80,12 @@ def private_grad(example_loss, params, examples: tuple, l2_clip: float, noise_mu
   """
   axes = (None,) + (0,) * len(examples)
   grads, aux = jax.vmap(jax.grad(example_loss, has_aux=True), in_axes=axes)(params, *examples)
-  scale = jax.lax.stop_gradient(jnp.minimum(1.0, l2_clip / jax.vmap(optax.tree.norm)(grads)))
+  norms = jax.vmap(optax.tree.norm)(grads)
+  if weights is None:
+    weights = jnp.ones_like(norms)
+  scale = jax.lax.stop_gradient(weights * jnp.minimum(1.0, l2_clip / norms))
   summed = jax.grad(lambda p: jnp.sum(scale * jax.vmap(example_loss, in_axes=axes)(p, *examples)[0]))(params)
-  summed, clipped = jax.lax.psum((summed, jnp.sum(scale < 1)), axis_name)
+  summed, clipped = jax.lax.psum((summed, jnp.sum(weights * (norms > l2_clip))), axis_name)
   leaves, treedef = jax.tree.flatten(summed)
   keys = jax.random.split(key, len(leaves))
   noisy = [(g + noise_multiplier * l2_clip * jax.random.normal(k, g.shape, g.dtype)) / batch_size
@@ -77,29 +97,58 @@ def default_delta(num_examples: int) -> float:
   return 1.0 / (10 * num_examples)
 
 
+TRUNCATION_SHARE = 0.01  # of delta, the most a chosen Poisson capacity's truncation may add
+CAPACITY_MULTIPLE = 8    # Poisson capacities are multiples of this, so 1, 2, 4 or 8 devices split them alike
+
+
 @dataclasses.dataclass(frozen=True)
 class Accountant:
   """Epsilon spent by DP-SGD steps at a fixed delta, as dp_accounting's RDP accountant gives it."""
   num_examples: int                     # n: training series
-  batch_size: int                       # B: series per step, drawn without replacement
+  batch_size: int                       # B: series per step (fixed), or expected per step (poisson)
   noise_multiplier: float               # noise std / l2_clip
   delta: float
   rounds: int = 1                       # critic updates per step, all on the step's batch
+  sampling: str = "fixed"               # or "poisson": batches hold at most `capacity` series
+  capacity: int = 0
+
+  @property
+  def poisson(self) -> bool:
+    return self.sampling == "poisson"
+
+  @property
+  def neighbouring(self) -> str:
+    return "add-or-remove" if self.poisson else "replace-one"
 
   def event(self, steps: int) -> dp_accounting.DpEvent:
-    gaussian = dp_accounting.GaussianDpEvent(self.noise_multiplier / 2)  # replace-one: sensitivity 2 * clip
-    step = dp_accounting.SampledWithoutReplacementDpEvent(
-        self.num_examples, self.batch_size, dp_accounting.SelfComposedDpEvent(gaussian, self.rounds))
+    if self.poisson:  # add-or-remove: sensitivity clip
+      step = dp_accounting.PoissonSampledDpEvent(self.batch_size / self.num_examples, dp_accounting.SelfComposedDpEvent(
+          dp_accounting.GaussianDpEvent(self.noise_multiplier), self.rounds))
+    else:
+      gaussian = dp_accounting.GaussianDpEvent(self.noise_multiplier / 2)  # replace-one: sensitivity 2 * clip
+      step = dp_accounting.SampledWithoutReplacementDpEvent(
+          self.num_examples, self.batch_size, dp_accounting.SelfComposedDpEvent(gaussian, self.rounds))
     return dp_accounting.SelfComposedDpEvent(step, steps)
 
   @functools.cached_property
   def _one_step(self) -> dp_accounting.rdp.RdpAccountant:
-    return new_rdp_accountant().compose(self.event(1))
+    return new_rdp_accountant(self.poisson).compose(self.event(1))
+
+  def log_truncation(self) -> float:
+    """log P(one step would sample more than `capacity` series) for n+1 series (the larger neighbour)."""
+    if not self.poisson:
+      return -np.inf
+    return float(stats.binom.logsf(self.capacity, self.num_examples + 1, self.batch_size / self.num_examples))
 
   def epsilon(self, steps: int) -> float:
     """What composing self.event(steps) gives: `steps` times one step's RDP (computed once: the
     slow part, about a second) converted to epsilon at delta."""
-    return composed_epsilon([(self, steps)], self.delta)
+    return composed([(self, steps)], self.delta)[0]
+
+  def spent_delta(self, steps: int) -> float:
+    """The delta that epsilon(steps) holds at: `delta`, or for Poisson sampling the RDP part plus
+    truncation's, at most `delta` with a chosen capacity."""
+    return composed([(self, steps)], self.delta)[1]
 
   def max_steps(self, target_epsilon: float, limit: int) -> int:
     """The most steps, up to `limit`, that spend at most target_epsilon (epsilon grows with steps)."""
@@ -112,15 +161,38 @@ class Accountant:
     return lo
 
 
-def composed_epsilon(runs: list[tuple[Accountant, int]], delta: float) -> float:
-  """Epsilon at `delta` of releasing every run of `runs` ((accountant, steps) pairs, on the same data):
-  their RDP adds up, order by order."""
+def composed(runs: list[tuple[Accountant, int]], delta: float) -> tuple[float, float]:
+  """(epsilon, delta') of releasing every run of `runs` ((accountant, steps) pairs, on the same data):
+  their RDP adds up, order by order, and converts to epsilon at delta; with Poisson sampling at
+  (1 - TRUNCATION_SHARE) delta, and delta' adds the truncation term (module docstring)."""
   runs = [(a, steps) for a, steps in runs if steps > 0]
   if not runs:
-    return 0.0
+    return 0.0, delta
+  if len({a.neighbouring for a, _ in runs}) > 1:
+    raise ValueError("cannot compose runs accounted under different neighbouring relations "
+                     f"({sorted({a.neighbouring for a, _ in runs})}): use one privacy.sampling for all")
   orders = runs[0][0]._one_step.orders  # dp_accounting's default orders, the same for every accountant
   rdp = sum(steps * a._one_step.rdp for a, steps in runs)
-  return float(dp_accounting.rdp.rdp_privacy_accountant.compute_epsilon(orders, rdp, delta)[0])
+  if not runs[0][0].poisson:
+    return float(dp_accounting.rdp.rdp_privacy_accountant.compute_epsilon(orders, rdp, delta)[0]), delta
+  rdp_delta = (1 - TRUNCATION_SHARE) * delta
+  epsilon = float(dp_accounting.rdp.rdp_privacy_accountant.compute_epsilon(orders, rdp, rdp_delta)[0])
+  log_p = np.logaddexp.reduce([np.log(steps) + a.log_truncation() for a, steps in runs])
+  return epsilon, float(rdp_delta + np.exp(min(0.0, np.logaddexp(0, epsilon) + log_p)))
+
+
+def choose_capacity(accountant: Accountant, steps: int) -> int:
+  """The smallest Poisson capacity (a multiple of CAPACITY_MULTIPLE, at least the expected batch) whose
+  truncation adds at most TRUNCATION_SHARE * delta over `steps` steps (module docstring)."""
+  epsilon = accountant.epsilon(steps)  # the RDP part does not depend on the capacity
+  limit = np.log(TRUNCATION_SHARE * accountant.delta) - np.log(steps) - np.logaddexp(0, epsilon)
+  fits = lambda c: dataclasses.replace(accountant, capacity=c).log_truncation() <= limit  # noqa: E731
+  top = -(-(accountant.num_examples + 1) // CAPACITY_MULTIPLE)  # in multiples; never truncates n+1 series
+  lo, hi = -(-accountant.batch_size // CAPACITY_MULTIPLE) - 1, top  # fits(hi * multiple); lo may not
+  while hi - lo > 1:
+    mid = (lo + hi) // 2
+    lo, hi = (lo, mid) if fits(mid * CAPACITY_MULTIPLE) else (mid, hi)
+  return hi * CAPACITY_MULTIPLE
 
 
 def spent_record(accountant: Accountant, steps: int, replicas: int, init_from: str = "") -> dict:
@@ -130,61 +202,76 @@ def spent_record(accountant: Accountant, steps: int, replicas: int, init_from: s
   whose RDP is that of K * steps steps. Choosing one replica by comparing them (their scores, or
   which ones diverged) is a function of all K, so it is covered by the K-fold figure, not the one-run
   one. Pre-training (train.init_from) is outside the account: its data is assumed public."""
-  record = dict(epsilon=accountant.epsilon(steps), delta=accountant.delta, steps=steps,
-                num_examples=accountant.num_examples, unit="series", neighbouring="replace-one", replicas=replicas,
+  record = dict(epsilon=accountant.epsilon(steps), delta=accountant.spent_delta(steps), steps=steps,
+                num_examples=accountant.num_examples, unit="series", neighbouring=accountant.neighbouring,
+                sampling=accountant.sampling, replicas=replicas,
                 covers="the training series, for the generator of one replica fixed before training")
+  if accountant.poisson:
+    record.update(expected_batch_size=accountant.batch_size, capacity=accountant.capacity)
   if replicas > 1:
     record.update(epsilon_all_replicas=accountant.epsilon(replicas * steps),
                   covers=record["covers"] + " (generation's default replica 0, or a --seed_index chosen without "
                   "comparing replicas); releasing several replicas, or one chosen by comparing them, is covered "
                   "by epsilon_all_replicas")
+    if accountant.poisson:
+      record["delta_all_replicas"] = accountant.spent_delta(replicas * steps)
   if init_from:
     record["assumed_public"] = f"the data that trained {init_from} (train.init_from), which is not accounted"
   return record
 
 
-def new_rdp_accountant() -> dp_accounting.rdp.RdpAccountant:
-  return dp_accounting.rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+def new_rdp_accountant(poisson: bool = False) -> dp_accounting.rdp.RdpAccountant:
+  relation = dp_accounting.NeighboringRelation
+  return dp_accounting.rdp.RdpAccountant(
+      neighboring_relation=relation.ADD_OR_REMOVE_ONE if poisson else relation.REPLACE_ONE)
 
 
 def accountant(pc: PrivacyConfig, num_examples: int, batch_size: int, rounds: int) -> Accountant:
   """The accountant of a resolved privacy config (see `resolve`)."""
-  return Accountant(num_examples, batch_size, pc.noise_multiplier, pc.delta, rounds)
+  return Accountant(num_examples, batch_size, pc.noise_multiplier, pc.delta, rounds, pc.sampling, pc.capacity)
 
 
 def calibrate_noise(num_examples: int, batch_size: int, rounds: int, steps: int, target_epsilon: float,
-                    delta: float) -> float:
+                    delta: float, sampling: str = "fixed") -> float:
   """The smallest noise multiplier (to 1e-3) whose `steps` steps spend at most target_epsilon."""
   least = 0.01  # the bracket's lower end: less noise than this is no protection worth calibrating
-  make = lambda sigma: Accountant(num_examples, batch_size, sigma, delta, rounds)  # noqa: E731
+  make = lambda sigma: Accountant(num_examples, batch_size, sigma, delta, rounds, sampling)  # noqa: E731
   if make(least).epsilon(steps) <= target_epsilon:
     raise ValueError(f"privacy.target_epsilon={target_epsilon} allows almost no noise for {steps} steps; "
                      "set privacy.noise_multiplier instead")
+  poisson = sampling == "poisson"
   return dp_accounting.calibrate_dp_mechanism(
-      new_rdp_accountant, lambda sigma: make(sigma).event(steps), target_epsilon, delta,
-      dp_accounting.LowerEndpointAndGuess(least, 1.0), tol=1e-3)
+      lambda: new_rdp_accountant(poisson), lambda sigma: make(sigma).event(steps), target_epsilon,
+      (1 - TRUNCATION_SHARE) * delta if poisson else delta, dp_accounting.LowerEndpointAndGuess(least, 1.0), tol=1e-3)
 
 
-def resolve(pc: PrivacyConfig, num_examples: int, batch_size: int, rounds: int, num_steps: int) -> PrivacyConfig:
-  """A fresh run's privacy config with what it leaves open filled in: delta (0 = 1/(10 n)) and,
-  when only target_epsilon is given, the noise multiplier that spends it in num_steps steps."""
+def resolve(pc: PrivacyConfig, num_examples: int, batch_size: int, rounds: int, num_steps: int,
+            replicas: int = 1) -> PrivacyConfig:
+  """A fresh run's privacy config with what it leaves open filled in: delta (0 = 1/(10 n)); when only
+  target_epsilon is given, the noise multiplier that spends it in num_steps steps; and with Poisson
+  sampling the capacity (0 = the smallest whose truncation costs at most TRUNCATION_SHARE * delta
+  over the steps of all `replicas`)."""
   if batch_size > num_examples:
     raise ValueError(f"train.batch_size={batch_size} exceeds the {num_examples} training series: "
-                     "private training samples each batch without replacement")
+                     "private training samples B distinct series per step (on average, with Poisson sampling)")
   delta = pc.delta or default_delta(num_examples)
   if delta >= 1 / num_examples:
     raise ValueError(f"privacy.delta={delta} is not below 1/n = {1 / num_examples:.3g} for n={num_examples} "
                      "series: such a delta allows publishing a series outright")
   noise = pc.noise_multiplier or calibrate_noise(num_examples, batch_size, rounds, num_steps,
-                                                 pc.target_epsilon, delta)
-  return dataclasses.replace(pc, delta=float(delta), noise_multiplier=float(noise))
+                                                 pc.target_epsilon, delta, pc.sampling)
+  pc = dataclasses.replace(pc, delta=float(delta), noise_multiplier=float(noise))
+  if pc.sampling == "poisson" and not pc.capacity:
+    pc = dataclasses.replace(pc, capacity=choose_capacity(accountant(pc, num_examples, batch_size, rounds),
+                                                          replicas * num_steps))
+  return pc
 
 
 def resume(pc: PrivacyConfig, saved: PrivacyConfig) -> PrivacyConfig:
   """The resolved privacy config of a run being resumed: the saved one, which `pc` (as given, with
   0 for what the run resolved) must match, so that the noise and accounting do not change mid-run."""
   given = dataclasses.replace(pc, noise_multiplier=pc.noise_multiplier or saved.noise_multiplier,
-                              delta=pc.delta or saved.delta)
+                              delta=pc.delta or saved.delta, capacity=pc.capacity or saved.capacity)
   if given != saved:
     raise ValueError(f"the run being resumed was trained with privacy settings {saved}, not {given}; "
                      "use a new --workdir (or the same settings) to resume")

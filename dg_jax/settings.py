@@ -152,6 +152,9 @@ class PrivacyConfig:
   target_epsilon: float = 0.0           # epsilon budget; 0 = none (use noise_multiplier)
   delta: float = 0.0                    # 0 = 1 / (10 n) for n training series
   secret_seed: bool = True              # train.seed drawn from the OS's secure randomness
+  sampling: str = "fixed"               # fixed: B series per step, replace-one neighbours; poisson: each
+                                        # series with probability B/n, add-or-remove neighbours
+  capacity: int = 0                     # poisson: rows per batch (sampled series + padding); 0 = choose
 
   def __post_init__(self):
     if not 0 < self.l2_clip < math.inf:  # an infinite clip would turn the noise into NaN
@@ -162,6 +165,10 @@ class PrivacyConfig:
       raise ValueError(f"privacy.target_epsilon must be >= 0, got {self.target_epsilon}")
     if not 0 <= self.delta < 1:
       raise ValueError(f"privacy.delta must be in [0, 1), got {self.delta}")
+    if self.sampling not in ("fixed", "poisson"):
+      raise ValueError(f"privacy.sampling must be 'fixed' or 'poisson', got {self.sampling!r}")
+    if self.capacity < 0 or (self.capacity and self.sampling != "poisson"):
+      raise ValueError(f"privacy.capacity={self.capacity}: set it (> 0) only with privacy.sampling='poisson'")
 
 
 def resolve_sample_len(requested: int, max_length: int) -> int:

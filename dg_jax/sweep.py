@@ -296,8 +296,7 @@ def _privacy_of_sweep(spent: dict, against: str) -> dict:
   claim is the composition of all of them (every replica of every private variant)."""
   runs = [(privacy.accountant(pc, s["num_examples"], tc.batch_size, tc.d_rounds), s["steps"] * tc.num_seeds)
           for s, tc, pc in spent.values()]
-  delta = max(s["delta"] for s, _, _ in spent.values())
-  epsilon = privacy.composed_epsilon(runs, delta)
+  epsilon, delta = privacy.composed(runs, max(pc.delta for _, _, pc in spent.values()))
   log.info("sweep: releasing a generator it ranks first is (%.4g, %.3g)-differentially private for the training "
            "series (all %d private runs composed); the ranking read %s outside DP", epsilon, delta, len(runs), against)
   return dict(epsilon_all_runs=epsilon, delta=delta, runs={n: s for n, (s, _, _) in spent.items()},

@@ -119,7 +119,8 @@ def _resolve_privacy(pc: PrivacyConfig, tc: TrainConfig, saved: dict | None, num
   """The run's privacy settings with noise and delta resolved: calibrated now for a fresh run,
   the saved ones for a resumed run (the accountant assumes they never change mid-run)."""
   if saved is None:
-    return privacy.resolve(pc, num_examples, tc.batch_size, tc.d_rounds, tc.num_steps) if pc.enabled else pc
+    return (privacy.resolve(pc, num_examples, tc.batch_size, tc.d_rounds, tc.num_steps, tc.num_seeds)
+            if pc.enabled else pc)
   saved_pc = privacy_config(ml_collections.ConfigDict(saved))
   if not (pc.enabled or saved_pc.enabled):
     return pc
@@ -131,15 +132,22 @@ def _privacy_budget(pc: PrivacyConfig, tc: TrainConfig, num_examples: int) -> tu
   accountant = privacy.accountant(pc, num_examples, tc.batch_size, tc.d_rounds)
   seed = ("a secret seed (privacy.secret_seed; kept in the workdir, never in bundles)" if pc.secret_seed else
           f"train.seed={tc.seed}, which the guarantee assumes secret (privacy.secret_seed=False)")
-  log.info("privacy: DP-SGD critics, noise multiplier %.4g, clip %.4g, batches of %d of %d series "
-           "sampled without replacement; delta=%.3g; batches and noise from %s", pc.noise_multiplier,
-           pc.l2_clip, tc.batch_size, num_examples, pc.delta, seed)
+  batches = (f"Poisson-sampled batches of {tc.batch_size} of {num_examples} series on average (at most "
+             f"{pc.capacity}; truncation accounted in delta), add-or-remove neighbours" if accountant.poisson else
+             f"batches of {tc.batch_size} of {num_examples} series sampled without replacement, replace-one neighbours")
+  log.info("privacy: DP-SGD critics, noise multiplier %.4g, clip %.4g, %s; delta=%.3g; batches and noise from %s",
+           pc.noise_multiplier, pc.l2_clip, batches, pc.delta, seed)
   end = accountant.max_steps(pc.target_epsilon, tc.num_steps) if pc.target_epsilon else tc.num_steps
   if end < tc.num_steps:
     log.warning("privacy budget: epsilon=%.4g after step %d, %.4g after step %d exceeds "
                 "privacy.target_epsilon=%.4g; training stops at step %d", accountant.epsilon(end), end,
                 accountant.epsilon(end + 1), end + 1, pc.target_epsilon, end)
   return accountant, end
+
+
+def _sampling(pc: PrivacyConfig) -> str:
+  """The batches' sampling (data/batching.py): what the privacy accountant assumes, or epochs."""
+  return {"fixed": "independent", "poisson": "poisson"}[pc.sampling] if pc.enabled else "epochs"
 
 
 class MetricsLog:
@@ -436,6 +444,9 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
                            sharding.from_primary(secrets.randbits(31)))  # one run: every process the same seed
       tc = dataclasses.replace(tc, seed=config.train.seed)
     accountant, end = _privacy_budget(pc, tc, dataset.num_samples)
+    if pc.capacity % mesh.shape[sharding.DATA]:
+      raise BadInput(f"privacy.capacity={pc.capacity} must be a multiple of the {mesh.shape[sharding.DATA]} "
+                     "devices that split each replica's batch")
   dataset, clipped = encoding.clip_to_schema(dataset, schema)
   if clipped:
     log.warning("values outside the schema's ranges (a schema fitted on other data: train.init_from) clipped "
@@ -489,7 +500,7 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
   feed = (shares.ShardedFeed(share, arrays, tc.batch_size, tc.seed, tc.num_seeds, mesh, start, tc.data_placement)
           if share else
           Feed(arrays, ReplicaBatches([encoded.features], tc.batch_size, tc.seed, tc.num_seeds, start_step=start,
-                                      sampling="independent" if pc.enabled else "epochs"), mesh, tc.data_placement))
+                                      sampling=_sampling(pc), capacity=pc.capacity), mesh, tc.data_placement))
   step_fn = jit_train_step(model, tc, mesh, pc, feed.gather)
   health = Health(sharding.to_host(state["health"]), tc)
   step, t_start, window = start, time.time(), (start, time.time())
@@ -585,9 +596,9 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
   if accountant is not None:
     last["epsilon"] = accountant.epsilon(step)
     log.info("privacy: each replica's generator is (%.4g, %.3g)-differentially private after %d steps "
-             "(series-level, replace-one neighbours)%s", last["epsilon"], pc.delta, step,
-             f"; all {tc.num_seeds} replicas together, or one chosen by comparing them: epsilon="
-             f"{accountant.epsilon(tc.num_seeds * step):.4g}" if tc.num_seeds > 1 else "")
+             "(series-level, %s neighbours)%s", last["epsilon"], accountant.spent_delta(step), step,
+             accountant.neighbouring, f"; all {tc.num_seeds} replicas together, or one chosen by comparing them: "
+             f"epsilon={accountant.epsilon(tc.num_seeds * step):.4g}" if tc.num_seeds > 1 else "")
   if health.frozen:
     raise health.diverged(step, workdir)
   return dict(last, step=step)

@@ -32,6 +32,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dg_jax import losses, privacy, sharding
+from dg_jax.data import batching
 from dg_jax.models.doppelganger import STATS, DoppelGANger, sample_noise, split_stats
 from dg_jax.settings import PER_REPLICA_FIELDS, ModelConfig, PrivacyConfig, TrainConfig
 from dg_jax.sharding import DATA, SEEDS
@@ -157,18 +158,20 @@ def g_loss_fn(model: DoppelGANger, d_params, fake, aux_weight=None):
 
 
 def private_critic_grads(model: DoppelGANger, gp_weight, pc: PrivacyConfig, d_params, real, fake, t,
-                         key, batch_size: int):
-  """DP-SGD critic gradient on this device's examples (inside shard_map); batch_size is global.
+                         key, batch_size: int, weights):
+  """DP-SGD critic gradient on this device's examples (inside shard_map); batch_size is global (or
+  expected: Poisson sampling), weights 1 for the batch's examples and 0 for its padding rows.
 
   Example i's loss is d_loss_fn on the one-example batch (real_i, fake_i, t_i), so its gradient
-  depends on example i alone; the metrics are the means of the per-example ones, i.e. the batch's.
+  depends on example i alone; the metrics are the means of the per-example ones over the batch's examples.
   """
   def example_loss(p, r, f, ti):
     return d_loss_fn(model, gp_weight, p, r[None], f[None], ti[None])
   grads, metrics, clipped = privacy.private_grad(example_loss, d_params, (real, fake, t), pc.l2_clip,
-                                                 pc.noise_multiplier, key, batch_size, DATA)
-  metrics = jax.tree.map(jnp.mean, metrics)
-  return grads, dict(metrics, clipped_fraction=clipped / batch_size)
+                                                 pc.noise_multiplier, key, batch_size, DATA, weights)
+  count = jnp.maximum(jax.lax.psum(jnp.sum(weights), DATA), 1)
+  metrics = jax.tree.map(lambda m: jax.lax.psum(jnp.sum(weights * m), DATA) / count, metrics)
+  return grads, dict(metrics, clipped_fraction=clipped / count)
 
 
 def jit_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfig | None = None,
@@ -195,6 +198,8 @@ def jit_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfig
     else:
       batches = jax.lax.with_sharding_constraint(jax.tree.map(lambda a: a[indices], data),
                                                  NamedSharding(mesh, rows))
+    if pc is not None and pc.enabled and pc.sampling == "poisson":
+      batches = dict(batches, mask=batching.mask(indices))
     return train_dispatch(state, batches, keys)
 
   return jax.jit(train_dispatch_from_device_data if gather else train_dispatch, donate_argnums=0,
@@ -209,11 +214,13 @@ def make_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfi
   pc: an enabled, resolved privacy config (privacy.resolve) for DP-SGD critics; None or disabled = off.
 
   state: K replicas stacked on axis 0 (init_replicas).
-  batches: dict(features [k, K, B, T, F], attributes [k, K, B, A], additional_attributes [k, K, B, 2Kc]).
+  batches: dict(features [k, K, B, T, F], attributes [k, K, B, A], additional_attributes [k, K, B, 2Kc]),
+    and with Poisson sampling mask [k, K, B] (1 for sampled series, 0 for padding; B = privacy.capacity).
   metrics: dict of [k, K] arrays.
   """
   gen = model.generator.clone(axis_name=DATA)
   dp = pc is not None and pc.enabled
+  expected_batch = tc.batch_size if dp and pc.sampling == "poisson" else None  # else the batch's own size
   fixed_hp, varying_hp = hyperparameters(tc, model.cfg)
 
   def freeze(updates):
@@ -243,8 +250,10 @@ def make_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfi
     for r in range(tc.d_rounds):
       fake, pullback, stats = forward(noises[r])
       if dp:
+        weights = real_batch.get("mask", jnp.ones(real.shape[0], real.dtype))
         grads, metrics = private_critic_grads(model, hp["gp_weight"], pc, d_params, real, jax.lax.stop_gradient(fake),
-                                              ts[r], dp_keys[r], real.shape[0] * mesh.shape[DATA])
+                                              ts[r], dp_keys[r], expected_batch or real.shape[0] * mesh.shape[DATA],
+                                              weights)
       else:
         grads, metrics = jax.grad(functools.partial(d_loss_fn, model, hp["gp_weight"]), has_aux=True)(
             d_params, real, jax.lax.stop_gradient(fake), ts[r])

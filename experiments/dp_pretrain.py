@@ -22,9 +22,10 @@ privacy.secret_seed=False, so that they are reproducible; finished runs are reus
   python experiments/dp_pretrain.py --search            # fine-tuning variants at epsilon 10 (~25 min)
   python experiments/dp_pretrain.py                     # the table and plot (~80 min on 2 cores)
   python experiments/dp_pretrain.py --recipes=dp-metadata --noise_multipliers=0.867,0.321   # what less noise buys
+  python experiments/dp_pretrain.py --recipes=dp-scratch,dp-metadata --epsilons=10 --sampling=poisson
 
 Writes <out>/dp_pretrain.json, <out>/dp_pretrain.md and <out>/dp_pretrain.png (dp_pretrain_noise.* with
---noise_multipliers, no plot): per recipe and epsilon,
+--noise_multipliers, no plot; a _poisson suffix with --sampling=poisson): per recipe and epsilon,
 the mean over replicas of the attribute JSD, the autocorrelation MSE, the level W1 (W1 of the series'
 midranges over the real midranges' spread, mean over features) and the membership-inference success
 rate (LOGAN's critic attack: training series vs the unseen ones; 0.5 = guessing).
@@ -162,6 +163,8 @@ def main():
   p.add_argument("--noise_multipliers", default="",
                  help="run the DP recipes at these noise multipliers instead of --epsilons (no budget; the table "
                       "gives the replace-one epsilon they spend): what less noise, e.g. another mechanism's, buys")
+  p.add_argument("--sampling", default="fixed", choices=["fixed", "poisson"],
+                 help="privacy.sampling of the DP runs (poisson: add-or-remove neighbours, dg_jax/privacy.py)")
   p.add_argument("--out", default="/tmp/dg_dp_pretrain")
   p.add_argument("--extra", action="append", default=[], help="extra --config overrides for every run")
   args = p.parse_args()
@@ -211,6 +214,8 @@ def main():
     for what, value in levels:
       private_flags = [] if value is None else ["--config.privacy.enabled=True", "--config.privacy.secret_seed=False",
                                                 f"--config.privacy.{what}={value:g}"]
+      if value is not None and args.sampling != "fixed":
+        private_flags.append(f"--config.privacy.sampling={args.sampling}")
       name = recipe if value is None else f"{recipe} {what}={value:g}"
       workdir = run(name, paths["private"], steps, overrides + private_flags)
       with open(os.path.join(workdir, "metrics.jsonl")) as fh, open(os.path.join(workdir, "config.json")) as cfg:
@@ -224,10 +229,11 @@ def main():
   table = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
   table += ["| " + " | ".join(fmt(r.get(h)) for h in head) + " |" for r in rows]
   name = "dp_pretrain_search" if args.search else "dp_pretrain_noise" if noises else "dp_pretrain"
+  name += "_poisson" if args.sampling == "poisson" else ""
   write_text(os.path.join(args.out, name + ".md"), "\n".join(table) + "\n")
   result = dict(args=vars(args), public=public, rows=rows)
   write_text(os.path.join(args.out, name + ".json"), json.dumps(json_safe(result), indent=1))
-  if not args.search and not noises:
+  if not args.search and not noises and args.sampling == "fixed":
     plot(rows, os.path.join(args.out, name + ".png"))
   print("\n".join(table))
 

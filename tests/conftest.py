@@ -34,6 +34,11 @@ def pytest_configure(config):
   config.addinivalue_line("markers", "slow: end-to-end runs of several processes (deselect with -m 'not slow')")
 
 
+def pytest_collection_modifyitems(items):
+  """The slow tests first: pytest-xdist's workers then end on short tests, not one of them alone on a long one."""
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture
 def shared_data():
   if not SHARED_DATA.is_dir():

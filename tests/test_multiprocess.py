@@ -80,31 +80,27 @@ def test_two_processes_train_and_generate_as_one(tmp_path):
 
 def test_two_processes_train_and_score_k_seeds_as_one(tmp_path):
   """K=2 on the 2 x 2 devices: a ('seeds', 'data') = (2, 2) mesh whose replicas are sharded across the
-  processes, scored every 10 steps; the same parameters and best scores as one process. Resumed with a
-  wall-clock budget on one process only: both stop at the same step, checkpointed."""
-  flags = dict(num_seeds=2, eval_every=10, num_steps=20)
+  processes, scored every 10 steps, with a wall-clock budget on one process only: both stop at the same
+  step, checkpointed, with the same parameters and best scores as one process trained that far."""
+  flags = dict(num_seeds=2, eval_every=10, num_steps=100000)
   mp, single = tmp_path / "two", tmp_path / "one"
   logs = run_processes("--config=configs/tiny.py", "--config.data.demo.num_samples=200", f"--workdir={mp}",
-                       *(f"--config.train.{k}={v}" for k, v in flags.items()))
-  assert "across 2 process(es), 2 along 'seeds'" in logs[0] and "scores at step 20" in logs[0]
+                       *(f"--config.train.{k}={v}" for k, v in flags.items()),
+                       per_process=[[], ["--config.train.max_minutes=0.003"]], timeout=240)
+  assert "across 2 process(es), 2 along 'seeds'" in logs[0]
+  stopped = [line for line in logs[0].splitlines() if "wall-clock budget" in line]
+  assert stopped, logs[0][-2000:]
+  step = Checkpointer(str(mp)).latest_step()
+  assert 5 <= step < 100000 and f"at step {step}" in stopped[0] and f"scores at step {step}" in logs[0]
   c = tiny.get_config()
   c.data.demo.num_samples, c.num_devices = 200, 4
-  c.train.update(flags)
+  c.train.update(dict(flags, num_steps=step))
   train_and_evaluate(c, str(single))
   a, b = (jax.device_get(restore_run(str(w))[1]) for w in (mp, single))
   close = lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)  # noqa: E731
   jax.tree.map(close, a["params"], b["params"])
   jax.tree.map(close, a["best"], b["best"])
   assert np.isfinite(a["best"]["score"]).all()
-
-  # a wall-clock budget on one process only stops both, with a checkpoint at the step reached
-  logs = run_processes("--config=configs/tiny.py", "--config.data.demo.num_samples=200", f"--workdir={mp}",
-                       *(f"--config.train.{k}={v}" for k, v in dict(flags, num_steps=100000).items()),
-                       per_process=[[], ["--config.train.max_minutes=0.003"]], timeout=240)
-  stopped = [line for line in logs[0].splitlines() if "wall-clock budget" in line]
-  assert stopped, logs[0][-2000:]
-  step = Checkpointer(str(mp)).latest_step()
-  assert 20 < step < 100000 and f"at step {step}" in stopped[0]
 
 
 def test_each_process_reads_only_its_share_of_sharded_data(tmp_path):

@@ -38,15 +38,17 @@ def linear_loss(params, x):
   return loss, loss
 
 
-def private_grad(examples, l2_clip, noise_multiplier, num_devices, seed=0):
+def private_grad(examples, l2_clip, noise_multiplier, num_devices, seed=0, weights=None, batch=None):
   """privacy.private_grad of linear_loss over a mesh of num_devices, examples split over the devices."""
   mesh = sharding.make_mesh(num_devices)
-  batch = jax.tree.leaves(examples)[0].shape[0]
+  rows = jax.tree.leaves(examples)[0].shape[0]
+  weights = np.ones(rows, np.float32) if weights is None else weights
   params = jax.tree.map(lambda v: jnp.zeros(v.shape[1:]), examples)
   fn = jax.shard_map(
-      lambda p, x, k: privacy.private_grad(linear_loss, p, (x,), l2_clip, noise_multiplier, k, batch, DATA),
-      mesh=mesh, in_specs=(P(), P(DATA), P()), out_specs=(P(), P(DATA), P()), check_vma=False)
-  grad, _, clipped = jax.device_get(jax.jit(fn)(params, examples, jax.random.key(seed)))
+      lambda p, x, w, k: privacy.private_grad(linear_loss, p, (x,), l2_clip, noise_multiplier, k, batch or rows,
+                                              DATA, w),
+      mesh=mesh, in_specs=(P(), P(DATA), P(DATA), P()), out_specs=(P(), P(DATA), P()), check_vma=False)
+  grad, _, clipped = jax.device_get(jax.jit(fn)(params, examples, weights, jax.random.key(seed)))
   return grad, clipped
 
 
@@ -72,6 +74,14 @@ def test_per_example_clipping_is_exact_and_noise_is_drawn_once():
   eight, _ = private_grad(zeros, clip, 2.0, 8, seed=3)
   np.testing.assert_allclose(one["x"], eight["x"], rtol=1e-6)
   assert abs(np.std(8 * one["x"]) / (2.0 * clip) - 1) < 0.03
+  # a Poisson batch's padding rows (weight 0), however large, change nothing: neither sum nor noise nor count
+  padded = jax.tree.map(lambda g: np.concatenate([g, 1e6 * np.ones_like(g)]), grads)
+  weights = np.repeat(np.float32([1, 0]), 8)
+  for devices in (1, 8):
+    got, clipped = private_grad(padded, clip, 2.0, devices, seed=5, weights=weights, batch=8)
+    want, want_clipped = private_grad(grads, clip, 2.0, devices, seed=5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
+    assert clipped == want_clipped
 
 
 @pytest.fixture(scope="module")
@@ -96,34 +106,26 @@ def run_steps(model, tc, batches, num_devices, pc=None):
   return replica(state, 0), {k: v[:, 0] for k, v in metrics.items()}, compiled.as_text()
 
 
-def test_dp_step_without_noise_or_clipping_is_ordinary_training_on_1_or_8_devices(setup):
+def test_dp_step_is_ordinary_training_without_noise_or_clipping_and_adds_one_noise_draw_on_1_or_8_devices(setup):
   model, tc, batches = setup
-  no_op = PrivacyConfig(enabled=True, l2_clip=1e9, noise_multiplier=0.0)
-  plain, m_plain, _ = run_steps(model, tc, batches, 1)
-  one, m_one, _ = run_steps(model, tc, batches, 1, no_op)
-  eight, m_eight, hlo = run_steps(model, tc, batches, 8, no_op)
   close = lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)  # noqa: E731
-  jax.tree.map(close, plain, one)
-  jax.tree.map(close, one, eight)
+  # no noise, a clip nothing reaches: ordinary training, on 1 device or 8
+  plain, m_plain, _ = run_steps(model, tc, batches, 1)
+  no_op, m_no_op, hlo = run_steps(model, tc, batches, 8, PrivacyConfig(enabled=True, l2_clip=1e9, noise_multiplier=0.0))
+  jax.tree.map(close, plain, no_op)
   for name in m_plain:
-    close(m_plain[name], m_one[name])
-    close(m_one[name], m_eight[name])
-  np.testing.assert_array_equal(m_one["clipped_fraction"], 0.0)
+    close(m_plain[name], m_no_op[name])
+  np.testing.assert_array_equal(m_no_op["clipped_fraction"], 0.0)
   # per-example clipping happens before the one cross-device sum, and never inside the LSTM's loops
   with_reduce = {n: d for n, (d, text) in _while_depths(hlo).items() if "all-reduce" in text}
   assert with_reduce and max(with_reduce.values()) == 1, with_reduce
-
-
-def test_dp_step_clips_and_adds_one_noise_draw_on_1_or_8_devices(setup):
-  model, tc, batches = setup
+  # clipped and noisy: the same single draw of noise whatever the device count, every example clipped
   noisy = PrivacyConfig(enabled=True, l2_clip=1e-3, noise_multiplier=1.0)
-  clipped, _, _ = run_steps(model, tc, batches, 1, dataclasses.replace(noisy, noise_multiplier=0.0))
   one, m_one, _ = run_steps(model, tc, batches, 1, noisy)
   eight, m_eight, _ = run_steps(model, tc, batches, 8, noisy)
-  assert not np.allclose(clipped["params"]["critic"]["params"]["MLP_0"]["Dense_0"]["kernel"],
-                         one["params"]["critic"]["params"]["MLP_0"]["Dense_0"]["kernel"], atol=1e-5)
-  # the same single draw of noise whatever the device count, and every example clipped
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), one, eight)
+  kernel = lambda s: s["params"]["critic"]["params"]["MLP_0"]["Dense_0"]["kernel"]  # noqa: E731
+  assert not np.allclose(kernel(plain), kernel(one), atol=1e-5)
+  jax.tree.map(close, one, eight)
   np.testing.assert_array_equal(m_one["clipped_fraction"], 1.0)
   np.testing.assert_array_equal(m_eight["clipped_fraction"], 1.0)
 
@@ -153,8 +155,8 @@ def test_accountant_matches_dp_accounting():
   assert privacy.Accountant(n, b, sigma, delta).epsilon(steps) < full.epsilon(steps) / 3
   # releasing several runs on the same data: dp_accounting's composition of their events
   both = dp_accounting.ComposedDpEvent([acc.event(steps), full.event(3)])
-  assert privacy.composed_epsilon([(acc, steps), (full, 3)], delta) == pytest.approx(rdp_epsilon(both, delta))
-  assert privacy.composed_epsilon([(acc, steps)] * 2, delta) == pytest.approx(acc.epsilon(2 * steps))
+  assert privacy.composed([(acc, steps), (full, 3)], delta)[0] == pytest.approx(rdp_epsilon(both, delta))
+  assert privacy.composed([(acc, steps)] * 2, delta)[0] == pytest.approx(acc.epsilon(2 * steps))
 
 
 def test_noise_calibration_and_budget_steps():
@@ -170,6 +172,38 @@ def test_noise_calibration_and_budget_steps():
   assert acc.max_steps(target, steps) == steps and acc.max_steps(1e-9, steps) == 0
   with pytest.raises(ValueError, match="allows almost no noise"):
     privacy.calibrate_noise(n, b, 1, steps, 1e9, delta)
+
+
+def test_poisson_accounting_and_capacity():
+  n, b, sigma, steps, delta = 1000, 100, 1.5, 300, 1e-5
+  untruncated = privacy.Accountant(n, b, sigma, delta, rounds=2, sampling="poisson", capacity=n + 1)
+  direct = dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(
+      b / n, dp_accounting.GaussianDpEvent(sigma / np.sqrt(2))), steps)
+  add_or_remove = dp_accounting.rdp.RdpAccountant(
+      neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE).compose(direct)
+  rdp_delta = (1 - privacy.TRUNCATION_SHARE) * delta
+  assert untruncated.epsilon(steps) == pytest.approx(add_or_remove.get_epsilon(rdp_delta), rel=1e-6)
+  assert untruncated.spent_delta(steps) == pytest.approx(rdp_delta)  # n + 1 rows: never truncated
+  # add-or-remove neighbours at the same noise: less than replace-one's epsilon
+  assert untruncated.epsilon(steps) < privacy.Accountant(n, b, sigma, delta, rounds=2).epsilon(steps)
+
+  # the chosen capacity: the smallest multiple of 8 whose truncation adds at most 1% of delta over
+  # the steps of all replicas (3 here); a smaller one set by hand is accounted, over delta
+  pc = privacy.resolve(PrivacyConfig(enabled=True, noise_multiplier=sigma, delta=delta, sampling="poisson"),
+                       n, b, 2, steps, 3)
+  acc = privacy.accountant(pc, n, b, 2)
+  assert pc.capacity % 8 == 0 and b < pc.capacity <= 2 * b and acc.epsilon(steps) == untruncated.epsilon(steps)
+  assert rdp_delta < acc.spent_delta(3 * steps) <= delta
+  tighter = dataclasses.replace(acc, capacity=pc.capacity - 8)
+  assert tighter.spent_delta(3 * steps) > delta and tighter.spent_delta(steps) > acc.spent_delta(steps)
+  record = privacy.spent_record(acc, steps, 3)
+  assert record["neighbouring"] == "add-or-remove" and record["capacity"] == pc.capacity
+  assert record["delta"] <= record["delta_all_replicas"] <= delta
+  with pytest.raises(ValueError, match="different neighbouring relations"):
+    privacy.composed([(acc, steps), (privacy.Accountant(n, b, sigma, delta), steps)], delta)
+  # calibrated to a target: spends it (at the RDP part's delta), not more
+  target = privacy.resolve(PrivacyConfig(enabled=True, target_epsilon=4.0, sampling="poisson"), n, b, 1, steps)
+  assert 0.98 * 4.0 <= privacy.accountant(target, n, b, 1).epsilon(steps) <= 4.0
 
 
 def test_config_errors():
@@ -188,6 +222,10 @@ def test_config_errors():
     PrivacyConfig(l2_clip=float("inf"))
   with pytest.raises(ValueError, match="privacy.delta must be in"):
     PrivacyConfig(delta=1.0)
+  with pytest.raises(ValueError, match="privacy.sampling must be 'fixed' or 'poisson'"):
+    PrivacyConfig(sampling="uniform")
+  with pytest.raises(ValueError, match="only with privacy.sampling='poisson'"):
+    PrivacyConfig(capacity=64)
   pc = PrivacyConfig(enabled=True, noise_multiplier=1.0)
   with pytest.raises(ValueError, match="not below 1/n"):
     privacy.resolve(dataclasses.replace(pc, delta=0.01), 100, 10, 1, 10)
@@ -210,6 +248,28 @@ def test_independent_sampling():
   with pytest.raises(ValueError, match="batch_size=30 distinct rows, but the dataset has only 20"):
     BatchIterator([x], 30, 0, sampling="independent")
   with pytest.raises(ValueError, match="sampling must be one of"):
+    BatchIterator([x], 3, 0, sampling="shuffled")
+
+
+def test_poisson_sampling():
+  x = np.arange(200)
+  it = BatchIterator([x], batch_size=20, seed=1, sampling="poisson", capacity=40)
+  batches = it.next_indices(300)
+  assert batches.shape == (300, 40)
+  sizes = (batches != batching.PADDING).sum(1)
+  for b, size in zip(batches, sizes):  # distinct rows, then padding
+    assert len(set(b[:size])) == size and (b[size:] == batching.PADDING).all()
+  np.testing.assert_array_equal(batching.mask(batches), batches != batching.PADDING)
+  # each row joins each batch with probability B/n = 0.1, independently: Binomial(200, 0.1) sizes
+  assert abs(sizes.mean() - 20) < 1.5 and 10 < sizes.var() < 30
+  counts = np.bincount(batches[batches >= 0], minlength=200)
+  assert abs(counts.mean() / 300 - 0.1) < 0.01 and counts.min() > 10
+  resumed = BatchIterator([x], 20, seed=1, start_step=7, sampling="poisson", capacity=40).next_indices(2)
+  np.testing.assert_array_equal(resumed, batches[7:9])
+  # more sampled rows than the capacity: truncated to it
+  small = BatchIterator([x], 20, seed=1, sampling="poisson", capacity=16).next_indices(50)
+  assert (small >= 0).sum(1).max() == 16 and small.shape == (50, 16)
+  with pytest.raises(ValueError, match="needs a capacity >= 1"):
     BatchIterator([x], 3, 0, sampling="poisson")
 
 
@@ -286,6 +346,30 @@ def test_resume_keeps_the_spent_budget_and_stops_within_it(tmp_path, monkeypatch
   bigger.train.batch_size = 32
   with pytest.raises(ValueError, match="holds a run with train.batch_size=16"):
     train_and_evaluate(bigger, split)
+
+
+def test_poisson_sampled_run_is_the_same_on_any_placement_and_device_count_and_resumes_exactly(tmp_path):
+  def poisson(steps, **overrides):
+    c = private_config(steps)
+    c.privacy.sampling = "poisson"
+    c.update(overrides)
+    return c
+  straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+  a = train_and_evaluate(poisson(10), straight)  # batches gathered on the device, 1 device
+  first = poisson(5, num_devices=2)
+  first.train.data_placement = "host"  # batches (and their masks) built on the host, 2 devices
+  train_and_evaluate(first, split)
+  b = train_and_evaluate(poisson(10), split)
+  assert a["epsilon"] == pytest.approx(b["epsilon"])
+  pa, pb = (replica(jax.device_get(restore_run(w)[1]), 0) for w in (straight, split))
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5), pa, pb)
+  saved = json.load(open(os.path.join(split, "config.json")))["privacy"]
+  assert saved["capacity"] % 8 == 0 and 16 < saved["capacity"] <= 64  # tiny: n = 64, B = 16
+  _, _, config = load_generator(split)
+  spent = config.privacy_spent
+  assert spent.neighbouring == "add-or-remove" and spent.sampling == "poisson" and spent.steps == 10
+  assert spent.delta <= privacy.default_delta(64) and spent.epsilon == pytest.approx(b["epsilon"])
+  assert all(0 <= json.loads(line)["clipped_fraction"] <= 1 for line in open(os.path.join(split, "metrics.jsonl")))
 
 
 def test_k_replicas_are_k_private_runs_with_the_same_accounting(tmp_path):

@@ -1,9 +1,10 @@
 """Host-side batches of fixed size, a pure function of (seed, step) so that resume is exact.
 
-Two samplings: "epochs" (shuffled without replacement within each epoch, the default) and
+Three samplings: "epochs" (shuffled without replacement within each epoch, the default),
 "independent" (each step a uniform sample of B of the n rows without replacement, drawn
-independently of every other step): the sampling that DP-SGD's accountant assumes
-(dg_jax/privacy.py).
+independently of every other step) and "poisson" (each row in each step's batch with probability
+B/n, independently; a batch holds `capacity` rows, the sampled ones then padding, index -1):
+the last two are the samplings DP-SGD's accountant knows (dg_jax/privacy.py).
 """
 from __future__ import annotations
 
@@ -12,7 +13,13 @@ from typing import Sequence
 import numpy as np
 
 
-SAMPLINGS = ("epochs", "independent")
+SAMPLINGS = ("epochs", "independent", "poisson")
+PADDING = -1  # a Poisson batch's unused rows
+
+
+def mask(indices):
+  """1.0 where a batch's row is a sampled series, 0.0 where it is padding (numpy or JAX indices)."""
+  return (indices != PADDING).astype(np.float32)
 
 
 class BatchIterator:
@@ -23,11 +30,13 @@ class BatchIterator:
   two epochs (or several, if n < B).
   sampling="independent": the rows of step k are B distinct rows drawn uniformly (seeded by
   (seed, step)), whatever earlier steps drew; needs B <= n.
+  sampling="poisson": step k's rows are Binomial(n, B/n) distinct rows drawn uniformly (seeded by
+  (seed, step)), the first `capacity` of them if there are more, padded with PADDING to `capacity`.
   Either way a run resumed at step k sees exactly the batches it would have seen.
   """
 
   def __init__(self, arrays: Sequence[np.ndarray], batch_size: int, seed: int, start_step: int = 0,
-               sampling: str = "epochs", stream: tuple = ()):
+               sampling: str = "epochs", stream: tuple = (), capacity: int = 0):
     n = len(arrays[0])
     if n == 0:
       raise ValueError("cannot batch an empty dataset")
@@ -37,10 +46,13 @@ class BatchIterator:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if sampling not in SAMPLINGS:
       raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
-    if sampling == "independent" and batch_size > n:
-      raise ValueError(f"independent sampling draws batch_size={batch_size} distinct rows, "
-                       f"but the dataset has only {n}")
+    if sampling != "epochs" and batch_size > n:
+      raise ValueError(f"{sampling} sampling draws batch_size={batch_size} distinct rows"
+                       f"{' on average' if sampling == 'poisson' else ''}, but the dataset has only {n}")
+    if sampling == "poisson" and capacity < 1:
+      raise ValueError(f"poisson sampling needs a capacity >= 1, got {capacity}")
     self.arrays, self.batch_size, self.seed, self.step = tuple(arrays), batch_size, seed, start_step
+    self.rows = capacity if sampling == "poisson" else batch_size  # per batch
     self.sampling, self.stream = sampling, tuple(stream)  # stream: more seed words (a data block's number)
     self._epoch, self._perm = -1, None
 
@@ -54,6 +66,10 @@ class BatchIterator:
     if self.sampling == "independent":
       # the trailing 1 keeps these seeds apart from the epoch streams' (seed, epoch)
       return np.random.default_rng([self.seed, *self.stream, step, 1]).choice(n, self.batch_size, replace=False)
+    if self.sampling == "poisson":
+      rng = np.random.default_rng([self.seed, *self.stream, step, 2])
+      drawn = rng.choice(n, min(rng.binomial(n, self.batch_size / n), self.rows), replace=False)
+      return np.concatenate([drawn, np.full(self.rows - len(drawn), PADDING)])
     positions = np.arange(step * self.batch_size, (step + 1) * self.batch_size)
     out = np.empty(self.batch_size, np.int64)
     for epoch in np.unique(positions // n):
@@ -62,7 +78,7 @@ class BatchIterator:
     return out
 
   def next_indices(self, num_steps: int) -> np.ndarray:
-    """The rows of the next `num_steps` batches, [num_steps, batch_size]."""
+    """The rows of the next `num_steps` batches, [num_steps, rows]."""
     idx = np.stack([self.indices(s) for s in range(self.step, self.step + num_steps)])
     self.step += num_steps
     return idx
@@ -85,15 +101,16 @@ class ReplicaBatches:
   """The batches of K replicas (train.num_seeds): replica r's are those of the run with seed + r."""
 
   def __init__(self, arrays: Sequence[np.ndarray], batch_size: int, seed: int, num_replicas: int,
-               start_step: int = 0, sampling: str = "epochs"):
-    self.replicas = [BatchIterator(arrays, batch_size, seed + r, start_step=start_step, sampling=sampling)
-                     for r in range(num_replicas)]
+               start_step: int = 0, sampling: str = "epochs", capacity: int = 0):
+    self.replicas = [BatchIterator(arrays, batch_size, seed + r, start_step=start_step, sampling=sampling,
+                                   capacity=capacity) for r in range(num_replicas)]
 
   def next_indices(self, num_steps: int) -> np.ndarray:
-    """The rows of the next `num_steps` batches of every replica: [num_steps, K, batch_size] int32."""
+    """The rows of the next `num_steps` batches of every replica: [num_steps, K, rows] int32."""
     return np.stack([b.next_indices(num_steps) for b in self.replicas], axis=1).astype(np.int32)
 
   def next(self, num_steps: int) -> tuple[np.ndarray, ...]:
-    """The next `num_steps` batches of every replica: arrays [num_steps, K, batch_size, ...]."""
+    """The next `num_steps` batches of every replica: arrays [num_steps, K, rows, ...] (a Poisson batch's
+    padding rows hold the last row: see Feed.host_batches for their mask)."""
     idx = self.next_indices(num_steps)
     return tuple(a[idx] for a in self.replicas[0].arrays)

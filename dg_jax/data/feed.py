@@ -20,6 +20,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dg_jax import sharding
+from dg_jax.data import batching
 from dg_jax.data.batching import ReplicaBatches
 from dg_jax.sharding import DATA, SEEDS
 
@@ -70,4 +71,7 @@ class Feed:
     return sharding.place(self.host_batches(indices), self.rows),
 
   def host_batches(self, indices: np.ndarray) -> dict:
-    return {name: a[indices] for name, a in self.host.items()}
+    batches = {name: a[indices] for name, a in self.host.items()}
+    if self.batches.replicas[0].sampling == "poisson":
+      batches["mask"] = batching.mask(indices)
+    return batches
