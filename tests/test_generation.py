@@ -185,16 +185,13 @@ def test_cli_end_to_end_on_eight_devices(tmp_path, cli):
   w, out = str(tmp_path / "w"), str(tmp_path / "gen.npz")
   log = cli("--config=configs/tiny.py", f"--workdir={w}", "--config.train.num_steps=10", devices=8)
   assert "8 device(s)" in log and "step 10/10" in log and "steps/s" in log and "ETA" in log
-  cli("--mode=generate", f"--workdir={w}", "--num_samples=30", f"--output={out}", f"--csv_output={out}.csv")
-  data = load_npz(out)
-  assert data.num_samples == 30 and [v.name for v in data.attribute_vars] == ["service", "region"]
-  assert os.path.getsize(out + ".csv") > 0
   cli("--mode=export", f"--workdir={w}", f"--bundle={tmp_path / 'b'}")
   assert sorted(os.listdir(tmp_path / "b")) == ["config.json", "generator.msgpack", "manifest.json", "schema.json"]
-  cli("--mode=generate", f"--bundle={tmp_path / 'b'}", "--num_samples=4", f"--output={out}",
+  cli("--mode=generate", f"--bundle={tmp_path / 'b'}", "--num_samples=4", f"--output={out}", f"--csv_output={out}.csv",
       "--attribute=service=video", "--attribute=region=north", "--length=30")
   data = load_npz(out)
   assert data.features.shape == (4, 30, 2) and (data.attributes == 0).all()
+  assert [v.name for v in data.attribute_vars] == ["service", "region"] and os.path.getsize(out + ".csv") > 0
   # metadata retraining from the CLI, then generation from the new bundle follows the new mix
   rows = Dataset(np.zeros((20, 1, 2), np.float32), np.ones(20, int), np.tile([[1.0, 1.0]], (20, 1)),
                  data.feature_vars, data.attribute_vars)

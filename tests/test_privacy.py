@@ -370,6 +370,10 @@ def test_poisson_sampled_run_is_the_same_on_any_placement_and_device_count_and_r
   assert spent.neighbouring == "add-or-remove" and spent.sampling == "poisson" and spent.steps == 10
   assert spent.delta <= privacy.default_delta(64) and spent.epsilon == pytest.approx(b["epsilon"])
   assert all(0 <= json.loads(line)["clipped_fraction"] <= 1 for line in open(os.path.join(split, "metrics.jsonl")))
+  uneven = poisson(5, num_devices=8)
+  uneven.privacy.capacity = 20
+  with pytest.raises(BadInput, match="privacy.capacity=20 must be a multiple of the 8 devices"):
+    train_and_evaluate(uneven, str(tmp_path / "uneven"))
 
 
 def test_k_replicas_are_k_private_runs_with_the_same_accounting(tmp_path):
