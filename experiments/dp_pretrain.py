@@ -162,7 +162,8 @@ def main():
   p.add_argument("--search", action="store_true", help="compare fine-tuning variants (SEARCH) at the largest epsilon")
   p.add_argument("--noise_multipliers", default="",
                  help="run the DP recipes at these noise multipliers instead of --epsilons (no budget; the table "
-                      "gives the replace-one epsilon they spend): what less noise, e.g. another mechanism's, buys")
+                      "gives the epsilon they spend, under --sampling's neighbouring relation): what less noise, "
+                      "e.g. another mechanism's, buys")
   p.add_argument("--sampling", default="fixed", choices=["fixed", "poisson"],
                  help="privacy.sampling of the DP runs (poisson: add-or-remove neighbours, dg_jax/privacy.py)")
   p.add_argument("--out", default="/tmp/dg_dp_pretrain")
