@@ -1,13 +1,14 @@
-"""How much noise DP-BandMF (jax-privacy) would save against DP-SGD at the same epsilon (issue 20).
+"""How much noise DP-BandMF (privacy.bands, with jax-privacy's strategy) saves against DP-SGD at the same
+epsilon, by jax-privacy's analysis for linear SGD (issue 20; measured with Adam: experiments/dp_pretrain.py --bands).
 
 For n training series, batches of B and T steps, prints per epsilon: the noise multiplier dg_jax
 calibrates today (RDP accountant, batches drawn without replacement, replace-one neighbours), and,
 within jax-privacy's own analysis (PLD accountant, zero-out neighbours, Poisson sampling), the noise
 multiplier and the RMS noise of the running gradient sum (the prefix-sum workload that matrix-
 factorisation mechanisms minimise) of amplified banded matrix factorisation with b bands, relative to
-DP-SGD (b = 1) at the same expected batch size. Needs jax-privacy, which is not a dependency:
+DP-SGD (b = 1) at the same expected batch size:
 
-  .venv/bin/pip install jax-privacy==2.0.0 && .venv/bin/python benchmarks/dp_noise.py --steps=1000
+  .venv/bin/python benchmarks/dp_noise.py --steps=1000
 """
 from __future__ import annotations
 
@@ -26,13 +27,10 @@ def main():
   p.add_argument("--epsilons", default="1,4,10")
   p.add_argument("--bands", default="1,2,4,8,16,32,64")
   args = p.parse_args()
-  try:
-    import dp_accounting
-    import jax.numpy as jnp
-    from jax_privacy.experimental.accounting import amplified_bandmf_event
-    from jax_privacy.matrix_factorization import toeplitz
-  except ImportError as e:
-    raise SystemExit(f"{e}: this benchmark needs jax-privacy (pip install jax-privacy==2.0.0)") from None
+  import dp_accounting
+  import jax.numpy as jnp
+  from jax_privacy.experimental.accounting import amplified_bandmf_event
+  from jax_privacy.matrix_factorization import toeplitz
   n, batch, steps = args.num_examples, args.batch_size, args.steps
   delta = default_delta(n)
   print(f"n={n} B={batch} T={steps} delta={delta:.3g}")

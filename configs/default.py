@@ -116,6 +116,9 @@ def get_config():
   c.privacy.sampling = "fixed"      # fixed: B of the n series per step, replace-one neighbours; poisson: each
                                     # series with probability B/n, add-or-remove neighbours (less noise)
   c.privacy.capacity = 0            # poisson: rows per batch, sampled series then padding (0 = choose)
+  c.privacy.bands = 1               # > 1 (with sampling=poisson): DP-BandMF, noise correlated over b steps and
+                                    # cyclic Poisson sampling (b groups); 1 = DP-SGD (docs/privacy.md)
+  c.privacy.band_coefficients = ()  # DP-BandMF's strategy; () = jax-privacy's optimised one for the run
 
   c.num_devices = 0                 # devices to train on (0 = all)
   c.cpu_devices = 0                 # on CPU: virtual devices to split the batch over (0 = one per core);

@@ -41,6 +41,24 @@ Either way a step's d_rounds critic updates reuse its batch: one sampled event o
 Gaussians. Epsilon is a function of the step count alone, so a resumed run reports what a straight
 run would.
 
+DP-BandMF (privacy.bands = b > 1, with Poisson sampling; Choquette-Choo et al., "(Amplified) Banded
+Matrix Factorization", NeurIPS 2023, as jax-privacy implements it). The noise of successive steps is
+correlated: step t adds w_t with c_0 w_t + c_1 w_{t-1} + ... + c_{b-1} w_{t-b+1} = z_t, z_t the
+independent Gaussian draw, i.e. w = C^{-1} z for the banded lower-triangular Toeplitz C of first
+column c (jax-privacy's optimised coefficients for the steps' prefix sums, L2 norm 1). Summed over
+steps (what the parameters accumulate) much of the noise cancels. Sampling is cyclic Poisson: each
+series belongs to one of b groups (drawn once, independently per series, from the seed) and step t
+draws from group t mod b alone, each member with probability q = b B / n (B series per step on
+average). A series then joins steps at least b apart, whose columns of C do not overlap, and the
+run is as private as DP-SGD with Poisson sampling at rate q for ceil(T / b) steps (the paper's
+Theorem 4; jax-privacy's DpsgdTrainingAccountant with cycle_length = b computes the same). b = 1
+is DP-SGD. Each of the d_rounds critic updates of a step has its own noise stream (the rounds of a
+step use one batch: one participation, d_rounds Gaussians, as above); the last b - 1 draws of w of
+every stream are part of the training state (`band_noise`), so a resumed run continues them. A
+replica rolled back after a divergence restarts its streams from zero (a rolled-back dispatch's
+steps are skipped, so the next step's group need not be b steps from its previous one in the
+stream; a fresh stream shares no rows of C with the old one).
+
 Multi-device. optax's differentially_private_aggregate adds noise at every call, so calling it on
 each device would add noise once per device. Here each device clips its own examples' gradients
 and sums them; the sums cross devices in one psum; then every device adds the same Gaussian draw
@@ -63,7 +81,7 @@ from dg_jax.settings import PrivacyConfig
 
 
 def private_grad(example_loss, params, examples: tuple, l2_clip: float, noise_multiplier: float, key: jax.Array,
-                 batch_size: int, axis_name: str, weights: jax.Array | None = None):
+                 batch_size: int, axis_name: str, weights: jax.Array | None = None, band: tuple | None = None):
   """DP-SGD gradient of the mean example loss, run on each device inside shard_map.
 
   example_loss(params, *example) -> (loss, aux) for one example; `examples` hold this device's
@@ -71,7 +89,8 @@ def private_grad(example_loss, params, examples: tuple, l2_clip: float, noise_mu
   Each example's gradient is clipped to L2 norm l2_clip, summed, summed over devices, given
   N(0, (noise_multiplier * l2_clip)^2) noise from `key` (the same on all devices) and divided by
   `batch_size` (global, or expected for Poisson sampling). Returns (gradient, per-example aux,
-  number of clipped examples over all devices).
+  number of clipped examples over all devices, band history). band: None for DP-SGD, or DP-BandMF's
+  (coefficients, history): the noise is then `band_noise`'s, and the history comes back updated.
 
   Two passes: per-example gradients only feed their norms, then one batched backward pass of the
   clip-weighted loss sum gives the sum of clipped gradients. Summing the per-example gradients
@@ -88,9 +107,33 @@ def private_grad(example_loss, params, examples: tuple, l2_clip: float, noise_mu
   summed, clipped = jax.lax.psum((summed, jnp.sum(weights * (norms > l2_clip))), axis_name)
   leaves, treedef = jax.tree.flatten(summed)
   keys = jax.random.split(key, len(leaves))
-  noisy = [(g + noise_multiplier * l2_clip * jax.random.normal(k, g.shape, g.dtype)) / batch_size
-           for g, k in zip(leaves, keys)]
-  return treedef.unflatten(noisy), aux, clipped
+  noise = treedef.unflatten([noise_multiplier * l2_clip * jax.random.normal(k, g.shape, g.dtype)
+                             for g, k in zip(leaves, keys)])
+  history = None
+  if band is not None:
+    noise, history = band_noise(band[0], noise, band[1])
+  noisy = jax.tree.map(lambda g, w: (g + w) / batch_size, summed, noise)
+  return noisy, aux, clipped, history
+
+
+def band_noise(coefficients, z, history):
+  """DP-BandMF's noise of one step: w with c_0 w + sum_j c_j w_{-j} = z (the next entry of C^{-1} z for the
+  banded Toeplitz C of first column `coefficients`), and the history ([b-1, ...] per leaf of z, newest
+  first: w_{-1}, ..., w_{-(b-1)}) with w pushed in."""
+  c = jnp.asarray(coefficients, jnp.float32)
+  def one(z, h):
+    w = (z - jnp.tensordot(c[1:], h, axes=1)) / c[0]
+    return w, jnp.concatenate([w[None], h[:-1]])
+  pairs = jax.tree.map(one, z, history)
+  is_pair = lambda x: isinstance(x, tuple)  # noqa: E731
+  return (jax.tree.map(lambda p: p[0], pairs, is_leaf=is_pair), jax.tree.map(lambda p: p[1], pairs, is_leaf=is_pair))
+
+
+def band_coefficients(steps: int, bands: int) -> tuple[float, ...]:
+  """The first column of DP-BandMF's strategy C (L2 norm 1): jax-privacy's banded Toeplitz optimised for
+  the mean error of the `steps` steps' prefix sums."""
+  from jax_privacy.matrix_factorization import toeplitz  # imported here: optimising takes seconds, once per run
+  return tuple(float(c) for c in np.asarray(toeplitz.optimize_banded_toeplitz(max(steps, bands), bands)))
 
 
 def default_delta(num_examples: int) -> float:
@@ -111,44 +154,60 @@ class Accountant:
   rounds: int = 1                       # critic updates per step, all on the step's batch
   sampling: str = "fixed"               # or "poisson": batches hold at most `capacity` series
   capacity: int = 0
+  bands: int = 1                        # DP-BandMF's b (poisson): a series joins one step in b, at rate b B / n
+
+  @property
+  def rate(self) -> float:
+    """A series' chance to join a step its group may join (all steps but with DP-BandMF)."""
+    return self.bands * self.batch_size / self.num_examples
+
+  def participations(self, steps: int) -> int:
+    """The most steps of `steps` one series may join: every step, or with DP-BandMF one in `bands`."""
+    return -(-steps // self.bands)
 
   @property
   def poisson(self) -> bool:
     return self.sampling == "poisson"
 
   @property
+  def mechanism(self) -> str:
+    return f"DP-BandMF, {self.bands} bands, cyclic Poisson sampling" if self.bands > 1 else "DP-SGD"
+
+  @property
   def neighbouring(self) -> str:
     return "add-or-remove" if self.poisson else "replace-one"
 
   def event(self, steps: int) -> dp_accounting.DpEvent:
-    if self.poisson:  # add-or-remove: sensitivity clip
-      step = dp_accounting.PoissonSampledDpEvent(self.batch_size / self.num_examples, dp_accounting.SelfComposedDpEvent(
+    if self.poisson:  # add-or-remove: sensitivity clip (with DP-BandMF: C's column norm, 1)
+      step = dp_accounting.PoissonSampledDpEvent(self.rate, dp_accounting.SelfComposedDpEvent(
           dp_accounting.GaussianDpEvent(self.noise_multiplier), self.rounds))
     else:
       gaussian = dp_accounting.GaussianDpEvent(self.noise_multiplier / 2)  # replace-one: sensitivity 2 * clip
       step = dp_accounting.SampledWithoutReplacementDpEvent(
           self.num_examples, self.batch_size, dp_accounting.SelfComposedDpEvent(gaussian, self.rounds))
-    return dp_accounting.SelfComposedDpEvent(step, steps)
+    return dp_accounting.SelfComposedDpEvent(step, self.participations(steps))
 
   @functools.cached_property
-  def _one_step(self) -> dp_accounting.rdp.RdpAccountant:
+  def _one_participation(self) -> dp_accounting.rdp.RdpAccountant:
     return new_rdp_accountant(self.poisson).compose(self.event(1))
 
   def log_truncation(self) -> float:
-    """log P(one step would sample more than `capacity` series) for n+1 series (the larger neighbour)."""
+    """log P(one step would sample more than `capacity` series) for n+1 series (the larger neighbour; with
+    DP-BandMF a series is in the step's group with probability 1/b, so the count is Binomial(n+1, B/n) too)."""
     if not self.poisson:
       return -np.inf
     return float(stats.binom.logsf(self.capacity, self.num_examples + 1, self.batch_size / self.num_examples))
 
-  def epsilon(self, steps: int) -> float:
-    """What composing self.event(steps) gives: `steps` times one step's RDP (computed once: the
-    slow part, about a second) converted to epsilon at delta."""
-    return composed([(self, steps)], self.delta)[0]
+  def epsilon(self, steps: int, runs: int = 1) -> float:
+    """What composing self.event(steps) `runs` times gives (runs: independent replicas on the same
+    data): one participation's RDP (computed once: the slow part, about a second) times their number,
+    converted to epsilon at delta."""
+    return composed([(self, steps)] * runs, self.delta)[0]
 
-  def spent_delta(self, steps: int) -> float:
-    """The delta that epsilon(steps) holds at: `delta`, or for Poisson sampling the RDP part plus
+  def spent_delta(self, steps: int, runs: int = 1) -> float:
+    """The delta that epsilon(steps, runs) holds at: `delta`, or for Poisson sampling the RDP part plus
     truncation's, at most `delta` with a chosen capacity."""
-    return composed([(self, steps)], self.delta)[1]
+    return composed([(self, steps)] * runs, self.delta)[1]
 
   def max_steps(self, target_epsilon: float, limit: int) -> int:
     """The most steps, up to `limit`, that spend at most target_epsilon (epsilon grows with steps)."""
@@ -171,8 +230,8 @@ def composed(runs: list[tuple[Accountant, int]], delta: float) -> tuple[float, f
   if len({a.neighbouring for a, _ in runs}) > 1:
     raise ValueError("cannot compose runs accounted under different neighbouring relations "
                      f"({sorted({a.neighbouring for a, _ in runs})}): use one privacy.sampling for all")
-  orders = runs[0][0]._one_step.orders  # dp_accounting's default orders, the same for every accountant
-  rdp = sum(steps * a._one_step.rdp for a, steps in runs)
+  orders = runs[0][0]._one_participation.orders  # dp_accounting's default orders, the same for every accountant
+  rdp = sum(a.participations(steps) * a._one_participation.rdp for a, steps in runs)
   if not runs[0][0].poisson:
     return float(dp_accounting.rdp.rdp_privacy_accountant.compute_epsilon(orders, rdp, delta)[0]), delta
   rdp_delta = (1 - TRUNCATION_SHARE) * delta
@@ -181,11 +240,11 @@ def composed(runs: list[tuple[Accountant, int]], delta: float) -> tuple[float, f
   return epsilon, float(rdp_delta + np.exp(min(0.0, np.logaddexp(0, epsilon) + log_p)))
 
 
-def choose_capacity(accountant: Accountant, steps: int) -> int:
+def choose_capacity(accountant: Accountant, steps: int, runs: int = 1) -> int:
   """The smallest Poisson capacity (a multiple of CAPACITY_MULTIPLE, at least the expected batch) whose
-  truncation adds at most TRUNCATION_SHARE * delta over `steps` steps (module docstring)."""
-  epsilon = accountant.epsilon(steps)  # the RDP part does not depend on the capacity
-  limit = np.log(TRUNCATION_SHARE * accountant.delta) - np.log(steps) - np.logaddexp(0, epsilon)
+  truncation adds at most TRUNCATION_SHARE * delta over `runs` runs of `steps` steps (module docstring)."""
+  epsilon = accountant.epsilon(steps, runs)  # the RDP part does not depend on the capacity
+  limit = np.log(TRUNCATION_SHARE * accountant.delta) - np.log(runs * steps) - np.logaddexp(0, epsilon)
   fits = lambda c: dataclasses.replace(accountant, capacity=c).log_truncation() <= limit  # noqa: E731
   top = -(-(accountant.num_examples + 1) // CAPACITY_MULTIPLE)  # in multiples; never truncates n+1 series
   lo, hi = -(-accountant.batch_size // CAPACITY_MULTIPLE) - 1, top  # fits(hi * multiple); lo may not
@@ -204,17 +263,17 @@ def spent_record(accountant: Accountant, steps: int, replicas: int, init_from: s
   one. Pre-training (train.init_from) is outside the account: its data is assumed public."""
   record = dict(epsilon=accountant.epsilon(steps), delta=accountant.spent_delta(steps), steps=steps,
                 num_examples=accountant.num_examples, unit="series", neighbouring=accountant.neighbouring,
-                sampling=accountant.sampling, replicas=replicas,
+                sampling=accountant.sampling, replicas=replicas, mechanism=accountant.mechanism,
                 covers="the training series, for the generator of one replica fixed before training")
   if accountant.poisson:
     record.update(expected_batch_size=accountant.batch_size, capacity=accountant.capacity)
   if replicas > 1:
-    record.update(epsilon_all_replicas=accountant.epsilon(replicas * steps),
+    record.update(epsilon_all_replicas=accountant.epsilon(steps, replicas),
                   covers=record["covers"] + " (generation's default replica 0, or a --seed_index chosen without "
                   "comparing replicas); releasing several replicas, or one chosen by comparing them, is covered "
                   "by epsilon_all_replicas")
     if accountant.poisson:
-      record["delta_all_replicas"] = accountant.spent_delta(replicas * steps)
+      record["delta_all_replicas"] = accountant.spent_delta(steps, replicas)
   if init_from:
     record["assumed_public"] = f"the data that trained {init_from} (train.init_from), which is not accounted"
   return record
@@ -228,14 +287,15 @@ def new_rdp_accountant(poisson: bool = False) -> dp_accounting.rdp.RdpAccountant
 
 def accountant(pc: PrivacyConfig, num_examples: int, batch_size: int, rounds: int) -> Accountant:
   """The accountant of a resolved privacy config (see `resolve`)."""
-  return Accountant(num_examples, batch_size, pc.noise_multiplier, pc.delta, rounds, pc.sampling, pc.capacity)
+  return Accountant(num_examples, batch_size, pc.noise_multiplier, pc.delta, rounds, pc.sampling, pc.capacity,
+                    pc.bands)
 
 
 def calibrate_noise(num_examples: int, batch_size: int, rounds: int, steps: int, target_epsilon: float,
-                    delta: float, sampling: str = "fixed") -> float:
+                    delta: float, sampling: str = "fixed", bands: int = 1) -> float:
   """The smallest noise multiplier (to 1e-3) whose `steps` steps spend at most target_epsilon."""
   least = 0.01  # the bracket's lower end: less noise than this is no protection worth calibrating
-  make = lambda sigma: Accountant(num_examples, batch_size, sigma, delta, rounds, sampling)  # noqa: E731
+  make = lambda sigma: Accountant(num_examples, batch_size, sigma, delta, rounds, sampling, bands=bands)  # noqa: E731
   if make(least).epsilon(steps) <= target_epsilon:
     raise ValueError(f"privacy.target_epsilon={target_epsilon} allows almost no noise for {steps} steps; "
                      "set privacy.noise_multiplier instead")
@@ -250,20 +310,26 @@ def resolve(pc: PrivacyConfig, num_examples: int, batch_size: int, rounds: int, 
   """A fresh run's privacy config with what it leaves open filled in: delta (0 = 1/(10 n)); when only
   target_epsilon is given, the noise multiplier that spends it in num_steps steps; and with Poisson
   sampling the capacity (0 = the smallest whose truncation costs at most TRUNCATION_SHARE * delta
-  over the steps of all `replicas`)."""
+  over the steps of all `replicas`); with DP-BandMF the strategy's coefficients (kept, so that a resumed
+  run adds the same noise whatever its new step budget)."""
   if batch_size > num_examples:
     raise ValueError(f"train.batch_size={batch_size} exceeds the {num_examples} training series: "
                      "private training samples B distinct series per step (on average, with Poisson sampling)")
+  if pc.bands * batch_size > num_examples:
+    raise ValueError(f"privacy.bands={pc.bands} times train.batch_size={batch_size} exceeds the {num_examples} "
+                     "training series: DP-BandMF draws each step's B series from one of b groups of n/b")
   delta = pc.delta or default_delta(num_examples)
   if delta >= 1 / num_examples:
     raise ValueError(f"privacy.delta={delta} is not below 1/n = {1 / num_examples:.3g} for n={num_examples} "
                      "series: such a delta allows publishing a series outright")
   noise = pc.noise_multiplier or calibrate_noise(num_examples, batch_size, rounds, num_steps,
-                                                 pc.target_epsilon, delta, pc.sampling)
+                                                 pc.target_epsilon, delta, pc.sampling, pc.bands)
   pc = dataclasses.replace(pc, delta=float(delta), noise_multiplier=float(noise))
   if pc.sampling == "poisson" and not pc.capacity:
     pc = dataclasses.replace(pc, capacity=choose_capacity(accountant(pc, num_examples, batch_size, rounds),
-                                                          replicas * num_steps))
+                                                          num_steps, replicas))
+  if pc.bands > 1 and not pc.band_coefficients:
+    pc = dataclasses.replace(pc, band_coefficients=band_coefficients(num_steps, pc.bands))
   return pc
 
 
@@ -271,7 +337,8 @@ def resume(pc: PrivacyConfig, saved: PrivacyConfig) -> PrivacyConfig:
   """The resolved privacy config of a run being resumed: the saved one, which `pc` (as given, with
   0 for what the run resolved) must match, so that the noise and accounting do not change mid-run."""
   given = dataclasses.replace(pc, noise_multiplier=pc.noise_multiplier or saved.noise_multiplier,
-                              delta=pc.delta or saved.delta, capacity=pc.capacity or saved.capacity)
+                              delta=pc.delta or saved.delta, capacity=pc.capacity or saved.capacity,
+                              band_coefficients=pc.band_coefficients or saved.band_coefficients)
   if given != saved:
     raise ValueError(f"the run being resumed was trained with privacy settings {saved}, not {given}; "
                      "use a new --workdir (or the same settings) to resume")

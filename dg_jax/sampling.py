@@ -45,10 +45,11 @@ def restore_run(workdir: str, step: int | None = None, generator_only: bool = Fa
       config.privacy_spent = spent
     model = DoppelGANger(schema, model_config(config))
     tc = train_config(config)
-    abstract = jax.eval_shape(lambda: init_replicas(model, tc, 0, tc.num_seeds))
+    pc = privacy_config(config)  # a DP-BandMF run's state holds its noise streams
+    abstract = jax.eval_shape(lambda: init_replicas(model, tc, 0, tc.num_seeds, pc))
     if generator_only:
       abstract = (generator_part(abstract[0]), None)
-    fresh = lambda: jax.device_get(init_replicas(model, tc, 0, tc.num_seeds)[0])  # noqa: E731
+    fresh = lambda: jax.device_get(init_replicas(model, tc, 0, tc.num_seeds, pc)[0])  # noqa: E731
     # replicated over every device of every process: what generation (and a multi-process sweep) needs
     state, _ = ckpt.restore_arrays(step, abstract, sharding.replicated(sharding.make_mesh()), partial=generator_only,
                                    fresh=lambda: generator_part(fresh()) if generator_only else fresh())

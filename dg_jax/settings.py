@@ -155,6 +155,8 @@ class PrivacyConfig:
   sampling: str = "fixed"               # fixed: B series per step, replace-one neighbours; poisson: each
                                         # series with probability B/n, add-or-remove neighbours
   capacity: int = 0                     # poisson: rows per batch (sampled series + padding); 0 = choose
+  bands: int = 1                        # > 1: DP-BandMF's correlated noise over b steps (poisson sampling)
+  band_coefficients: tuple = ()         # DP-BandMF's strategy (first column of C); () = optimise for the run
 
   def __post_init__(self):
     if not 0 < self.l2_clip < math.inf:  # an infinite clip would turn the noise into NaN
@@ -169,6 +171,16 @@ class PrivacyConfig:
       raise ValueError(f"privacy.sampling must be 'fixed' or 'poisson', got {self.sampling!r}")
     if self.capacity < 0 or (self.capacity and self.sampling != "poisson"):
       raise ValueError(f"privacy.capacity={self.capacity}: set it (> 0) only with privacy.sampling='poisson'")
+    if self.bands < 1 or (self.bands > 1 and self.sampling != "poisson"):
+      raise ValueError(f"privacy.bands={self.bands}: DP-BandMF (bands > 1) needs privacy.sampling='poisson' "
+                       "(its cyclic Poisson sampling); 1 = DP-SGD")
+    object.__setattr__(self, "band_coefficients", tuple(float(c) for c in self.band_coefficients))  # JSON: a list
+    if self.band_coefficients and len(self.band_coefficients) != self.bands:
+      raise ValueError(f"privacy.band_coefficients has {len(self.band_coefficients)} entries, not privacy.bands="
+                       f"{self.bands}")
+    if self.band_coefficients and not (self.band_coefficients[0] > 0 and math.hypot(*self.band_coefficients) <= 1 + 1e-6):
+      raise ValueError(f"privacy.band_coefficients={self.band_coefficients}: the first must be > 0 and the L2 norm at "
+                       "most 1 (the sensitivity the accounting assumes)")
 
 
 def resolve_sample_len(requested: int, max_length: int) -> int:

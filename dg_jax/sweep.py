@@ -294,11 +294,11 @@ def plan(configs: dict) -> list[tuple[str, object, list[str]]]:
 def _privacy_of_sweep(spent: dict, against: str) -> dict:
   """What releasing a generator the sweep chose costs: its ranking compares every private run, so the
   claim is the composition of all of them (every replica of every private variant)."""
-  runs = [(privacy.accountant(pc, s["num_examples"], tc.batch_size, tc.d_rounds), s["steps"] * tc.num_seeds)
-          for s, tc, pc in spent.values()]
+  runs = [(privacy.accountant(pc, s["num_examples"], tc.batch_size, tc.d_rounds), s["steps"])
+          for s, tc, pc in spent.values() for _ in range(tc.num_seeds)]
   epsilon, delta = privacy.composed(runs, max(pc.delta for _, _, pc in spent.values()))
   log.info("sweep: releasing a generator it ranks first is (%.4g, %.3g)-differentially private for the training "
-           "series (all %d private runs composed); the ranking read %s outside DP", epsilon, delta, len(runs), against)
+           "series (all %d private runs composed); the ranking read %s outside DP", epsilon, delta, len(spent), against)
   return dict(epsilon_all_runs=epsilon, delta=delta, runs={n: s for n, (s, _, _) in spent.items()},
               covers=f"the training series, for any generator of this sweep, chosen by its ranking or not; the "
                      f"ranking reads {against} outside DP, which must not need protection")

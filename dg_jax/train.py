@@ -135,8 +135,11 @@ def _privacy_budget(pc: PrivacyConfig, tc: TrainConfig, num_examples: int) -> tu
   batches = (f"Poisson-sampled batches of {tc.batch_size} of {num_examples} series on average (at most "
              f"{pc.capacity}; truncation accounted in delta), add-or-remove neighbours" if accountant.poisson else
              f"batches of {tc.batch_size} of {num_examples} series sampled without replacement, replace-one neighbours")
-  log.info("privacy: DP-SGD critics, noise multiplier %.4g, clip %.4g, %s; delta=%.3g; batches and noise from %s",
-           pc.noise_multiplier, pc.l2_clip, batches, pc.delta, seed)
+  if pc.bands > 1:
+    batches += (f"; cyclic: each series in one of {pc.bands} groups, step t sampling group t mod {pc.bands} "
+                f"(rate {accountant.rate:.3g}), noise correlated over {pc.bands} steps")
+  log.info("privacy: %s critics, noise multiplier %.4g, clip %.4g, %s; delta=%.3g; batches and noise from %s",
+           "DP-BandMF" if pc.bands > 1 else "DP-SGD", pc.noise_multiplier, pc.l2_clip, batches, pc.delta, seed)
   end = accountant.max_steps(pc.target_epsilon, tc.num_steps) if pc.target_epsilon else tc.num_steps
   if end < tc.num_steps:
     log.warning("privacy budget: epsilon=%.4g after step %d, %.4g after step %d exceeds "
@@ -336,10 +339,10 @@ def parse_init_from(value: str) -> tuple[str, int | None]:
     raise BadInput(f"train.init_from={value!r}: expected WORKDIR, WORKDIR@STEP or a bundle folder") from None
 
 
-def initial_state_from(model: DoppelGANger, tc: TrainConfig, source: dict, mesh):
+def initial_state_from(model: DoppelGANger, tc: TrainConfig, source: dict, mesh, pc: PrivacyConfig | None = None):
   """Fresh replicas whose weights (and, with train.init_optimizer, Adam states) come from `source`
   (`load_init_source`): replica r from the source's replica r, or every replica from a one-replica source."""
-  state, keys = init_replicas(model, tc, tc.seed, tc.num_seeds)
+  state, keys = init_replicas(model, tc, tc.seed, tc.num_seeds, pc)
   state = jax.device_get(state)
   absent = set(tc.fixed_part_names) - set(state["params"]["generator"]["params"])
   if absent:
@@ -420,9 +423,10 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
       saved_config, schema = ckpt.read_metadata(step)  # encode exactly as the run began
       _check_resumable(saved_config, config, workdir)
       model = DoppelGANger(schema, mc)
-      abstract = jax.eval_shape(lambda: init_replicas(model, tc, tc.seed, tc.num_seeds))
+      saved_pc = privacy_config(ml_collections.ConfigDict(saved_config))  # the state holds its DP-BandMF noise
+      abstract = jax.eval_shape(lambda: init_replicas(model, tc, tc.seed, tc.num_seeds, saved_pc))
       state, keys = ckpt.restore_arrays(step, abstract, sharding.by_replica(mesh), fresh=lambda: jax.device_get(
-          init_replicas(model, tc, tc.seed, tc.num_seeds)[0]))
+          init_replicas(model, tc, tc.seed, tc.num_seeds, saved_pc)[0]))
       return saved_config, schema, state, keys, ckpt.read_json(step, DATA_ITEM)
     resume_step, resumed = ckpt.restore_newest(read)
     ckpt.set_aside_newer_than(resume_step)
@@ -475,11 +479,11 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
                      f"{saved_data['fingerprint']} ({saved_data['num_series']} series, {saved_data['source']}). "
                      "Resume on the same data, or train in a new --workdir")
   elif source is not None:
-    state, keys = initial_state_from(model, tc, source, mesh)
+    state, keys = initial_state_from(model, tc, source, mesh, pc)
     log.info("initialised from %s (%s): weights%s; schema from that run", source["path"], source["what"],
              " and Adam states" if tc.init_optimizer else "")
   else:
-    state, keys = sharding.place(init_replicas(model, tc, tc.seed, tc.num_seeds), sharding.by_replica(mesh))
+    state, keys = sharding.place(init_replicas(model, tc, tc.seed, tc.num_seeds, pc), sharding.by_replica(mesh))
   start = int(sharding.to_host(state["step"])[0])
   config_json = config.to_json(indent=1)
   if primary:
@@ -500,7 +504,8 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
   feed = (shares.ShardedFeed(share, arrays, tc.batch_size, tc.seed, tc.num_seeds, mesh, start, tc.data_placement)
           if share else
           Feed(arrays, ReplicaBatches([encoded.features], tc.batch_size, tc.seed, tc.num_seeds, start_step=start,
-                                      sampling=_sampling(pc), capacity=pc.capacity), mesh, tc.data_placement))
+                                      sampling=_sampling(pc), capacity=pc.capacity, bands=pc.bands),
+               mesh, tc.data_placement))
   step_fn = jit_train_step(model, tc, mesh, pc, feed.gather)
   health = Health(sharding.to_host(state["health"]), tc)
   step, t_start, window = start, time.time(), (start, time.time())
@@ -598,7 +603,7 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
     log.info("privacy: each replica's generator is (%.4g, %.3g)-differentially private after %d steps "
              "(series-level, %s neighbours)%s", last["epsilon"], accountant.spent_delta(step), step,
              accountant.neighbouring, f"; all {tc.num_seeds} replicas together, or one chosen by comparing them: "
-             f"epsilon={accountant.epsilon(tc.num_seeds * step):.4g}" if tc.num_seeds > 1 else "")
+             f"epsilon={accountant.epsilon(step, tc.num_seeds):.4g}" if tc.num_seeds > 1 else "")
   if health.frozen:
     raise health.diverged(step, workdir)
   return dict(last, step=step)

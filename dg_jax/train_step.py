@@ -12,8 +12,9 @@ reused for the generator update through `jax.vjp` (same fake samples, updated cr
 rollout per step instead of two. Several steps are fused into one compiled call with `lax.scan`.
 
 With privacy on, the critic gradient is DP-SGD's instead (dg_jax/privacy.py): per-example gradients
-(vmap over one-example losses), each clipped, summed, one psum, one shared noise draw, divided by
-the global batch. The generator update is unchanged: it never reads real data.
+(vmap over one-example losses), each clipped, summed, one psum, one shared noise draw (with DP-BandMF
+correlated with the last draws, kept in the state's `band_noise`), divided by the global batch. The
+generator update is unchanged: it never reads real data.
 
 Divergence is a replica's own problem (`guard`): a replica whose losses or parameters turn non-finite
 during a dispatch gets back the state it had before that dispatch, skips the dispatch's steps (its
@@ -62,12 +63,13 @@ def critic_params(params: dict) -> dict:
   return {k: v for k, v in params.items() if k != "generator"}
 
 
-def init_state(model: DoppelGANger, tc: TrainConfig, seed) -> tuple[dict, jax.Array]:
+def init_state(model: DoppelGANger, tc: TrainConfig, seed, pc: PrivacyConfig | None = None) -> tuple[dict, jax.Array]:
   """One replica's fresh training state and RNG key (split by purpose once from the seed).
 
   `best` holds the generator of the best-scored step so far (dg_jax/scoring.py), its confirming and
   screening scores (inf until scored) and step; `health` the replica's rollbacks and the step it was
-  frozen at (-1: never)."""
+  frozen at (-1: never); with DP-BandMF (pc.bands > 1) `band_noise` the last bands - 1 noise draws of
+  each critic round's stream ([d_rounds, bands - 1, ...] per critic parameter, zero before the first)."""
   init_key, run_key = jax.random.split(jax.random.key(seed))
   params = model.init(init_key)
   opt = optimizer(hyperparameters(tc, model.cfg)[0])  # Adam's state does not depend on its numbers
@@ -77,6 +79,9 @@ def init_state(model: DoppelGANger, tc: TrainConfig, seed) -> tuple[dict, jax.Ar
                best=dict(generator=params["generator"], score=jnp.full((), jnp.inf), screen=jnp.full((), jnp.inf),
                          step=jnp.zeros((), jnp.int32)),
                health=fresh_health())
+  if pc is not None and pc.enabled and pc.bands > 1:
+    state["band_noise"] = jax.tree.map(lambda p: jnp.zeros((tc.d_rounds, pc.bands - 1) + p.shape, p.dtype),
+                                       critic_params(params))
   return state, run_key
 
 
@@ -103,13 +108,17 @@ def guard(old: dict, new: dict, metrics: dict, max_rollbacks: int) -> dict:
   frozen_now = failed & (rollbacks > max_rollbacks)
   out["step"] = new["step"]
   out["health"] = dict(rollbacks=rollbacks, frozen_at=jnp.where(frozen_now, old["step"], health["frozen_at"]))
+  if "band_noise" in out:  # DP-BandMF's streams restart after a rollback (dg_jax/privacy.py says why)
+    out["band_noise"] = jax.tree.map(lambda x: jnp.where(failed.reshape((-1,) + (1,) * (x.ndim - 1)), 0, x),
+                                     out["band_noise"])
   return out
 
 
-def init_replicas(model: DoppelGANger, tc: TrainConfig, seed: int, num_seeds: int = 1) -> tuple[dict, jax.Array]:
+def init_replicas(model: DoppelGANger, tc: TrainConfig, seed: int, num_seeds: int = 1,
+                  pc: PrivacyConfig | None = None) -> tuple[dict, jax.Array]:
   """The states and keys of replicas seed, seed+1, ..., stacked on a leading axis of num_seeds."""
   seeds = jnp.arange(num_seeds, dtype=jnp.int32) + seed
-  return jax.jit(jax.vmap(lambda s: init_state(model, tc, s)))(seeds)
+  return jax.jit(jax.vmap(lambda s: init_state(model, tc, s, pc)))(seeds)
 
 
 def replica(tree, k: int):
@@ -158,20 +167,23 @@ def g_loss_fn(model: DoppelGANger, d_params, fake, aux_weight=None):
 
 
 def private_critic_grads(model: DoppelGANger, gp_weight, pc: PrivacyConfig, d_params, real, fake, t,
-                         key, batch_size: int, weights):
+                         key, batch_size: int, weights, band_history=None):
   """DP-SGD critic gradient on this device's examples (inside shard_map); batch_size is global (or
-  expected: Poisson sampling), weights 1 for the batch's examples and 0 for its padding rows.
+  expected: Poisson sampling), weights 1 for the batch's examples and 0 for its padding rows;
+  band_history: DP-BandMF's last noise draws of this round's stream (None: DP-SGD). Returns
+  (gradient, metrics, updated band history).
 
   Example i's loss is d_loss_fn on the one-example batch (real_i, fake_i, t_i), so its gradient
   depends on example i alone; the metrics are the means of the per-example ones over the batch's examples.
   """
   def example_loss(p, r, f, ti):
     return d_loss_fn(model, gp_weight, p, r[None], f[None], ti[None])
-  grads, metrics, clipped = privacy.private_grad(example_loss, d_params, (real, fake, t), pc.l2_clip,
-                                                 pc.noise_multiplier, key, batch_size, DATA, weights)
+  band = None if band_history is None else (pc.band_coefficients, band_history)
+  grads, metrics, clipped, band_history = privacy.private_grad(
+      example_loss, d_params, (real, fake, t), pc.l2_clip, pc.noise_multiplier, key, batch_size, DATA, weights, band)
   count = jnp.maximum(jax.lax.psum(jnp.sum(weights), DATA), 1)
   metrics = jax.tree.map(lambda m: jax.lax.psum(jnp.sum(weights * m), DATA) / count, metrics)
-  return grads, dict(metrics, clipped_fraction=clipped / count)
+  return grads, dict(metrics, clipped_fraction=clipped / count), band_history
 
 
 def jit_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfig | None = None,
@@ -247,13 +259,16 @@ def make_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfi
         return model.flatten(out), dict(updated)
       return jax.vjp(apply, g_params, has_aux=True)
 
+    band_noise, band_histories = state.get("band_noise"), []
     for r in range(tc.d_rounds):
       fake, pullback, stats = forward(noises[r])
       if dp:
         weights = real_batch.get("mask", jnp.ones(real.shape[0], real.dtype))
-        grads, metrics = private_critic_grads(model, hp["gp_weight"], pc, d_params, real, jax.lax.stop_gradient(fake),
-                                              ts[r], dp_keys[r], expected_batch or real.shape[0] * mesh.shape[DATA],
-                                              weights)
+        history = None if band_noise is None else jax.tree.map(lambda h: h[r], band_noise)
+        grads, metrics, history = private_critic_grads(
+            model, hp["gp_weight"], pc, d_params, real, jax.lax.stop_gradient(fake), ts[r], dp_keys[r],
+            expected_batch or real.shape[0] * mesh.shape[DATA], weights, history)
+        band_histories.append(history)
       else:
         grads, metrics = jax.grad(functools.partial(d_loss_fn, model, hp["gp_weight"]), has_aux=True)(
             d_params, real, jax.lax.stop_gradient(fake), ts[r])
@@ -271,6 +286,9 @@ def make_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfi
     metrics = pmean(dict(metrics, g_loss=g_loss))
     new_state = dict(state, params=dict(d_params, generator=dict(g_params, **stats)), g_opt=g_opt, d_opt=d_opt,
                      step=state["step"] + 1)
+    if band_noise is not None:  # stacked anew: updating the rounds in place (.at[r].set) gave the last round's
+      # stream a history of copies of its newest draw when one replica ran per device under lax.scan (XLA CPU)
+      new_state["band_noise"] = jax.tree.map(lambda *rounds: jnp.stack(rounds), *band_histories)
     return new_state, metrics
 
   noise_specs = {name: P(SEEDS, *spec) for name, spec in NOISE_SPECS.items()}

@@ -23,9 +23,10 @@ privacy.secret_seed=False, so that they are reproducible; finished runs are reus
   python experiments/dp_pretrain.py                     # the table and plot (~80 min on 2 cores)
   python experiments/dp_pretrain.py --recipes=dp-metadata --noise_multipliers=0.867,0.321   # what less noise buys
   python experiments/dp_pretrain.py --recipes=dp-scratch,dp-metadata --epsilons=10 --sampling=poisson
+  python experiments/dp_pretrain.py --recipes=dp-metadata --epsilons=10 --sampling=poisson --bands=8   # DP-BandMF
 
 Writes <out>/dp_pretrain.json, <out>/dp_pretrain.md and <out>/dp_pretrain.png (dp_pretrain_noise.* with
---noise_multipliers, no plot; a _poisson suffix with --sampling=poisson): per recipe and epsilon,
+--noise_multipliers, no plot; a _poisson suffix with --sampling=poisson, _bands<b> with --bands): per recipe and epsilon,
 the mean over replicas of the attribute JSD, the autocorrelation MSE, the level W1 (W1 of the series'
 midranges over the real midranges' spread, mean over features) and the membership-inference success
 rate (LOGAN's critic attack: training series vs the unseen ones; 0.5 = guessing).
@@ -166,6 +167,8 @@ def main():
                       "e.g. another mechanism's, buys")
   p.add_argument("--sampling", default="fixed", choices=["fixed", "poisson"],
                  help="privacy.sampling of the DP runs (poisson: add-or-remove neighbours, dg_jax/privacy.py)")
+  p.add_argument("--bands", type=int, default=1,
+                 help="privacy.bands of the DP runs (> 1: DP-BandMF, with --sampling=poisson; dg_jax/privacy.py)")
   p.add_argument("--out", default="/tmp/dg_dp_pretrain")
   p.add_argument("--extra", action="append", default=[], help="extra --config overrides for every run")
   args = p.parse_args()
@@ -217,6 +220,8 @@ def main():
                                                 f"--config.privacy.{what}={value:g}"]
       if value is not None and args.sampling != "fixed":
         private_flags.append(f"--config.privacy.sampling={args.sampling}")
+      if value is not None and args.bands > 1:
+        private_flags.append(f"--config.privacy.bands={args.bands}")
       name = recipe if value is None else f"{recipe} {what}={value:g}"
       workdir = run(name, paths["private"], steps, overrides + private_flags)
       with open(os.path.join(workdir, "metrics.jsonl")) as fh, open(os.path.join(workdir, "config.json")) as cfg:
@@ -231,6 +236,7 @@ def main():
   table += ["| " + " | ".join(fmt(r.get(h)) for h in head) + " |" for r in rows]
   name = "dp_pretrain_search" if args.search else "dp_pretrain_noise" if noises else "dp_pretrain"
   name += "_poisson" if args.sampling == "poisson" else ""
+  name += f"_bands{args.bands}" if args.bands > 1 else ""
   write_text(os.path.join(args.out, name + ".md"), "\n".join(table) + "\n")
   result = dict(args=vars(args), public=public, rows=rows)
   write_text(os.path.join(args.out, name + ".json"), json.dumps(json_safe(result), indent=1))

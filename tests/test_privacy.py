@@ -28,7 +28,7 @@ from dg_jax.sweep import Variant, run_sweep
 from dg_jax.settings import PrivacyConfig, model_config, privacy_config, train_config
 from dg_jax.sharding import DATA
 from dg_jax.train import batch_dict, fit_schema_from_config, train_and_evaluate
-from dg_jax.train_step import init_replicas, make_train_step, replica
+from dg_jax.train_step import guard, init_replicas, make_train_step, replica
 from tests.test_training import _while_depths
 
 
@@ -38,18 +38,20 @@ def linear_loss(params, x):
   return loss, loss
 
 
-def private_grad(examples, l2_clip, noise_multiplier, num_devices, seed=0, weights=None, batch=None):
-  """privacy.private_grad of linear_loss over a mesh of num_devices, examples split over the devices."""
+def private_grad(examples, l2_clip, noise_multiplier, num_devices, seed=0, weights=None, batch=None, band=None):
+  """privacy.private_grad of linear_loss over a mesh of num_devices, examples split over the devices
+  (-> gradient, clipped count, and with band=(coefficients, history) the new history)."""
   mesh = sharding.make_mesh(num_devices)
   rows = jax.tree.leaves(examples)[0].shape[0]
   weights = np.ones(rows, np.float32) if weights is None else weights
   params = jax.tree.map(lambda v: jnp.zeros(v.shape[1:]), examples)
+  history = None if band is None else band[1]
   fn = jax.shard_map(
-      lambda p, x, w, k: privacy.private_grad(linear_loss, p, (x,), l2_clip, noise_multiplier, k, batch or rows,
-                                              DATA, w),
-      mesh=mesh, in_specs=(P(), P(DATA), P(DATA), P()), out_specs=(P(), P(DATA), P()), check_vma=False)
-  grad, _, clipped = jax.device_get(jax.jit(fn)(params, examples, weights, jax.random.key(seed)))
-  return grad, clipped
+      lambda p, x, w, k, h: privacy.private_grad(linear_loss, p, (x,), l2_clip, noise_multiplier, k, batch or rows,
+                                                 DATA, w, None if band is None else (band[0], h)),
+      mesh=mesh, in_specs=(P(), P(DATA), P(DATA), P(), P()), out_specs=(P(), P(DATA), P(), P()), check_vma=False)
+  grad, _, clipped, history = jax.device_get(jax.jit(fn)(params, examples, weights, jax.random.key(seed), history))
+  return (grad, clipped) if band is None else (grad, clipped, history)
 
 
 def test_per_example_clipping_is_exact_and_noise_is_drawn_once():
@@ -84,6 +86,42 @@ def test_per_example_clipping_is_exact_and_noise_is_drawn_once():
     assert clipped == want_clipped
 
 
+def test_band_noise_is_the_banded_strategy_inverted_on_independent_draws():
+  """DP-BandMF's noise w solves C w = z for the banded Toeplitz C of the coefficients, z being what
+  DP-SGD would add at the same steps; one draw on 1 or 8 devices."""
+  coefficients = privacy.band_coefficients(50, 3)
+  assert len(coefficients) == 3 and np.linalg.norm(coefficients) == pytest.approx(1, abs=1e-5)
+  zeros = dict(x=np.zeros((8, 300), np.float32))
+  z = np.stack([private_grad(zeros, 1.0, 2.0, 1, seed=s)[0]["x"] for s in range(6)])
+  for devices in (1, 8):
+    history, w = dict(x=np.zeros((2, 300), np.float32)), []
+    for s in range(6):
+      grad, _, history = private_grad(zeros, 1.0, 2.0, devices, seed=s, band=(coefficients, history))
+      w.append(grad["x"])
+    strategy = sum(c * np.eye(6, k=-j) for j, c in enumerate(coefficients))
+    np.testing.assert_allclose(strategy @ np.stack(w), z, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(history["x"], np.stack(w)[[5, 4]] * 8, rtol=1e-5)  # newest first, before / B
+  # summed over the steps, much of the noise cancels: by the norm of 1^T C^-1 against sqrt(6)
+  cancelled = np.linalg.norm(np.linalg.solve(strategy.T, np.ones(6))) / np.sqrt(6)
+  assert cancelled < 0.8
+  assert np.std(np.sum(w, axis=0)) / np.std(np.sum(z, axis=0)) == pytest.approx(cancelled, rel=0.15)
+
+
+def test_a_rolled_back_replica_restarts_its_band_noise():
+  """A replica rolled back (non-finite parameters) keeps its old state but zero DP-BandMF streams; the other keeps
+  its new ones."""
+  def state(params, band):
+    return dict(params=dict(w=params), g_opt=dict(m=np.zeros((2, 1))), d_opt=dict(m=np.zeros((2, 1))),
+                step=np.full(2, 5), health=dict(rollbacks=np.zeros(2, np.int32), frozen_at=np.full(2, -1, np.int32)),
+                band_noise=dict(w=np.full((2, 1, 1, 3), band)))
+  params = np.zeros((2, 3), np.float32)
+  params[1, 0] = np.nan
+  out = jax.device_get(guard(state(np.ones((2, 3)), 1.0), state(params, 2.0), {}, max_rollbacks=1))
+  np.testing.assert_array_equal(out["params"]["w"], [[0, 0, 0], [1, 1, 1]])
+  np.testing.assert_array_equal(out["band_noise"]["w"][:, 0, 0], [[2, 2, 2], [0, 0, 0]])
+  np.testing.assert_array_equal(out["health"]["rollbacks"], [0, 1])
+
+
 @pytest.fixture(scope="module")
 def setup():
   c = tiny.get_config()
@@ -99,7 +137,7 @@ def setup():
 def run_steps(model, tc, batches, num_devices, pc=None):
   """3 training steps; -> (state, metrics, compiled HLO text)."""
   mesh = sharding.make_mesh(num_devices)
-  state, keys = sharding.place(init_replicas(model, tc, 0, 1), sharding.by_replica(mesh))
+  state, keys = sharding.place(init_replicas(model, tc, 0, 1, pc), sharding.by_replica(mesh))
   args = (state, sharding.shard_batches(jax.tree.map(lambda x: x[:, None], batches), mesh), keys)
   compiled = jax.jit(make_train_step(model, tc, mesh, pc)).lower(*args).compile()
   state, metrics = jax.device_get(compiled(*args))
@@ -133,6 +171,17 @@ def test_dp_step_is_ordinary_training_without_noise_or_clipping_and_adds_one_noi
 def rdp_epsilon(event, delta):
   acc = dp_accounting.rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
   return acc.compose(event).get_epsilon(delta)
+
+
+def test_each_critic_round_has_a_band_noise_stream_of_its_own(setup):
+  """3 steps in one compiled call (lax.scan), 2 critic rounds: each round's history holds its last two draws
+  (an in-place update of the rounds once left the last round a history of copies of its newest draw)."""
+  model, tc, batches = setup
+  pc = PrivacyConfig(enabled=True, noise_multiplier=1.0, sampling="poisson", capacity=16, bands=3,
+                     band_coefficients=(0.8, 0.48, 0.36))
+  state, _, _ = run_steps(model, dataclasses.replace(tc, d_rounds=2), batches, 1, pc)
+  for h in jax.tree.leaves(state["band_noise"]):  # [rounds, lags, ...]
+    assert h.shape[:2] == (2, 2) and np.abs(h[:, 0] - h[:, 1]).min() > 0 and np.abs(h[0] - h[1]).min() > 0
 
 
 def test_accountant_matches_dp_accounting():
@@ -206,6 +255,26 @@ def test_poisson_accounting_and_capacity():
   assert 0.98 * 4.0 <= privacy.accountant(target, n, b, 1).epsilon(steps) <= 4.0
 
 
+def test_band_mf_accounting_is_jax_privacy_s():
+  """DP-BandMF with b bands: DP-SGD at rate b B/n for ceil(T/b) steps, as jax-privacy's accountant says."""
+  from jax_privacy.accounting import accountants, analysis
+  n, b, sigma, steps, delta = 1000, 50, 1.2, 30, 1e-5
+  ours = lambda bands, runs=1: privacy.Accountant(  # noqa: E731 (delta: the RDP part's is then `delta`)
+      n, b, sigma, delta / (1 - privacy.TRUNCATION_SHARE), sampling="poisson", capacity=n + 1,
+      bands=bands).epsilon(steps, runs)
+  theirs = analysis.DpsgdTrainingAccountant(accountants.RdpAccountantConfig(
+      orders=dp_accounting.rdp.RdpAccountant().orders))
+  for bands in (1, 4):
+    params = analysis.DpParams(noise_multipliers=sigma, num_samples=n, delta=delta, batch_size=b, cycle_length=bands)
+    assert ours(bands) == pytest.approx(theirs.compute_epsilon(steps, params), rel=1e-6)
+  assert ours(4, runs=2) > ours(4)  # replicas: 2 * ceil(30 / 4) participations, not ceil(60 / 4)
+  pc = privacy.resolve(PrivacyConfig(enabled=True, target_epsilon=4.0, sampling="poisson", bands=4), n, b, 1, steps)
+  assert len(pc.band_coefficients) == 4 and 0.98 * 4.0 <= privacy.accountant(pc, n, b, 1).epsilon(steps) <= 4.0
+  assert privacy.spent_record(privacy.accountant(pc, n, b, 1), steps, 1)["mechanism"].startswith("DP-BandMF, 4 bands")
+  with pytest.raises(ValueError, match="privacy.bands=25 times train.batch_size=50 exceeds the 1000"):
+    privacy.resolve(dataclasses.replace(pc, bands=25, band_coefficients=()), n, b, 1, steps)
+
+
 def test_config_errors():
   c = tiny.get_config()
   assert privacy_config(c) == PrivacyConfig()
@@ -226,6 +295,10 @@ def test_config_errors():
     PrivacyConfig(sampling="uniform")
   with pytest.raises(ValueError, match="only with privacy.sampling='poisson'"):
     PrivacyConfig(capacity=64)
+  with pytest.raises(ValueError, match="DP-BandMF \\(bands > 1\\) needs privacy.sampling='poisson'"):
+    PrivacyConfig(bands=4)
+  with pytest.raises(ValueError, match="L2 norm at most 1"):
+    PrivacyConfig(sampling="poisson", bands=2, band_coefficients=(0.9, 0.6))
   pc = PrivacyConfig(enabled=True, noise_multiplier=1.0)
   with pytest.raises(ValueError, match="not below 1/n"):
     privacy.resolve(dataclasses.replace(pc, delta=0.01), 100, 10, 1, 10)
@@ -271,6 +344,16 @@ def test_poisson_sampling():
   assert (small >= 0).sum(1).max() == 16 and small.shape == (50, 16)
   with pytest.raises(ValueError, match="needs a capacity >= 1"):
     BatchIterator([x], 3, 0, sampling="poisson")
+  # DP-BandMF's cyclic Poisson sampling: each row in one of 4 groups, joining only steps of its group,
+  # at rate 4 B / n there (still B rows per step on average)
+  cyclic = BatchIterator([x], 20, seed=1, sampling="poisson", capacity=60, bands=4).next_indices(400)
+  rows = cyclic[cyclic >= 0]
+  steps_of = [np.flatnonzero((cyclic == row).any(1)) % 4 for row in range(200)]
+  assert all(len(set(s)) <= 1 for s in steps_of) and 40 <= sum(len(s) > 0 for s in steps_of[:50])
+  assert abs(len(rows) / 400 - 20) < 1.5
+  assert abs(np.mean([len(s) for s in steps_of]) / 100 - 0.4) < 0.04  # 100 steps of its group each
+  with pytest.raises(ValueError, match="bands=11 needs poisson sampling and bands \\* batch_size <= 200"):
+    BatchIterator([x], 20, seed=1, sampling="poisson", capacity=60, bands=11)
 
 
 def private_config(num_steps, noise=1.0, target=0.0, secret_seed=False):
@@ -348,10 +431,12 @@ def test_resume_keeps_the_spent_budget_and_stops_within_it(tmp_path, monkeypatch
     train_and_evaluate(bigger, split)
 
 
-def test_poisson_sampled_run_is_the_same_on_any_placement_and_device_count_and_resumes_exactly(tmp_path):
+def test_band_mf_run_is_the_same_on_any_placement_and_device_count_and_resumes_exactly(tmp_path):
+  """Poisson sampling with DP-BandMF (3 bands; plain Poisson: experiments/dp_pretrain.py's test). The
+  coefficients are given: optimised ones depend on the first launch's train.num_steps."""
   def poisson(steps, **overrides):
     c = private_config(steps)
-    c.privacy.sampling = "poisson"
+    c.privacy.update(sampling="poisson", bands=3, band_coefficients=(0.8, 0.48, 0.36))
     c.update(overrides)
     return c
   straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
@@ -362,12 +447,16 @@ def test_poisson_sampled_run_is_the_same_on_any_placement_and_device_count_and_r
   b = train_and_evaluate(poisson(10), split)
   assert a["epsilon"] == pytest.approx(b["epsilon"])
   pa, pb = (replica(jax.device_get(restore_run(w)[1]), 0) for w in (straight, split))
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5), pa, pb)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5), pa, pb)  # band_noise too
+  for h in jax.tree.leaves(pb["band_noise"]):  # [rounds, 2 lags, ...]: two different draws, not one copied
+    assert np.abs(h).max() > 0 and np.abs(h[:, 0] - h[:, 1]).min() > 0
   saved = json.load(open(os.path.join(split, "config.json")))["privacy"]
   assert saved["capacity"] % 8 == 0 and 16 < saved["capacity"] <= 64  # tiny: n = 64, B = 16
+  assert saved["band_coefficients"] == [0.8, 0.48, 0.36]
   _, _, config = load_generator(split)
   spent = config.privacy_spent
   assert spent.neighbouring == "add-or-remove" and spent.sampling == "poisson" and spent.steps == 10
+  assert spent.mechanism.startswith("DP-BandMF, 3 bands")
   assert spent.delta <= privacy.default_delta(64) and spent.epsilon == pytest.approx(b["epsilon"])
   assert all(0 <= json.loads(line)["clipped_fraction"] <= 1 for line in open(os.path.join(split, "metrics.jsonl")))
   uneven = poisson(5, num_devices=8)

@@ -32,11 +32,14 @@ class BatchIterator:
   (seed, step)), whatever earlier steps drew; needs B <= n.
   sampling="poisson": step k's rows are Binomial(n, B/n) distinct rows drawn uniformly (seeded by
   (seed, step)), the first `capacity` of them if there are more, padded with PADDING to `capacity`.
+  With bands = b > 1 (DP-BandMF's cyclic Poisson sampling) each row belongs to one of b groups, drawn
+  once (seeded by the seed) independently per row, and step k draws from group k mod b alone, each
+  member with probability b B/n.
   Either way a run resumed at step k sees exactly the batches it would have seen.
   """
 
   def __init__(self, arrays: Sequence[np.ndarray], batch_size: int, seed: int, start_step: int = 0,
-               sampling: str = "epochs", stream: tuple = (), capacity: int = 0):
+               sampling: str = "epochs", stream: tuple = (), capacity: int = 0, bands: int = 1):
     n = len(arrays[0])
     if n == 0:
       raise ValueError("cannot batch an empty dataset")
@@ -51,10 +54,16 @@ class BatchIterator:
                        f"{' on average' if sampling == 'poisson' else ''}, but the dataset has only {n}")
     if sampling == "poisson" and capacity < 1:
       raise ValueError(f"poisson sampling needs a capacity >= 1, got {capacity}")
+    if bands < 1 or (bands > 1 and (sampling != "poisson" or bands * batch_size > n)):
+      raise ValueError(f"bands={bands} needs poisson sampling and bands * batch_size <= {n} rows")
     self.arrays, self.batch_size, self.seed, self.step = tuple(arrays), batch_size, seed, start_step
     self.rows = capacity if sampling == "poisson" else batch_size  # per batch
     self.sampling, self.stream = sampling, tuple(stream)  # stream: more seed words (a data block's number)
     self._epoch, self._perm = -1, None
+    self.bands = bands
+    if sampling == "poisson":  # the rows of each group
+      groups = np.random.default_rng([seed, *self.stream, 3]).integers(bands, size=n) if bands > 1 else np.zeros(n)
+      self._groups = [np.flatnonzero(groups == g) for g in range(bands)]
 
   def _permutation(self, epoch: int) -> np.ndarray:
     if epoch != self._epoch:
@@ -68,7 +77,9 @@ class BatchIterator:
       return np.random.default_rng([self.seed, *self.stream, step, 1]).choice(n, self.batch_size, replace=False)
     if self.sampling == "poisson":
       rng = np.random.default_rng([self.seed, *self.stream, step, 2])
-      drawn = rng.choice(n, min(rng.binomial(n, self.batch_size / n), self.rows), replace=False)
+      group = self._groups[step % self.bands]
+      drawn = group[rng.choice(len(group), min(rng.binomial(len(group), self.bands * self.batch_size / n), self.rows),
+                               replace=False)]
       return np.concatenate([drawn, np.full(self.rows - len(drawn), PADDING)])
     positions = np.arange(step * self.batch_size, (step + 1) * self.batch_size)
     out = np.empty(self.batch_size, np.int64)
@@ -101,9 +112,9 @@ class ReplicaBatches:
   """The batches of K replicas (train.num_seeds): replica r's are those of the run with seed + r."""
 
   def __init__(self, arrays: Sequence[np.ndarray], batch_size: int, seed: int, num_replicas: int,
-               start_step: int = 0, sampling: str = "epochs", capacity: int = 0):
+               start_step: int = 0, sampling: str = "epochs", capacity: int = 0, bands: int = 1):
     self.replicas = [BatchIterator(arrays, batch_size, seed + r, start_step=start_step, sampling=sampling,
-                                   capacity=capacity) for r in range(num_replicas)]
+                                   capacity=capacity, bands=bands) for r in range(num_replicas)]
 
   def next_indices(self, num_steps: int) -> np.ndarray:
     """The rows of the next `num_steps` batches of every replica: [num_steps, K, rows] int32."""
