@@ -58,6 +58,9 @@ def get_config():
   c.model.aux_critic_weight = 1.0   # alpha: weight of the auxiliary critic in the generator loss (each critic
                                     # trains on its own unweighted loss, as in the original)
   c.model.pack = 1                  # PacGAN packing degree (1 = off)
+  c.model.exact_span = False        # True: each generated normalised series rescaled to span exactly what its
+                                    # min/max imply, as real ones do (sines: discriminative 0.13 -> 0.08, but
+                                    # stocklike's worse, the demo's correlations too; docs/design.md)
   c.model.critic_difference_weight = 0.0  # > 0: critics also see each continuous feature's record-to-record
                                     # differences times this (10: sines 80x -> 9x rougher than real, but the
                                     # demo's autocorrelation and spreads worse; docs/design.md)

@@ -34,6 +34,8 @@ class ModelConfig:
                                         # (one draw per series, fed at every step)
   critic_difference_weight: float = 0.0  # the critics also see each continuous feature's record-to-record
                                         # differences times this (0 = not, as the paper; issue 21: jitter)
+  exact_span: bool = False              # each generated normalised series rescaled to span exactly what its
+                                        # min/max imply, as every real one does (issue 21; off, as the paper)
 
   def __post_init__(self):
     if self.initial_state not in ("random", "zero"):

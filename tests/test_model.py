@@ -175,3 +175,33 @@ def test_no_series_is_shorter_than_the_shortest_training_series(schema, min_leng
   assert (lengths == min_length).all()
   if min_length == schema.max_length:  # the real data's flags exactly
     np.testing.assert_array_equal(out["features"][..., -2:], encoding.lengths_to_flags(lengths, schema.max_length))
+
+
+@pytest.mark.parametrize("normalization,log_half_range", [("zero_one", False), ("minus_one_one", True)])
+def test_exact_span_puts_each_series_extremes_where_its_half_range_puts_a_real_one(normalization, log_half_range):
+  """A real series normalised by its own widened min and max spans exactly [e, 1 - e] (in [-1, 1]: the
+  same points), e = AUTO_NORM_EPS / 2h; with model.exact_span every generated one does too, over the
+  records it keeps (and over all of a forced length), whatever the untrained heads emit."""
+  data = make_demo(num_samples=20, length=10, variable_lengths=True)
+  schema = encoding.fit_schema(data, normalization, log_half_range=log_half_range)
+  low, high = encoding.value_range(normalization)
+
+  def span_errors(features, additional, mask):
+    cols = DoppelGANger(schema, SMALL).continuous_columns
+    x, keep = np.asarray(features)[..., cols], np.asarray(mask)[..., None] > 0
+    e = encoding.AUTO_NORM_EPS / (2 * encoding.decode_half(np.asarray(additional)[:, 1::2], schema)) * (high - low)
+    return (np.abs(np.where(keep, x, np.inf).min(1) - (low + e)).max(),
+            np.abs(np.where(keep, x, -np.inf).max(1) - (high - e)).max())
+
+  real = encoding.encode(data, schema)
+  assert max(span_errors(real.features, real.additional_attributes, keep_mask(real.features[..., -2:]))) < 1e-5
+  model = DoppelGANger(schema, dataclasses.replace(SMALL, exact_span=True))
+  params = model.init(jax.random.key(0))["generator"]
+  out = model.generator.apply(params, sample_noise(jax.random.key(1), 32, schema, model.cfg))
+  mask = keep_mask(out["features"][..., -2:])
+  assert max(span_errors(out["features"], out["additional_attributes"], mask)) < 1e-5
+  assert not np.asarray(out["features"])[np.asarray(mask) == 0].any()  # zeros after each series' end
+  forced = model.generator.apply(params, sample_noise(jax.random.key(1), 8, schema, model.cfg, 23), length=23)
+  assert max(span_errors(forced["features"], forced["additional_attributes"], np.ones((8, 23)))) < 1e-5
+  plain = DoppelGANger(schema, SMALL).generator.apply(params, sample_noise(jax.random.key(1), 32, schema, SMALL))
+  assert min(span_errors(plain["features"], plain["additional_attributes"], mask)) > 0.01  # the paper's model

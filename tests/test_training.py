@@ -187,11 +187,12 @@ def test_batch_must_divide_over_devices(tmp_path):
     train_and_evaluate(tiny_config(batch_size=12), str(tmp_path))
 
 
-def test_options_pack_no_aux_rounds_zero_state(setup):
+def test_options_pack_no_aux_rounds_zero_state_exact_span(setup):
+  """(exact_span trains here, finite; what it generates: tests/test_model.py)"""
   base, _, batches = setup
   import dataclasses
   from dg_jax.models.doppelganger import sample_noise
-  cfg = dataclasses.replace(base.cfg, pack=2, aux_critic=False, initial_state="zero")
+  cfg = dataclasses.replace(base.cfg, pack=2, aux_critic=False, initial_state="zero", exact_span=True)
   model = DoppelGANger(base.schema, cfg)
   tc = dataclasses.replace(train_config(tiny_config()), d_rounds=2, g_rounds=3)
   state, metrics = run_steps(model, tc, batches, 8)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dg_jax.data.encoding import Head, Schema
+from dg_jax.data.encoding import AUTO_NORM_EPS, Head, Schema, decode_half, value_range
 from dg_jax.settings import ModelConfig, resolve_sample_len
 
 
@@ -55,6 +55,31 @@ def forced_flags(flags: jax.Array, min_length: int) -> jax.Array:
   if min_length == flags.shape[1]:
     flags = jnp.where(t == min_length - 1, jnp.array([0.0, 1.0], flags.dtype), flags)
   return flags
+
+
+def continuous_columns(schema: Schema) -> np.ndarray:
+  """The record columns of the continuous features."""
+  starts = np.cumsum([0] + [h.dim for h in schema.feature_heads])
+  return starts[list(schema.continuous_features)]
+
+
+def exact_span(features: jax.Array, additional: jax.Array, mask: jax.Array, schema: Schema) -> jax.Array:
+  """[B, L, F] generated records with each continuous feature rescaled, over the records `mask` keeps, to
+  span exactly what its generated half-range h implies: a real series normalised by its own min and max
+  (widened by AUTO_NORM_EPS) spans [e, 1 - e] ([-1, 1]: the same points), e = AUTO_NORM_EPS / 2h, wherever
+  its extremes occur. Unscaled, the generator has to bring an output head to those ends itself, and puts
+  the extremes at the series' ends: generated sines rose to their last record, 0-8% of them turning over
+  by more than 1% of their range where 25% of real ones do (issue 21, docs/results.md)."""
+  cols = continuous_columns(schema)
+  x = features[..., cols]
+  keep = mask[..., None] > 0
+  low, high = jnp.where(keep, x, 2.0).min(axis=1), jnp.where(keep, x, -2.0).max(axis=1)  # [B, Kc]
+  start, end = value_range(schema.normalization)
+  half = jnp.maximum(jax.lax.stop_gradient(decode_half(additional[:, 1::2], schema)), AUTO_NORM_EPS)
+  e = AUTO_NORM_EPS / (2 * half) * (end - start)  # at most half the range: a flat series sits in the middle
+  target_low, target_high = start + e, end - e
+  scale = (target_high - target_low) / jnp.maximum(high - low, 1e-6)
+  return features.at[..., cols].set(target_low[:, None] + (x - low[:, None]) * scale[:, None])
 
 
 class MLP(nn.Module):
@@ -162,13 +187,17 @@ class Generator(nn.Module):
     records = self.heads(hs).reshape(r, b, self.sample_len, s.feature_dim)
     records = jnp.swapaxes(records, 0, 1).reshape(b, r * self.sample_len, s.feature_dim)
     features = activate(records, s.feature_heads)
+    span = self.cfg.exact_span and s.additional_dim
     if length is None:
       features = features[:, :s.max_length]
       if s.min_length > 1:
         features = jnp.concatenate([features[..., :-2], forced_flags(features[..., -2:], s.min_length)], -1)
-      features = features * jax.lax.stop_gradient(keep_mask(features[..., -2:]))[..., None]
+      mask = jax.lax.stop_gradient(keep_mask(features[..., -2:]))
+      features = (exact_span(features, additional, mask, s) if span else features) * mask[..., None]
     else:
       features = features[:, :length]
+      if span:
+        features = exact_span(features, additional, jnp.ones(features.shape[:2]), s)
     return dict(attributes=attributes, additional_attributes=additional, features=features)
 
 
@@ -241,9 +270,7 @@ class DoppelGANger:
 
   @property
   def continuous_columns(self) -> np.ndarray:
-    """The record columns of the continuous features."""
-    starts = np.cumsum([0] + [h.dim for h in self.schema.feature_heads])
-    return starts[list(self.schema.continuous_features)]
+    return continuous_columns(self.schema)
 
   def flatten(self, sample: dict) -> jax.Array:
     """[B, T*F + (T-1)*Kc + A + 2Kc] critic input: the records, each continuous feature's record-to-record
