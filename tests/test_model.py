@@ -92,7 +92,7 @@ def test_critic_sees_weighted_record_differences(schema):
   model = DoppelGANger(schema, cfg)
   out = model.generator.apply(model.init(jax.random.key(0))["generator"], sample_noise(jax.random.key(1), 4, schema, cfg))
   f, x = np.asarray(out["features"]), np.asarray(model.flatten(out))
-  np.testing.assert_array_equal(model.continuous_columns, [0, 1])  # the demo's two features, then the flags
+  np.testing.assert_array_equal(model.schema.continuous_columns, [0, 1])  # the demo's two features, then the flags
   steps = 10.0 * (f[:, 1:, :2] - f[:, :-1, :2]).reshape(4, -1)
   np.testing.assert_allclose(x[:, 40:40 + steps.shape[1]], steps, rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(x[:, -model.meta_dim:], np.asarray(DoppelGANger(schema, SMALL).flatten(out))[:, 40:])
@@ -100,7 +100,7 @@ def test_critic_sees_weighted_record_differences(schema):
   mixed = Dataset(np.stack([np.tile([0.0, 2, 1], (3, 2)), np.ones((3, 6))], -1), np.full(3, 6), np.zeros((3, 0)),
                   (categorical("kind", ["a", "b", "c"]), continuous("level")), ())
   mixed_model = DoppelGANger(encoding.fit_schema(mixed), cfg)
-  np.testing.assert_array_equal(mixed_model.continuous_columns, [3])  # after the 3 one-hot columns
+  np.testing.assert_array_equal(mixed_model.schema.continuous_columns, [3])  # after the 3 one-hot columns
   with pytest.raises(ValueError, match="critic_difference_weight"):
     ModelConfig(critic_difference_weight=-1.0)
 
@@ -187,7 +187,7 @@ def test_exact_span_puts_each_series_extremes_where_its_half_range_puts_a_real_o
   low, high = encoding.value_range(normalization)
 
   def span_errors(features, additional, mask):
-    cols = DoppelGANger(schema, SMALL).continuous_columns
+    cols = schema.continuous_columns
     x, keep = np.asarray(features)[..., cols], np.asarray(mask)[..., None] > 0
     e = encoding.AUTO_NORM_EPS / (2 * encoding.decode_half(np.asarray(additional)[:, 1::2], schema)) * (high - low)
     return (np.abs(np.where(keep, x, np.inf).min(1) - (low + e)).max(),

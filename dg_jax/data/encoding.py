@@ -80,6 +80,12 @@ class Schema:
     return tuple(i for i, v in enumerate(self.feature_vars) if not v.is_categorical)
 
   @property
+  def continuous_columns(self) -> np.ndarray:
+    """The columns of a record (`feature_heads`) that hold the continuous features."""
+    starts = np.cumsum([0] + [h.dim for h in self.feature_heads])
+    return starts[list(self.continuous_features)]
+
+  @property
   def attribute_dim(self) -> int:
     return sum(h.dim for h in self.attribute_heads)
 

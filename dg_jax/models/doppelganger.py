@@ -13,7 +13,6 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from dg_jax.data.encoding import AUTO_NORM_EPS, Head, Schema, decode_half, value_range
 from dg_jax.settings import ModelConfig, resolve_sample_len
@@ -57,12 +56,6 @@ def forced_flags(flags: jax.Array, min_length: int) -> jax.Array:
   return flags
 
 
-def continuous_columns(schema: Schema) -> np.ndarray:
-  """The record columns of the continuous features."""
-  starts = np.cumsum([0] + [h.dim for h in schema.feature_heads])
-  return starts[list(schema.continuous_features)]
-
-
 def exact_span(features: jax.Array, additional: jax.Array, mask: jax.Array, schema: Schema) -> jax.Array:
   """[B, L, F] generated records with each continuous feature rescaled, over the records `mask` keeps, to
   span exactly what its generated half-range h implies: a real series normalised by its own min and max
@@ -70,7 +63,7 @@ def exact_span(features: jax.Array, additional: jax.Array, mask: jax.Array, sche
   its extremes occur. Unscaled, the generator has to bring an output head to those ends itself, and puts
   the extremes at the series' ends: generated sines rose to their last record, 0-8% of them turning over
   by more than 1% of their range where 25% of real ones do (issue 21, docs/results.md)."""
-  cols = continuous_columns(schema)
+  cols = schema.continuous_columns
   x = features[..., cols]
   keep = mask[..., None] > 0
   low, high = jnp.where(keep, x, 2.0).min(axis=1), jnp.where(keep, x, -2.0).max(axis=1)  # [B, Kc]
@@ -268,10 +261,6 @@ class DoppelGANger:
     """The auxiliary critic judges the metadata; without any (no attributes, no min/max) there is none."""
     return self.cfg.aux_critic and self.meta_dim > 0
 
-  @property
-  def continuous_columns(self) -> np.ndarray:
-    return continuous_columns(self.schema)
-
   def flatten(self, sample: dict) -> jax.Array:
     """[B, T*F + (T-1)*Kc + A + 2Kc] critic input: the records, each continuous feature's record-to-record
     differences times model.critic_difference_weight (none when 0), then the metadata (the last `meta_dim`
@@ -281,7 +270,7 @@ class DoppelGANger:
     f = sample["features"]
     parts = [f.reshape(f.shape[0], -1)]
     if self.cfg.critic_difference_weight and f.shape[1] > 1:
-      steps = jnp.diff(f[..., self.continuous_columns], axis=1)
+      steps = jnp.diff(f[..., self.schema.continuous_columns], axis=1)
       parts.append(self.cfg.critic_difference_weight * steps.reshape(f.shape[0], -1))
     return jnp.concatenate(parts + [sample["attributes"], sample["additional_attributes"]], axis=-1)
 
