@@ -99,7 +99,9 @@ def choose_generator(state: dict, seed_index: int | None = None, checkpoint: str
     log.warning("%s: replica %d diverged and was frozen with its state before step %d", source, seed_index,
                 frozen_at[seed_index] + 1)
   source_state = state["best"] if kind == "best" else dict(generator=state["params"]["generator"], step=state["step"])
-  params, step = replica(source_state["generator"], seed_index), int(jax.device_get(source_state["step"])[seed_index])
+  # indexed on the host: an eager x[k] on device compiles a gather per leaf (about 1 s in all)
+  params = replica(jax.device_get(source_state["generator"]), seed_index)
+  step = int(jax.device_get(source_state["step"])[seed_index])
   if kind != "best" and frozen_at[seed_index] >= 0:
     step = int(frozen_at[seed_index])
   chosen = dict(replica=seed_index, checkpoint=kind, step=step)

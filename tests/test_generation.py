@@ -184,12 +184,12 @@ def test_bundle_round_trip_and_interrupted_exports(trained, tmp_path, monkeypatc
 
 
 def test_cli_end_to_end_on_eight_devices(tmp_path, cli):
+  """Train on 8 devices, generate conditionally, retrain the metadata into a bundle, generate from it
+  (--mode=export: tests/test_seeds.py)."""
   w, out = str(tmp_path / "w"), str(tmp_path / "gen.npz")
   log = cli("--config=configs/tiny.py", f"--workdir={w}", "--config.train.num_steps=10", devices=8)
   assert "8 device(s)" in log and "step 10/10" in log and "steps/s" in log and "ETA" in log
-  cli("--mode=export", f"--workdir={w}", f"--bundle={tmp_path / 'b'}")
-  assert sorted(os.listdir(tmp_path / "b")) == ["config.json", "generator.msgpack", "manifest.json", "schema.json"]
-  cli("--mode=generate", f"--bundle={tmp_path / 'b'}", "--num_samples=4", f"--output={out}", f"--csv_output={out}.csv",
+  cli("--mode=generate", f"--workdir={w}", "--num_samples=4", f"--output={out}", f"--csv_output={out}.csv",
       "--attribute=service=video", "--attribute=region=north", "--length=30")
   data = load_npz(out)
   assert data.features.shape == (4, 30, 2) and (data.attributes == 0).all()
@@ -200,6 +200,7 @@ def test_cli_end_to_end_on_eight_devices(tmp_path, cli):
   save_npz(rows, str(tmp_path / "mix.npz"))
   cli("--mode=retrain_attributes", f"--workdir={w}", f"--attributes_file={tmp_path / 'mix.npz'}",
       f"--bundle={tmp_path / 'r'}", "--retrain_steps=200")
+  assert sorted(os.listdir(tmp_path / "r")) == ["config.json", "generator.msgpack", "manifest.json", "schema.json"]
   cli("--mode=generate", f"--bundle={tmp_path / 'r'}", "--num_samples=100", f"--output={out}")
   assert np.mean((load_npz(out).attributes == [1, 1]).all(axis=1)) > 0.8
 

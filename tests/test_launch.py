@@ -17,10 +17,12 @@ def launch(workdir, *args, home):
 def test_compile_cache_is_on_by_default_filled_once_and_reused(tmp_path):
   cache = tmp_path / "home" / ".cache" / "dg_jax" / "xla"  # the default: a per-user folder
   launch(tmp_path / "a", home=tmp_path / "home")
-  entries = sorted(p.name for p in cache.iterdir() if p.name.endswith("-cache"))
-  assert any(name.startswith("jit_train_dispatch") for name in entries), entries
+  steps = lambda: sorted(p.name for p in cache.iterdir() if p.name.startswith("jit_train_dispatch"))  # noqa: E731
+  entries = steps()
+  assert entries, sorted(p.name for p in cache.iterdir())
   launch(tmp_path / "b", home=tmp_path / "home")  # the same program: read, not written again
-  assert sorted(p.name for p in cache.iterdir() if p.name.endswith("-cache")) == entries
+  # (smaller programs compiling near launch.py's 1 s threshold may be kept by one launch and not the other)
+  assert steps() == entries
 
 
 def test_devices_mode_reports_processes_and_devices(capsys):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 
 import dp_accounting
@@ -365,14 +366,19 @@ def private_config(num_steps, noise=1.0, target=0.0, secret_seed=False):
   return c
 
 
-def test_secret_seed_is_drawn_kept_on_resume_and_left_out_of_bundles(tmp_path):
+def test_secret_seed_is_drawn_kept_on_resume_and_left_out_of_bundles(tmp_path, caplog):
   seeds = []
   for name in ("a", "b"):
     out = train_and_evaluate(private_config(5, secret_seed=True), str(tmp_path / name))
     seeds.append(json.load(open(tmp_path / name / "config.json"))["train"]["seed"])
   assert seeds[0] != seeds[1] and 0 not in seeds  # drawn, not tiny.py's train.seed=0 (odds 2^-30)
-  again = train_and_evaluate(private_config(10, secret_seed=True), str(tmp_path / "a"))  # resumed
-  assert json.load(open(tmp_path / "a" / "config.json"))["train"]["seed"] == seeds[0]
+  with caplog.at_level(logging.INFO, logger="dg_jax.train"):
+    again = train_and_evaluate(private_config(10, secret_seed=True), str(tmp_path / "a"))  # resumed
+  assert "DP-SGD critics" in caplog.text and "-differentially private after 10 steps" in caplog.text
+  config = json.load(open(tmp_path / "a" / "config.json"))
+  assert config["train"]["seed"] == seeds[0] and config["privacy"]["delta"] == pytest.approx(1 / 640)  # 1/(10 n)
+  rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == [5, 10] and rows[-1]["epsilon"] == pytest.approx(again["epsilon"])
   assert again["epsilon"] > out["epsilon"]
   model, params, config = load_generator(str(tmp_path / "a"))
   assert config.privacy_spent.epsilon == pytest.approx(again["epsilon"]) and config.privacy_spent.steps == 10

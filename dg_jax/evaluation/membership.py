@@ -7,6 +7,8 @@ that gives itself away completely.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -60,19 +62,18 @@ def critic_scores(run: str | tuple[DoppelGANger, dict], dataset: Dataset, includ
   if batch_size < 1:
     raise ValueError(f"critic_scores: batch_size must be >= 1, got {batch_size}")
   enc = encoding.encode(dataset, model.schema)  # checks variables, categories and T
-  pack, used = model.cfg.pack, None if include_aux else 1
-
-  @jax.jit
-  def score(d_params, features, attributes, additional):
-    x = model.flatten(dict(features=features, attributes=attributes, additional_attributes=additional))
-    x = jnp.repeat(x, pack, axis=0)  # each critic row: `pack` copies of one sample
-    return sum(weight * fn(x) for weight, fn in critic_fns(model, d_params)[:used])
-
   d_params = critic_params(params)
   arrays = (enc.features, enc.attributes, enc.additional_attributes)
-  parts = [np.asarray(score(d_params, *(a[s:s + batch_size] for a in arrays)))
+  parts = [np.asarray(_score(model, include_aux, d_params, *(a[s:s + batch_size] for a in arrays)))
            for s in range(0, enc.num_samples, batch_size)]
   return np.concatenate(parts).astype(np.float64)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))  # compiled once per model, not once per call
+def _score(model: DoppelGANger, include_aux: bool, d_params, features, attributes, additional):
+  x = model.flatten(dict(features=features, attributes=attributes, additional_attributes=additional))
+  x = jnp.repeat(x, model.cfg.pack, axis=0)  # each critic row: `pack` copies of one sample
+  return sum(weight * fn(x) for weight, fn in critic_fns(model, d_params)[:None if include_aux else 1])
 
 
 def membership_inference(run: str | tuple[DoppelGANger, dict], members: Dataset, nonmembers: Dataset,
