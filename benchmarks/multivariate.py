@@ -40,10 +40,15 @@ def _windows(path: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   return x[rng.permutation(len(x))]
 
 
+def sine_curves(f: np.ndarray, p: np.ndarray, length: int = WINDOW) -> np.ndarray:
+  """The sines family: (sin(f t + p) + 1) / 2 for t < length, [...] frequencies and phases -> [..., length]."""
+  return (np.sin(f[..., None] * np.arange(length) + p[..., None]) + 1) / 2
+
+
 def sines(seed: int, n: int = 10_000, dim: int = 5) -> Dataset:
   rng = np.random.default_rng(seed)
-  f, p = rng.uniform(0, 0.1, (2, n, 1, dim))
-  return _dataset((np.sin(f * np.arange(WINDOW)[None, :, None] + p) + 1) / 2, [f"s{i}" for i in range(dim)])
+  f, p = rng.uniform(0, 0.1, (2, n, dim))
+  return _dataset(sine_curves(f, p).transpose(0, 2, 1), [f"s{i}" for i in range(dim)])
 
 
 def stocklike(seed: int, days: int = 3700) -> Dataset:

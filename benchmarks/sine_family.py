@@ -16,6 +16,7 @@ import dataclasses
 import numpy as np
 
 from common import ROOT  # noqa: F401  (puts the repository on sys.path)
+from multivariate import sine_curves
 
 from dg_jax.data.npz_format import load_npz
 from dg_jax.evaluation.posthoc import discriminative_score
@@ -24,15 +25,11 @@ GRID = np.linspace(0, 0.12, 121)
 BINS = np.linspace(0, 0.12, 13)
 
 
-def curves(f: np.ndarray, p: np.ndarray, length: int) -> np.ndarray:
-  return (np.sin(f[..., None] * np.arange(length) + p[..., None]) + 1) / 2
-
-
 def fit(features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """[n, T, D] series -> the nearest family member's (f, p) and the RMS residual, each [n, D]."""
   n, t, d = features.shape
   f_grid, p_grid = (a.ravel() for a in np.meshgrid(GRID, GRID, indexing="ij"))
-  family = curves(f_grid, p_grid, t).astype(np.float32)
+  family = sine_curves(f_grid, p_grid, t).astype(np.float32)
   norms = (family ** 2).sum(1)
   x = features.transpose(0, 2, 1).reshape(-1, t).astype(np.float32)
   best, residual = [], []
@@ -54,7 +51,7 @@ def main():
   p.add_argument("--real", required=True, help="real sines (npz), e.g. ab_fidelity.py's sines_held_out.npz")
   p.add_argument("synthetic", nargs="+", help="generated sines (npz)")
   p.add_argument("--samples", type=int, default=2000, help="series read from each file")
-  p.add_argument("--score", action="store_true", help="also the discriminative scores (2-3 minutes each)")
+  p.add_argument("--score", action="store_true", help="also the four discriminative scores (about 30 s a file on 2 cores)")
   args = p.parse_args()
   real = load_npz(args.real)
   rng = np.random.default_rng(0)
@@ -66,9 +63,9 @@ def main():
           f"\n  f {histogram(f)}\n  p {histogram(ph)}")
     if args.score and path != args.real:
       n, t = len(f), data.features.shape[1]
-      variants = dict(generated=data.features[:n], projected=curves(f, ph, t).transpose(0, 2, 1),
-                      f_redrawn=curves(rng.uniform(0, 0.1, f.shape), ph, t).transpose(0, 2, 1),
-                      p_redrawn=curves(f, rng.uniform(0, 0.1, ph.shape), t).transpose(0, 2, 1))
+      variants = dict(generated=data.features[:n], projected=sine_curves(f, ph, t).transpose(0, 2, 1),
+                      f_redrawn=sine_curves(rng.uniform(0, 0.1, f.shape), ph, t).transpose(0, 2, 1),
+                      p_redrawn=sine_curves(f, rng.uniform(0, 0.1, ph.shape), t).transpose(0, 2, 1))
       for name, x in variants.items():
         synthetic = dataclasses.replace(data, features=x.astype(np.float32), lengths=data.lengths[:n],
                                         attributes=data.attributes[:n])
