@@ -6,7 +6,7 @@ the time, not the result), or with --minutes for the same wall-clock time (then 
 Each run generates with launch.py's defaults (a scored run: its best replica's best generator).
 --datasets also takes demo_npz (the demo data as an npz file without its log1p flag) and wwt_like
 (benchmarks/train_speed.py's WWT-shaped set), both through the generic npz input, held out: another draw,
-and sines, stocklike and macro (benchmarks/multivariate.py: TimeGAN-shaped, no metadata).
+and sines, stocklike, macro and msft (benchmarks/multivariate.py: TimeGAN-shaped, no metadata).
 
   git worktree add /tmp/dg_before main
   python benchmarks/ab_fidelity.py --code before=/tmp/dg_before --code after=. --steps 5000 --out /tmp/ab

@@ -10,6 +10,10 @@ work: windows of 24 records, no metadata, written through the generic npz input.
   macro      a real one, where statsmodels is installed: US quarterly macro data 1959-2009 (statsmodels'
              macrodata: real GDP, consumption, investment, disposable income, CPI, unemployment), windows of 24
              quarters, stride 1 (180 series: small, a check, not a benchmark).
+  msft       a real stock set, where pmdarima is installed (`pip install --no-deps pmdarima`: only its data
+             file is read): Microsoft's daily Open, High, Low, Close and Volume (Kaggle's price-volume set,
+             split-adjusted, 1986-2017), the last 3685 trading days (as many as TimeGAN's Google set) cut
+             as TimeGAN cuts its stock data; the held-out file is the 3685 days before them, cut the same way.
 
   python benchmarks/multivariate.py --out /tmp/mv   # writes <name>_train.npz and <name>_held_out.npz
 """
@@ -19,6 +23,7 @@ import argparse
 import os
 
 import numpy as np
+import pandas as pd
 
 from common import ROOT  # noqa: F401  (puts the repository on sys.path)
 
@@ -72,7 +77,23 @@ def macro(seed: int) -> Dataset:
   return _dataset(_windows(frame[names].to_numpy(np.float64), np.random.default_rng(seed)), names)
 
 
-SETS = dict(sines=sines, stocklike=stocklike, macro=macro)
+def msft(seed: int, days: int = 3685) -> Dataset:
+  """seed 0: the last `days` trading days of pmdarima's MSFT file; seed 1: the `days` before them."""
+  import importlib.util
+  import tarfile
+  spec = importlib.util.find_spec("pmdarima")  # locates the package without importing it (or its deps)
+  if spec is None:
+    raise SystemExit("the msft set reads pmdarima's data file: pip install --no-deps pmdarima")
+  path = os.path.join(spec.submodule_search_locations[0], "datasets", "data", "msft.tar.gz")
+  with tarfile.open(path) as tar:
+    frame = pd.read_csv(tar.extractfile("msft.csv"))
+  names = ["Open", "High", "Low", "Close", "Volume"]
+  end = len(frame) - seed * days
+  window = frame[names].to_numpy(np.float64)[end - days:end]
+  return _dataset(_windows(window, np.random.default_rng(seed)), [n.lower() for n in names])
+
+
+SETS = dict(sines=sines, stocklike=stocklike, macro=macro, msft=msft)
 
 
 def write(name: str, directory: str) -> tuple[str, str]:

@@ -58,6 +58,9 @@ def get_config():
   c.model.aux_critic_weight = 1.0   # alpha: weight of the auxiliary critic in the generator loss (each critic
                                     # trains on its own unweighted loss, as in the original)
   c.model.pack = 1                  # PacGAN packing degree (1 = off)
+  c.model.whiten_levels = True      # the critics see features' levels that move together (a stock's prices)
+                                    # through a map fitted on the data that magnifies their small
+                                    # differences; other data: the paper's input (docs/design.md)
   c.model.exact_span = False        # True: each generated normalised series rescaled to span exactly what its
                                     # min/max imply, as real ones do (sines: discriminative 0.13 -> 0.08, but
                                     # stocklike's worse, the demo's correlations too; docs/design.md)

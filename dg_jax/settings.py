@@ -34,6 +34,8 @@ class ModelConfig:
                                         # (one draw per series, fed at every step)
   critic_difference_weight: float = 0.0  # the critics also see each continuous feature's record-to-record
                                         # differences times this (0 = not, as the paper; issue 21: jitter)
+  whiten_levels: bool = False           # critics see co-moving levels magnified (encoding.min_max_view;
+                                        # configs/default.py turns it on; off here: configs saved before it)
   exact_span: bool = False              # each generated normalised series rescaled to span exactly what its
                                         # min/max imply, as every real one does (issue 21; off, as the paper)
 

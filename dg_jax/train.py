@@ -459,6 +459,17 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
   num_series = share.num_series if share else dataset.num_samples
   data_id = dict(fingerprint=share.fingerprint(encoded) if share else data_fingerprint(encoded), num_series=num_series,
                  source=dataset.source)
+  if mc.whiten_levels and not (resumed or source) and schema.additional_dim:
+    if pc.enabled:  # a map fitted on the private series would be outside the guarantee
+      log.info("model.whiten_levels: off with privacy on (it would be fitted on the private data)")
+    else:
+      moments = encoding.min_max_moments(encoded.additional_attributes)
+      view = encoding.min_max_view(share.sum(moments) if share else moments)
+      schema = dataclasses.replace(schema, min_max_view=view)
+      gains = np.linalg.eigvalsh(np.array(view)) if view else np.ones(1)
+      log.info("model.whiten_levels: %s", f"the critics see {np.sum(gains > 1 + 1e-6)} direction(s) of the features' "
+               f"levels magnified (up to {gains.max():.1f}x): those features move together" if view else
+               "no features' levels move together; the critics see them as generated")
   model = DoppelGANger(schema, mc)
   log.info("data: %d series, T=%d, %d features, %d attributes; S=%d (%d LSTM steps)%s",
            num_series, schema.max_length, len(schema.feature_vars), len(schema.attribute_vars),

@@ -114,6 +114,33 @@ def test_schema_json_round_trip():
   old = json.loads(schema.to_json())
   del old["log_half_range"]
   assert encoding.Schema.from_json(json.dumps(old)).log_half_range is False
+  viewed = dataclasses.replace(schema, min_max_view=((1.0, 0.5), (0.5, 2.0)))
+  assert encoding.Schema.from_json(viewed.to_json()) == viewed and hash(encoding.Schema.from_json(viewed.to_json()))
+  assert encoding.Schema.from_json(json.dumps(old)).min_max_view == ()  # saved before it: the paper's view
+
+
+def test_min_max_view_magnifies_levels_that_move_together():
+  """Two features whose levels (midranges) move together, within 0.1% of each other: the critics' view
+  multiplies the difference of their levels by MAX_VIEW_GAIN (its gain to half the average spread, about
+  200, is capped) and leaves their sum and both half-ranges as they are; shares of the data add up to the
+  same view; features whose levels are unrelated keep the paper's view."""
+  rng = np.random.default_rng(0)
+  z, h1, h2 = rng.uniform(size=(3, 20_000))
+  x = np.stack([z, h1, z + 1e-3 * rng.normal(size=z.size), h2], 1)  # (midrange, half-range) per feature
+  view = np.array(encoding.min_max_view(encoding.min_max_moments(x)))
+  shares = sum(encoding.min_max_moments(part) for part in np.array_split(x, 3))
+  np.testing.assert_allclose(encoding.min_max_view(shares), view, rtol=1e-9, atol=1e-9)
+  apart, together = np.array([1.0, 0, -1, 0]) / 2 ** 0.5, np.array([1.0, 0, 1, 0]) / 2 ** 0.5
+  np.testing.assert_allclose(apart @ view, encoding.MAX_VIEW_GAIN * apart, atol=0.01)
+  np.testing.assert_allclose(together @ view, together, atol=0.01)
+  np.testing.assert_array_equal(view[:, [1, 3]], np.eye(4)[:, [1, 3]])  # half-ranges as generated
+  np.testing.assert_allclose(view, view.T)
+  unrelated = x.copy()
+  unrelated[:, 2] = rng.uniform(size=z.size)
+  assert encoding.min_max_view(encoding.min_max_moments(unrelated)) == ()
+  assert encoding.min_max_view(encoding.min_max_moments(x[:1])) == ()  # one series: no covariance
+  assert encoding.min_max_view(encoding.min_max_moments(np.ones((5, 4)))) == ()  # nothing varies
+  assert encoding.min_max_view(encoding.min_max_moments(np.zeros((5, 0)))) == ()  # no min/max block
 
 
 @pytest.mark.parametrize("normalization", encoding.NORMALIZATIONS)

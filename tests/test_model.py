@@ -97,6 +97,12 @@ def test_critic_sees_weighted_record_differences(schema):
   np.testing.assert_allclose(x[:, 40:40 + steps.shape[1]], steps, rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(x[:, -model.meta_dim:], np.asarray(DoppelGANger(schema, SMALL).flatten(out))[:, 40:])
   assert x.shape == (4, 10 * 4 + 9 * 2 + model.meta_dim)
+  view = np.arange(16.0).reshape(4, 4)  # the schema's min/max view maps the last block, only it
+  viewed_schema = dataclasses.replace(schema, min_max_view=tuple(map(tuple, view)))
+  viewed = np.asarray(DoppelGANger(viewed_schema, SMALL).flatten(out))
+  plain = np.asarray(DoppelGANger(schema, SMALL).flatten(out))
+  np.testing.assert_array_equal(viewed[:, :-4], plain[:, :-4])
+  np.testing.assert_allclose(viewed[:, -4:], plain[:, -4:] @ view, rtol=1e-5)
   mixed = Dataset(np.stack([np.tile([0.0, 2, 1], (3, 2)), np.ones((3, 6))], -1), np.full(3, 6), np.zeros((3, 0)),
                   (categorical("kind", ["a", "b", "c"]), continuous("level")), ())
   mixed_model = DoppelGANger(encoding.fit_schema(mixed), cfg)

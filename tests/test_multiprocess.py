@@ -1,6 +1,7 @@
 """Several JAX processes on this machine (gloo collectives, 2 CPU devices each) form one mesh: the
 way pods are tested here. Each run is compared with one process holding the same number of devices;
 a failure on one process ends both with its line."""
+import dataclasses
 import json
 
 import jax
@@ -108,6 +109,9 @@ def test_each_process_reads_only_its_share_of_sharded_data(tmp_path):
   from dg_jax.data.loaders import load_dataset
   from dg_jax.data.npz_format import save_npz
   data = load_dataset(tiny.get_config().data)
+  traffic = data.feature_vars[0]  # a second traffic series that moves with the first: a min/max view to fit
+  data = dataclasses.replace(data, feature_vars=(traffic, dataclasses.replace(traffic, name="traffic_copy")),
+                             features=data.features[..., [0, 0]] * [1, 1.001])
   for i in range(4):
     save_npz(data.subset(np.arange(16 * i, 16 * (i + 1))), str(tmp_path / f"part-{i:05d}.npz"))
   pattern = str(tmp_path / "part-{shard}.npz")
@@ -119,3 +123,7 @@ def test_each_process_reads_only_its_share_of_sharded_data(tmp_path):
   train_and_evaluate(c, str(tmp_path / "one"))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), params_of(tmp_path / "mp"),
                params_of(tmp_path / "one"))
+  # the critics' min/max view (model.whiten_levels) is fitted on all shares, not on each process's own
+  views = [np.array(json.loads((tmp_path / w / "schema.json").read_text())["min_max_view"]) for w in ("mp", "one")]
+  assert views[0].shape == (4, 4) and np.abs(views[0] - np.eye(4)).max() > 1
+  np.testing.assert_allclose(*views, rtol=1e-9, atol=1e-9)

@@ -367,6 +367,7 @@ def private_config(num_steps, noise=1.0, target=0.0, secret_seed=False):
 
 
 def test_secret_seed_is_drawn_kept_on_resume_and_left_out_of_bundles(tmp_path, caplog):
+  caplog.set_level(logging.INFO, logger="dg_jax.train")
   seeds = []
   for name in ("a", "b"):
     out = train_and_evaluate(private_config(5, secret_seed=True), str(tmp_path / name))
@@ -375,6 +376,9 @@ def test_secret_seed_is_drawn_kept_on_resume_and_left_out_of_bundles(tmp_path, c
   with caplog.at_level(logging.INFO, logger="dg_jax.train"):
     again = train_and_evaluate(private_config(10, secret_seed=True), str(tmp_path / "a"))  # resumed
   assert "DP-SGD critics" in caplog.text and "-differentially private after 10 steps" in caplog.text
+  # the critics' whitened min/max view would be fitted on the private series: off, and said so
+  assert json.load(open(tmp_path / "a" / "schema.json"))["min_max_view"] == []
+  assert "whiten_levels: off with privacy on" in caplog.text
   config = json.load(open(tmp_path / "a" / "config.json"))
   assert config["train"]["seed"] == seeds[0] and config["privacy"]["delta"] == pytest.approx(1 / 640)  # 1/(10 n)
   rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]

@@ -56,9 +56,13 @@ def shard_files(pattern: str) -> list[str]:
 
 
 def _allgather(values: np.ndarray) -> np.ndarray:
-  """[processes, ...]: every process's `values`."""
+  """[processes, ...]: every process's `values`. float64 travels as its raw 32-bit words: JAX would round
+  it to float32 (schema bounds and moments off by 1e-7 from one process's)."""
   if jax.process_count() == 1:
     return values[None]
+  if values.dtype == np.float64:
+    words = multihost_utils.process_allgather(np.ascontiguousarray(values).view(np.uint32))
+    return np.ascontiguousarray(words).view(np.float64)
   return np.asarray(multihost_utils.process_allgather(values))
 
 
@@ -127,6 +131,10 @@ class Share:
     return dataclasses.replace(schema, feature_vars=fix(schema.feature_vars), attribute_vars=fix(schema.attribute_vars),
                                min_length=int(merged[-3]), max_length=int(-merged[-2]),
                                log_half_range=bool(merged[-1] < 0))
+
+  def sum(self, values: np.ndarray) -> np.ndarray:
+    """Of every process's `values` (float64, the same shape everywhere)."""
+    return _allgather(np.asarray(values, np.float64)).sum(axis=0)
 
   def fingerprint(self, encoded: encoding.Encoded) -> str:
     """Of all blocks, whichever process holds which."""

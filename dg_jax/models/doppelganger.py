@@ -264,15 +264,19 @@ class DoppelGANger:
   def flatten(self, sample: dict) -> jax.Array:
     """[B, T*F + (T-1)*Kc + A + 2Kc] critic input: the records, each continuous feature's record-to-record
     differences times model.critic_difference_weight (none when 0), then the metadata (the last `meta_dim`
-    columns). The critics are 1-Lipschitz in this input (gradient penalty), so the weight is how much a
-    jump between neighbouring records may count for: at 0 (the paper) step-to-step jitter of a few percent
-    of a series' range is worth too little to them, and generated series stay rough (issue 21)."""
+    columns; the min/max block through the schema's `min_max_view`). The critics are 1-Lipschitz in this
+    input (gradient penalty), so the weight is how much a jump between neighbouring records may count for:
+    at 0 (the paper) step-to-step jitter of a few percent of a series' range is worth too little to them,
+    and generated series stay rough (issue 21)."""
     f = sample["features"]
     parts = [f.reshape(f.shape[0], -1)]
     if self.cfg.critic_difference_weight and f.shape[1] > 1:
       steps = jnp.diff(f[..., self.schema.continuous_columns], axis=1)
       parts.append(self.cfg.critic_difference_weight * steps.reshape(f.shape[0], -1))
-    return jnp.concatenate(parts + [sample["attributes"], sample["additional_attributes"]], axis=-1)
+    additional = sample["additional_attributes"]
+    if self.schema.min_max_view:  # model.whiten_levels (encoding.VIEW_FLOOR says why)
+      additional = additional @ jnp.asarray(self.schema.min_max_view, additional.dtype)
+    return jnp.concatenate(parts + [sample["attributes"], additional], axis=-1)
 
   def init(self, key: jax.Array, batch_size: int = 2) -> dict:
     batch_size = max(batch_size, self.cfg.pack)
