@@ -466,10 +466,12 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
       moments = encoding.min_max_moments(encoded.additional_attributes)
       view = encoding.min_max_view(share.sum(moments) if share else moments)
       schema = dataclasses.replace(schema, min_max_view=view)
-      gains = np.linalg.eigvalsh(np.array(view)) if view else np.ones(1)
-      log.info("model.whiten_levels: %s", f"the critics see {np.sum(gains > 1 + 1e-6)} direction(s) of the features' "
-               f"levels magnified (up to {gains.max():.1f}x): those features move together" if view else
-               "no features' levels move together; the critics see them as generated")
+      if view:
+        gains = np.linalg.eigvalsh(np.array(view))
+        log.info("model.whiten_levels: features' levels move together; the critics see %d direction(s) of "
+                 "them magnified, up to %.1fx", np.sum(gains > 1 + 1e-6), gains.max())
+      else:
+        log.info("model.whiten_levels: no features' levels move together; the critics see them as generated")
   model = DoppelGANger(schema, mc)
   log.info("data: %d series, T=%d, %d features, %d attributes; S=%d (%d LSTM steps)%s",
            num_series, schema.max_length, len(schema.feature_vars), len(schema.attribute_vars),
