@@ -455,6 +455,16 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
   if clipped:
     log.warning("values outside the schema's ranges (a schema fitted on other data: train.init_from) clipped "
                 "into them, in %s", ", ".join(f"{n} series of {name}" for name, n in clipped.items()))
+  if schema.log_half_range and not (resumed or source):
+    if pc.enabled:  # bounds fitted on the private series would be outside the guarantee
+      log.info("data.log_half_range: the log code spans its fixed bounds with privacy on")
+    else:
+      low, high = encoding.half_range_bounds(dataset, schema)
+      if share:
+        low, high = share.min([low, -high]) * [1, -1]
+      if high > low:
+        schema = dataclasses.replace(schema, log_half_bounds=(float(low), float(high)))
+        log.info("data.log_half_range: the log code spans the training series' half-ranges, %.3g to %.3g", low, high)
   encoded = encoding.encode(dataset, schema)
   num_series = share.num_series if share else dataset.num_samples
   data_id = dict(fingerprint=share.fingerprint(encoded) if share else data_fingerprint(encoded), num_series=num_series,

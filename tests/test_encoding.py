@@ -162,6 +162,28 @@ def test_log_half_range_known_answers(normalization):
                              codes, atol=1e-7)
 
 
+def test_log_half_range_spans_the_training_series():
+  """Schema.log_half_bounds from `half_range_bounds`: the narrowest training series codes 0 and the widest
+  1, so that no generated series can be narrower than the narrowest real one; encoding round-trips, and
+  the bounds survive schema.json (a schema saved before them spans the fixed bounds)."""
+  a = [[0, .1, .05, 0], [0, .5, .2, .3], [0, 1, .5, .2]]  # ranges 0.1, 0.5, 1 of the feature's [0, 1]
+  b = [[10, 12, 11, 11], [10, 14, 12, 12], [11, 13, 12, 12]]  # 0.5, 1, 0.5 of its [10, 14]
+  data = Dataset(np.stack([a, b], -1).astype(np.float32), np.full(3, 4), np.zeros((3, 0)),
+                 (continuous("a"), continuous("b")), ()).validate()
+  schema = encoding.fit_schema(data, log_half_range=True)
+  low, high = encoding.half_range_bounds(data, schema)
+  eps = encoding.AUTO_NORM_EPS
+  assert (low, high) == pytest.approx((0.05 + eps, 0.5 + eps), abs=1e-7)
+  fitted = dataclasses.replace(schema, log_half_bounds=(low, high))
+  np.testing.assert_allclose(encoding.encode_half(np.array([low, high]), fitted), [0, 1], atol=1e-12)
+  assert encoding.encode_half(low / 2, fitted) == 0  # narrower than any training series: the narrowest
+  assert_same(encoding.decode(encoding.encode(data, fitted), fitted), data)
+  assert encoding.Schema.from_json(fitted.to_json()) == fitted
+  old = json.loads(fitted.to_json())
+  del old["log_half_bounds"]
+  assert encoding.Schema.from_json(json.dumps(old)) == schema
+
+
 def test_log1p_config_and_negative_error():
   data = random_dataset(0)
   rates = data.attributes.copy()

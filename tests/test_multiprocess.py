@@ -116,14 +116,18 @@ def test_each_process_reads_only_its_share_of_sharded_data(tmp_path):
     save_npz(data.subset(np.arange(16 * i, 16 * (i + 1))), str(tmp_path / f"part-{i:05d}.npz"))
   pattern = str(tmp_path / "part-{shard}.npz")
   logs = run_processes("--config=configs/tiny.py", "--config.train.num_steps=10", f"--workdir={tmp_path / 'mp'}",
-                       f"--config.data.path={pattern}", "--config.train.data_placement=sharded_host", devices=1)
+                       f"--config.data.path={pattern}", "--config.train.data_placement=sharded_host",
+                       "--config.data.log_half_range=True", devices=1)
   assert "this process holds blocks [0] (32 series)" in logs[0]  # process 1 logs warnings only
   c = tiny.get_config()
-  c.train.num_steps, c.num_devices, c.data.path = 10, 2, pattern
+  c.train.num_steps, c.num_devices, c.data.path, c.data.log_half_range = 10, 2, pattern, "True"
   train_and_evaluate(c, str(tmp_path / "one"))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), params_of(tmp_path / "mp"),
                params_of(tmp_path / "one"))
   # the critics' min/max view (model.whiten_levels) is fitted on all shares, not on each process's own
-  views = [np.array(json.loads((tmp_path / w / "schema.json").read_text())["min_max_view"]) for w in ("mp", "one")]
+  # ... and so is the log half-range code's span
+  schemas = [json.loads((tmp_path / w / "schema.json").read_text()) for w in ("mp", "one")]
+  views = [np.array(s["min_max_view"]) for s in schemas]
   assert views[0].shape == (4, 4) and np.abs(views[0] - np.eye(4)).max() > 1
   np.testing.assert_allclose(*views, rtol=1e-9, atol=1e-9)
+  assert len(schemas[0]["log_half_bounds"]) == 2 and schemas[0]["log_half_bounds"] == schemas[1]["log_half_bounds"]

@@ -51,6 +51,10 @@ class Schema:
   # on the training data when model.whiten_levels is on); () = as generated, as in the paper and in
   # schemas saved before it existed.
   min_max_view: tuple[tuple[float, ...], ...] = ()
+  # The log code's span (`half_range_bounds`): the smallest and largest per-series half-range of the
+  # training data, so that no generated series is narrower than the narrowest real one (issue 21); ()
+  # = from AUTO_NORM_EPS to half the value range, as in schemas saved before it and in private runs.
+  log_half_bounds: tuple[float, ...] = ()
 
   def __post_init__(self):
     if self.normalization not in NORMALIZATIONS:
@@ -111,6 +115,7 @@ class Schema:
     d["attribute_vars"] = tuple(Variable.from_dict(v) for v in d["attribute_vars"])
     d["feature_vars"] = tuple(Variable.from_dict(v) for v in d["feature_vars"])
     d["min_max_view"] = tuple(map(tuple, d.get("min_max_view", ())))  # hashable: the model is a jit static
+    d["log_half_bounds"] = tuple(d.get("log_half_bounds", ()))
     return cls(**d)
 
 
@@ -225,25 +230,43 @@ def value_range(normalization: str) -> tuple[float, float]:
   return (0.0, 1.0) if normalization == ZERO_ONE else (-1.0, 1.0)
 
 
-def _log_half_span(schema: Schema) -> float:
-  """ln(largest half-range / smallest): half the value range, widened as every series is, over AUTO_NORM_EPS."""
-  low, high = value_range(schema.normalization)
-  return float(np.log(((high - low) / 2 + AUTO_NORM_EPS) / AUTO_NORM_EPS))
+def half_range_bounds(dataset: Dataset, schema: Schema) -> tuple[float, float]:
+  """The smallest and largest per-series half-range (widened by AUTO_NORM_EPS) over the continuous
+  features, in the schema's scaling: the span of the log code (Schema.log_half_bounds)."""
+  valid = _valid_mask(dataset.lengths, dataset.max_length)
+  halves = []
+  for j in schema.continuous_features:
+    big, small = _series_bounds(_scale(schema.feature_vars[j], dataset.features[:, :, j], schema.normalization), valid)
+    halves.append((big - small) / 2)
+  halves = np.concatenate(halves)
+  return float(halves.min()), float(halves.max())  # equal (every series as wide): the caller keeps ()
+
+
+def _log_half_span(schema: Schema) -> tuple[float, float]:
+  """(smallest half-range, ln(largest / smallest)) of the log code."""
+  if schema.log_half_bounds:
+    low, high = schema.log_half_bounds
+  else:  # half the value range, widened as every series is, over AUTO_NORM_EPS
+    bottom, top = value_range(schema.normalization)
+    low, high = AUTO_NORM_EPS, (top - bottom) / 2 + AUTO_NORM_EPS
+  return low, float(np.log(high / low))
 
 
 def encode_half(half, schema: Schema):
   """Per-series half-ranges (at least AUTO_NORM_EPS) -> their code in [0, 1]: linear, or with
-  schema.log_half_range ln(half / AUTO_NORM_EPS) over its largest value."""
+  schema.log_half_range ln(half / smallest) over ln(largest / smallest) (`_log_half_span`)."""
   if not schema.log_half_range:
     return half
-  return np.clip(np.log(half / AUTO_NORM_EPS) / _log_half_span(schema), 0.0, 1.0)
+  low, span = _log_half_span(schema)
+  return np.clip(np.log(half / low) / span, 0.0, 1.0)
 
 
 def decode_half(code, schema: Schema):
   """The inverse of `encode_half`, for numpy or jnp arrays."""
   if not schema.log_half_range:
     return code
-  return AUTO_NORM_EPS * float(np.exp(_log_half_span(schema))) ** code
+  low, span = _log_half_span(schema)
+  return low * float(np.exp(span)) ** code
 
 
 def _unscale(var: Variable, y: np.ndarray, normalization: str) -> np.ndarray:

@@ -132,6 +132,10 @@ class Share:
                                min_length=int(merged[-3]), max_length=int(-merged[-2]),
                                log_half_range=bool(merged[-1] < 0))
 
+  def min(self, values: np.ndarray) -> np.ndarray:
+    """Of every process's `values` (float64, the same shape everywhere)."""
+    return _allgather(np.asarray(values, np.float64)).min(axis=0)
+
   def sum(self, values: np.ndarray) -> np.ndarray:
     """Of every process's `values` (float64, the same shape everywhere)."""
     return _allgather(np.asarray(values, np.float64)).sum(axis=0)
