@@ -201,12 +201,19 @@ def narrow_series(dataset: Dataset, schema: Schema) -> list[str]:
   correlations worse (docs/results.md)."""
   valid = _valid_mask(dataset.lengths, dataset.max_length)
   names = []
-  for j in schema.continuous_features:
+  for j, halves in zip(schema.continuous_features, _half_ranges(dataset, schema).T):
     var, x = schema.feature_vars[j], dataset.features[:, :, j]
-    big, small = _series_bounds(_scale(var, x, schema.normalization), valid)
-    if np.median((big - small) / 2) < NARROW_HALF_RANGE and (var.log1p or var.asinh or not heavy_tailed(x[valid])):
+    if np.median(halves) < NARROW_HALF_RANGE and (var.log1p or var.asinh or not heavy_tailed(x[valid])):
       names.append(var.name)
   return names
+
+
+def _half_ranges(dataset: Dataset, schema: Schema) -> np.ndarray:
+  """[n, Kc] each series' half-range per continuous feature (widened by AUTO_NORM_EPS), in the schema's scaling."""
+  valid = _valid_mask(dataset.lengths, dataset.max_length)
+  bounds = [_series_bounds(_scale(schema.feature_vars[j], dataset.features[:, :, j], schema.normalization), valid)
+            for j in schema.continuous_features]
+  return np.array([(big - small) / 2 for big, small in bounds]).T.reshape(dataset.num_samples, -1)
 
 
 def _forward(var: Variable, x: np.ndarray) -> np.ndarray:
@@ -233,13 +240,10 @@ def value_range(normalization: str) -> tuple[float, float]:
 def half_range_bounds(dataset: Dataset, schema: Schema) -> tuple[float, float]:
   """The smallest and largest per-series half-range (widened by AUTO_NORM_EPS) over the continuous
   features, in the schema's scaling: the span of the log code (Schema.log_half_bounds)."""
-  valid = _valid_mask(dataset.lengths, dataset.max_length)
-  halves = []
-  for j in schema.continuous_features:
-    big, small = _series_bounds(_scale(schema.feature_vars[j], dataset.features[:, :, j], schema.normalization), valid)
-    halves.append((big - small) / 2)
-  halves = np.concatenate(halves)
-  return float(halves.min()), float(halves.max())  # equal (every series as wide): the caller keeps ()
+  halves = _half_ranges(dataset, schema)
+  if not halves.size:
+    return AUTO_NORM_EPS, AUTO_NORM_EPS
+  return float(halves.min()), float(halves.max())  # equal (no span): the caller keeps the fixed one
 
 
 def _log_half_span(schema: Schema) -> tuple[float, float]:
