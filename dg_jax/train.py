@@ -461,7 +461,7 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
     else:
       low, high = encoding.half_range_bounds(dataset, schema)
       if share:
-        low, high = share.min([low, -high]) * [1, -1]
+        low, high = share.min([low, -high]) * [1, -1]  # the max as minus the min of -high: one all-gather
       if high > low:
         schema = dataclasses.replace(schema, log_half_bounds=(float(low), float(high)))
         log.info("data.log_half_range: the log code spans the training series' half-ranges, %.3g to %.3g", low, high)

@@ -369,17 +369,17 @@ def private_config(num_steps, noise=1.0, target=0.0, secret_seed=False):
 def test_secret_seed_is_drawn_kept_on_resume_and_left_out_of_bundles(tmp_path, caplog):
   caplog.set_level(logging.INFO, logger="dg_jax.train")
 
-  def config(num_steps):  # with the log half-range code, whose span a private run does not fit
+  def log_coded_config(num_steps):  # with the log half-range code, whose span a private run does not fit
     c = private_config(num_steps, secret_seed=True)
     c.data.log_half_range = "True"
     return c
   seeds = []
   for name in ("a", "b"):
-    out = train_and_evaluate(config(5), str(tmp_path / name))
+    out = train_and_evaluate(log_coded_config(5), str(tmp_path / name))
     seeds.append(json.load(open(tmp_path / name / "config.json"))["train"]["seed"])
   assert seeds[0] != seeds[1] and 0 not in seeds  # drawn, not tiny.py's train.seed=0 (odds 2^-30)
   with caplog.at_level(logging.INFO, logger="dg_jax.train"):
-    again = train_and_evaluate(config(10), str(tmp_path / "a"))  # resumed
+    again = train_and_evaluate(log_coded_config(10), str(tmp_path / "a"))  # resumed
   assert "DP-SGD critics" in caplog.text and "-differentially private after 10 steps" in caplog.text
   # the critics' min/max view (model.whiten_levels) and the log code's span would be fitted on the
   # private series: neither is
