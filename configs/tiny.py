@@ -19,6 +19,7 @@ def get_config():
   c.model.critic_num_units = 32
   c.train.batch_size = 16
   c.train.num_steps = 20
+  c.train.lr_decay_start = 1.0  # constant: tests compare a run stopped at step s with one trained to s
   c.train.steps_per_dispatch = 5
   c.train.log_every = 10
   c.train.checkpoint_every = 10

@@ -66,6 +66,9 @@ class TrainConfig:
   max_minutes: float = 0.0              # wall-clock budget; 0 = none
   seed: int = 0
   learning_rate: float = 1e-3
+  lr_decay_start: float = 1.0           # fraction of num_steps after which both learning rates fall linearly
+                                        # to zero at the last step (1 = constant, as the paper and configs
+                                        # saved before it; configs/default.py: 0.5)
   beta1: float = 0.5
   beta2: float = 0.999
   gp_weight: float = 10.0               # lambda
@@ -95,6 +98,8 @@ class TrainConfig:
                  "checkpoint_every"):
       if getattr(self, name) < 1:
         raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+    if not 0 <= self.lr_decay_start <= 1:
+      raise ValueError(f"train.lr_decay_start must be in [0, 1], got {self.lr_decay_start}")
     if self.max_rollbacks < 0:
       raise ValueError(f"train.max_rollbacks must be >= 0, got {self.max_rollbacks}")
     if self.eval_every < 0 or self.eval_samples < 2 or not 0 <= self.eval_holdout < 1:

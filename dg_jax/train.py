@@ -81,8 +81,8 @@ def batch_dict(features, attributes, additional):
 
 # train fields that change what a run computes: a resumed run must keep them (budgets, logging and
 # checkpoint cadence may change between launches)
-FIXED_ON_RESUME = ("seed", "num_seeds", "eval_holdout", "eval_samples", "batch_size", "learning_rate", "beta1",
-                   "beta2", "gp_weight", "d_rounds", "g_rounds", "per_replica", "fixed_parts")
+FIXED_ON_RESUME = ("seed", "num_seeds", "eval_holdout", "eval_samples", "batch_size", "learning_rate",
+                   "lr_decay_start", "beta1", "beta2", "gp_weight", "d_rounds", "g_rounds", "per_replica", "fixed_parts")
 
 
 def _differences(section: str, was: dict, now: dict) -> str:
@@ -105,6 +105,9 @@ def _check_resumable(saved: dict, config: ml_collections.ConfigDict, workdir: st
   if bool(saved["train"].get("eval_every")) != bool(config.train.eval_every) and config.train.eval_holdout:
     raise BadInput(f"{workdir}: turning scoring (train.eval_every) on or off on resume would change the held-out "
                      "slice, i.e. the training data; use a new --workdir, or train.eval_holdout=0")
+  if config.train.get("lr_decay_start", 1) < 1 and saved["train"].get("num_steps") != config.train.num_steps:
+    log.warning("%s: train.num_steps %s -> %s on resume: the learning rates' decay (train.lr_decay_start) is "
+                "stretched to the new end", workdir, saved["train"].get("num_steps"), config.train.num_steps)
   for name in FIXED_ON_RESUME:
     if name == "seed" and secret_seed:  # the run's secret seed is kept, whatever --config.train.seed says
       continue
@@ -529,7 +532,15 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
           Feed(arrays, ReplicaBatches([encoded.features], tc.batch_size, tc.seed, tc.num_seeds, start_step=start,
                                       sampling=_sampling(pc), capacity=pc.capacity, bands=pc.bands),
                mesh, tc.data_placement))
-  step_fn = jit_train_step(model, tc, mesh, pc, feed.gather)
+  if tc.lr_decay_start < 1:
+    log.info("learning rates constant to step %d, then falling linearly to zero at step %d (train.lr_decay_start)",
+             int(tc.lr_decay_start * end), end)
+    if tc.max_minutes:
+      log.warning("train.max_minutes with train.lr_decay_start=%g: the decay follows train.num_steps; a run the "
+                  "budget stops before step %d has not annealed (set num_steps to what the budget allows)",
+                  tc.lr_decay_start, int(tc.lr_decay_start * end))
+  # the decay ends where training does: at the privacy budget's last step when that comes first
+  step_fn = jit_train_step(model, dataclasses.replace(tc, num_steps=end), mesh, pc, feed.gather)
   health = Health(sharding.to_host(state["health"]), tc)
   step, t_start, window = start, time.time(), (start, time.time())
   deadline = t_start + 60 * tc.max_minutes if tc.max_minutes else None

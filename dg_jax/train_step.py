@@ -49,6 +49,15 @@ def optimizer(hp: dict) -> optax.GradientTransformation:
   return optax.adam(hp["learning_rate"], b1=hp["beta1"], b2=hp["beta2"])
 
 
+def learning_rate_scale(step, num_steps: int, decay_start: float):
+  """The factor of both learning rates at `step` (train.lr_decay_start): 1 until decay_start * num_steps,
+  then falling linearly to zero at num_steps, where a run ends. A GAN's last step is otherwise a draw from
+  wherever the two players' oscillation has got to; annealed, they settle (issue 21, docs/design.md)."""
+  if decay_start >= 1:
+    return 1.0
+  return jnp.clip((num_steps - step) / ((1 - decay_start) * num_steps), 0.0, 1.0)
+
+
 def hyperparameters(tc: TrainConfig, mc: ModelConfig) -> tuple[dict, dict]:
   """The numbers of PER_REPLICA_FIELDS the step computes with, by short name: (the config's values as
   Python floats, {those train.per_replica sets: [K] float32 arrays}). The step takes the second as an
@@ -260,6 +269,9 @@ def make_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfi
       return jax.vjp(apply, g_params, has_aux=True)
 
     band_noise, band_histories = state.get("band_noise"), []
+    # Adam's step scaled (its moments are not): the optimiser state is the same with and without a decay
+    scale = learning_rate_scale(state["step"], tc.num_steps, tc.lr_decay_start)
+    scaled = (lambda u: u) if tc.lr_decay_start >= 1 else functools.partial(jax.tree.map, lambda u: u * scale)
     for r in range(tc.d_rounds):
       fake, pullback, stats = forward(noises[r])
       if dp:
@@ -274,7 +286,7 @@ def make_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfi
             d_params, real, jax.lax.stop_gradient(fake), ts[r])
         grads = pmean(grads)
       updates, d_opt = opt.update(grads, d_opt, d_params)
-      d_params = optax.apply_updates(d_params, updates)
+      d_params = optax.apply_updates(d_params, scaled(updates))
     for r in range(tc.g_rounds):
       if r > 0:
         fake, pullback, stats = forward(noises[tc.d_rounds + r - 1])
@@ -282,7 +294,7 @@ def make_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfi
                                                             aux_weight=hp["aux_critic_weight"]))(fake)
       (grads,) = pullback(d_fake)
       updates, g_opt = opt.update(pmean(grads), g_opt, g_params)
-      g_params = optax.apply_updates(g_params, freeze(updates))
+      g_params = optax.apply_updates(g_params, scaled(freeze(updates)))
     metrics = pmean(dict(metrics, g_loss=g_loss))
     new_state = dict(state, params=dict(d_params, generator=dict(g_params, **stats)), g_opt=g_opt, d_opt=d_opt,
                      step=state["step"] + 1)

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 STEPS = 2000  # about 4 s of tiny training on 2 CPU cores: the signal lands mid-run
 LOG_EVERY = 50
-OVERRIDES = dict(num_steps=STEPS, log_every=LOG_EVERY)
+OVERRIDES = dict(num_steps=STEPS, log_every=LOG_EVERY, lr_decay_start=0.5)  # resumed mid-decay: exact too
 
 
 def cli_args(workdir, checkpoint_every):

@@ -1,4 +1,5 @@
 """The training step and loop: determinism, 1 vs 8 devices, exact resume, budgets, failures."""
+import dataclasses
 import json
 import os
 import re
@@ -17,7 +18,7 @@ from dg_jax.models.doppelganger import DoppelGANger
 from dg_jax.settings import model_config, train_config
 from dg_jax.sampling import restore_run
 from dg_jax.train import batch_dict, fit_schema_from_config, train_and_evaluate
-from dg_jax.train_step import init_replicas, init_state, make_train_step, replica
+from dg_jax.train_step import init_replicas, init_state, learning_rate_scale, make_train_step, replica
 
 
 def tiny_config(num_devices: int = 0, **train):
@@ -115,6 +116,28 @@ def test_gradients_cross_devices_outside_the_lstm_loops(setup):
 
 def checkpoint_params(workdir):
   return replica(jax.device_get(restore_run(workdir)[1]), 0)
+
+
+def test_learning_rates_decay_linearly_to_zero_at_the_last_step(setup):
+  """train.lr_decay_start=0.5 of 40 steps: from the same fresh state, Adam's first step moves a parameter by
+  the learning rate (|m / sqrt(v)| = 1), so the largest move of each weight array is 1e-3 at step 0, half
+  of that at step 30 and a twentieth at step 39; at lr_decay_start=1 no decay."""
+  model, tc, batches = setup
+  tc = dataclasses.replace(tc, num_steps=40, lr_decay_start=0.5)
+  np.testing.assert_allclose([learning_rate_scale(s, 40, 0.5) for s in (0, 20, 30, 39, 40)], [1, 1, 0.5, 0.05, 0])
+  assert learning_rate_scale(39, 40, 1.0) == 1.0
+  mesh = sharding.make_mesh(1)
+  start, keys = sharding.place(init_replicas(model, tc, 0, 1), sharding.by_replica(mesh))
+  one_step = sharding.shard_batches(jax.tree.map(lambda x: x[:1, None], batches), mesh)
+  step = jax.jit(make_train_step(model, tc, mesh))
+  moves = {}
+  for at in (0, 30, 39):
+    state, _ = step(dict(start, step=start["step"] + at), one_step, keys)
+    moves[at] = np.array(jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), state["params"],
+                                                      start["params"])))
+  assert np.mean(np.isclose(moves[0], tc.learning_rate, rtol=1e-4)) > 0.9  # (a critic's output bias: no gradient)
+  for at, factor in ((30, 0.5), (39, 0.05)):
+    np.testing.assert_allclose(moves[at], factor * moves[0], rtol=1e-3)
 
 
 def test_resume_is_exact(tmp_path):
