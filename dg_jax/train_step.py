@@ -271,7 +271,7 @@ def make_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfi
     band_noise, band_histories = state.get("band_noise"), []
     # Adam's step scaled (its moments are not): the optimiser state is the same with and without a decay
     scale = learning_rate_scale(state["step"], tc.num_steps, tc.lr_decay_start)
-    scaled = (lambda u: u) if tc.lr_decay_start >= 1 else functools.partial(jax.tree.map, lambda u: u * scale)
+    scaled = functools.partial(jax.tree.map, lambda u: u * scale)  # (x 1.0 without a decay: exact)
     for r in range(tc.d_rounds):
       fake, pullback, stats = forward(noises[r])
       if dp:
