@@ -533,12 +533,13 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
                                       sampling=_sampling(pc), capacity=pc.capacity, bands=pc.bands),
                mesh, tc.data_placement))
   if tc.lr_decay_start < 1:
+    decay_from = int(tc.lr_decay_start * end)
     log.info("learning rates constant to step %d, then falling linearly to zero at step %d (train.lr_decay_start)",
-             int(tc.lr_decay_start * end), end)
+             decay_from, end)
     if tc.max_minutes:
       log.warning("train.max_minutes with train.lr_decay_start=%g: the decay follows train.num_steps; a run the "
                   "budget stops before step %d has not annealed (set num_steps to what the budget allows)",
-                  tc.lr_decay_start, int(tc.lr_decay_start * end))
+                  tc.lr_decay_start, decay_from)
   # the decay ends where training does: at the privacy budget's last step when that comes first
   step_fn = jit_train_step(model, dataclasses.replace(tc, num_steps=end), mesh, pc, feed.gather)
   health = Health(sharding.to_host(state["health"]), tc)
