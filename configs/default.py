@@ -75,9 +75,10 @@ def get_config():
   c.train.max_minutes = 0.0         # wall-clock budget in minutes; checkpoints and stops when spent (0 = none)
   c.train.seed = 0                  # seeds parameters, noise and batch order
   c.train.learning_rate = 1e-3      # Adam, both generator and critics
-  c.train.lr_decay_start = 0.5      # after this fraction of num_steps both learning rates fall linearly to
-                                    # zero at the last step; 1 = constant, as the paper (sines: TimeGAN's
-                                    # discriminative score 0.16 -> 0.04; docs/design.md)
+  c.train.lr_decay_start = 0.5      # after this fraction of the run both learning rates fall linearly to
+                                    # zero at its last step (num_steps, or where max_minutes will stop it);
+                                    # 1 = constant, as the paper (sines: TimeGAN's discriminative score
+                                    # 0.16 -> 0.04; docs/design.md)
   c.train.beta1 = 0.5
   c.train.beta2 = 0.999
   c.train.gp_weight = 10.0          # gradient-penalty weight lambda

@@ -66,9 +66,10 @@ class TrainConfig:
   max_minutes: float = 0.0              # wall-clock budget; 0 = none
   seed: int = 0
   learning_rate: float = 1e-3
-  lr_decay_start: float = 1.0           # fraction of num_steps after which both learning rates fall linearly
-                                        # to zero at the last step (1 = constant, as the paper and configs
-                                        # saved before it; configs/default.py: 0.5)
+  lr_decay_start: float = 1.0           # fraction of the run after which both learning rates fall linearly
+                                        # to zero at its last step (num_steps, or where max_minutes will stop
+                                        # it); 1 = constant, as the paper and configs saved before it;
+                                        # configs/default.py: 0.5
   beta1: float = 0.5
   beta2: float = 0.999
   gp_weight: float = 10.0               # lambda

@@ -92,12 +92,15 @@ def is_primary() -> bool:
   return jax.process_index() == 0
 
 
-def any_process(flags: list[bool]) -> list[bool]:
-  """Each flag, true on every process if it is true on any: decisions to stop, taken jointly."""
-  flags = np.asarray(flags, np.bool_)
+def jointly(flags: list[bool], least: float) -> tuple[list[bool], float]:
+  """Each flag true on every process if it is true on any, and the least of `least` over the processes:
+  the decisions every process must take alike (to stop; the step the learning rates reach zero at), in
+  one collective."""
+  row = np.asarray([*flags, least], np.float64)
   if jax.process_count() > 1:
-    flags = np.any(multihost_utils.process_allgather(flags), axis=0)
-  return [bool(f) for f in flags]
+    rows = multihost_utils.process_allgather(row)
+    row = np.append(rows[:, :-1].max(axis=0), rows[:, -1].min())
+  return [bool(f) for f in row[:-1]], float(row[-1])
 
 
 def from_primary(value: int) -> int:

@@ -533,25 +533,26 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
                                       sampling=_sampling(pc), capacity=pc.capacity, bands=pc.bands),
                mesh, tc.data_placement))
   if tc.lr_decay_start < 1:
-    decay_from = int(tc.lr_decay_start * end)
-    log.info("learning rates constant to step %d, then falling linearly to zero at step %d (train.lr_decay_start)",
-             decay_from, end)
     if tc.max_minutes:
-      log.warning("train.max_minutes with train.lr_decay_start=%g: the decay follows train.num_steps; a run the "
-                  "budget stops before step %d has not annealed (set num_steps to what the budget allows)",
-                  tc.lr_decay_start, decay_from)
+      log.info("learning rates constant for the first %g of the run, then falling linearly to zero where it ends: "
+               "at step %d, or where train.max_minutes is expected to stop it (estimated as training goes; "
+               "train.lr_decay_start)", tc.lr_decay_start, end)
+    else:
+      log.info("learning rates constant to step %d, then falling linearly to zero at step %d (train.lr_decay_start)",
+               int(tc.lr_decay_start * end), end)
   # the decay ends where training does: at the privacy budget's last step when that comes first
   step_fn = jit_train_step(model, dataclasses.replace(tc, num_steps=end), mesh, pc, feed.gather)
   health = Health(sharding.to_host(state["health"]), tc)
   step, t_start, window = start, time.time(), (start, time.time())
   deadline = t_start + 60 * tc.max_minutes if tc.max_minutes else None
   last, out_of_time, stopped, stop = {}, False, False, False
+  horizon, placed, first_read = end, {}, None
   crossed = lambda every, done, k: done // every > (done - k) // every  # noqa: E731
 
   def read(dispatch):
     """A dispatch's metrics and health, fetched (while the next dispatch runs), and the decisions they
     and this process's clock and signals lead to, taken jointly by all processes."""
-    nonlocal last, out_of_time, stopped, stop
+    nonlocal last, out_of_time, stopped, stop, horizon, first_read
     done, k, metrics, replica_health = dispatch
     metrics, replica_health = sharding.to_host((metrics, replica_health))
     health.update(replica_health, metrics, done, k)
@@ -559,10 +560,21 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
     if lock is not None:
       lock.check()
     last = {name: _per_replica(v[-1]) for name, v in metrics.items()}
-    # every process leaves the loop at the same step, whichever of them ran out of time or got the signal
-    out_of_time, stopped = sharding.any_process(
-        [deadline is not None and time.time() > deadline, signals.received is not None])
+    now = time.time()
+    first_read = first_read or (done, now)
+    # every process leaves the loop at the same step, whichever of them ran out of time or got the signal,
+    # and decays its learning rates towards the same step
+    (out_of_time, stopped), horizon = sharding.jointly(
+        [deadline is not None and now > deadline, signals.received is not None],
+        expected_end(end, deadline, first_read, done, now))
     stop = out_of_time or stopped or len(health.frozen) == tc.num_seeds
+
+  def horizon_arg():
+    """The step's `horizon` argument, placed on the devices once per value."""
+    if horizon not in placed:
+      placed.clear()
+      placed[horizon] = sharding.replicate(np.float32(horizon), mesh)
+    return placed[horizon]
 
   def record(done, k, scores):
     nonlocal window
@@ -574,6 +586,8 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
       last["epsilon"] = accountant.epsilon(done)
     window = (done, now)
     eta = (end - done) / rate if rate > 0 else float("inf")
+    if deadline is not None:
+      eta = min(eta, max(deadline - now, 0.0))
     log.info("step %d/%d  %.2f steps/s  ETA %s  %s", done, end, rate, format_duration(eta),
              "  ".join(f"{n}={_show(v)}" for n, v in sorted(last.items())))
     if scores:
@@ -588,7 +602,7 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
     while step < end and not stop and len(health.frozen) < tc.num_seeds:
       k = tc.steps_per_dispatch if end - step >= tc.steps_per_dispatch else 1
       profiler.before(step, k)
-      state, metrics, replica_health = step_fn(state, *feed.next(k), keys)
+      state, metrics, replica_health = step_fn(state, *feed.next(k), keys, horizon_arg())
       step += k
       if unread is not None:
         read(unread)
@@ -642,6 +656,16 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
   if health.frozen:
     raise health.diverged(step, workdir)
   return dict(last, step=step)
+
+
+def expected_end(end: int, deadline: float | None, first_read: tuple[int, float], done: int, now: float) -> float:
+  """The step training will end at: `end`, or sooner where the time budget's deadline falls at the rate
+  measured since the first dispatch was read (at first_read = (step, time): compilation excluded); the
+  learning rates' decay aims at it, so that a timed run anneals too."""
+  if deadline is None or done == first_read[0]:
+    return end
+  rate = (done - first_read[0]) / max(now - first_read[1], 1e-9)
+  return min(end, done + rate * max(deadline - now, 0.0))
 
 
 def _per_replica(values: np.ndarray):

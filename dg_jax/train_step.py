@@ -49,13 +49,14 @@ def optimizer(hp: dict) -> optax.GradientTransformation:
   return optax.adam(hp["learning_rate"], b1=hp["beta1"], b2=hp["beta2"])
 
 
-def learning_rate_scale(step, num_steps: int, decay_start: float):
-  """The factor of both learning rates at `step` (train.lr_decay_start): 1 until decay_start * num_steps,
-  then falling linearly to zero at num_steps, where a run ends. A GAN's last step is otherwise a draw from
-  wherever the two players' oscillation has got to; annealed, they settle (issue 21, docs/design.md)."""
+def learning_rate_scale(step, horizon, decay_start: float):
+  """The factor of both learning rates at `step` (train.lr_decay_start): 1 until decay_start * horizon,
+  then falling linearly to zero at `horizon`, the step where the run ends (train.num_steps, or where
+  train.max_minutes will stop it: train.py estimates that as it goes). A GAN's last step is otherwise a
+  draw from wherever the two players' oscillation has got to; annealed, they settle (issue 21)."""
   if decay_start >= 1:
     return 1.0
-  return jnp.clip((num_steps - step) / ((1 - decay_start) * num_steps), 0.0, 1.0)
+  return jnp.clip((horizon - step) / ((1 - decay_start) * horizon), 0.0, 1.0)
 
 
 def hyperparameters(tc: TrainConfig, mc: ModelConfig) -> tuple[dict, dict]:
@@ -201,6 +202,7 @@ def jit_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfig
   when that axis has one device, which JAX would otherwise normalise to P() and so recompile the step
   at its second call). Returns (state, metrics, health): health is the new state's, in buffers of
   its own, so that it can be read after the next dispatch has consumed the state.
+  Both take a last argument `horizon` (make_train_step's multi_step).
   gather: None, the step takes (state, batches, keys); else (state, data, indices, keys) and gathers
   its batches on device (data/feed.py): "replicated", data[name][indices] from data on every device;
   "sharded", each device from its own block of the data (P('data'); indices local to the block)."""
@@ -209,11 +211,11 @@ def jit_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfig
   local_gather = jax.shard_map(lambda data, idx: jax.tree.map(lambda a: a[idx], data), mesh=mesh,
                                in_specs=(P(DATA), rows), out_specs=rows)
 
-  def train_dispatch(state, batches, keys):
-    state, metrics = step(state, batches, keys)
+  def train_dispatch(state, batches, keys, horizon=None):
+    state, metrics = step(state, batches, keys, horizon)
     return state, metrics, state["health"]
 
-  def train_dispatch_from_device_data(state, data, indices, keys):
+  def train_dispatch_from_device_data(state, data, indices, keys, horizon=None):
     if gather == "sharded":
       batches = local_gather(data, indices)
     else:
@@ -221,7 +223,7 @@ def jit_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfig
                                                  NamedSharding(mesh, rows))
     if pc is not None and pc.enabled and pc.sampling == "poisson":
       batches = dict(batches, mask=batching.mask(indices))
-    return train_dispatch(state, batches, keys)
+    return train_dispatch(state, batches, keys, horizon)
 
   return jax.jit(train_dispatch_from_device_data if gather else train_dispatch, donate_argnums=0,
                  out_shardings=(sharding.by_replica(mesh), sharding.by_replica(mesh, after=1),
@@ -270,7 +272,7 @@ def make_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfi
 
     band_noise, band_histories = state.get("band_noise"), []
     # Adam's step scaled (its moments are not): the optimiser state is the same with and without a decay
-    scale = learning_rate_scale(state["step"], tc.num_steps, tc.lr_decay_start)
+    scale = hp.get("lr_scale", 1.0)
     scaled = functools.partial(jax.tree.map, lambda u: u * scale)  # (x 1.0 without a decay: exact)
     for r in range(tc.d_rounds):
       fake, pullback, stats = forward(noises[r])
@@ -327,14 +329,20 @@ def make_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfi
     dp_keys = list(jax.random.split(jax.random.fold_in(key, DP_NOISE_STREAM), tc.d_rounds)) if dp else []
     return noises, ts, dp_keys
 
-  def one_step(state, real_batch, run_keys):
+  def one_step(state, real_batch, run_keys, horizon):
     batch_size = real_batch["features"].shape[1]
     noises, ts, dp_keys = jax.vmap(functools.partial(draws, batch_size=batch_size))(
         run_keys, state["step"], state["health"]["rollbacks"])
-    return sharded_step(state, varying_hp, real_batch, noises, ts, dp_keys)
+    if tc.lr_decay_start >= 1:
+      return sharded_step(state, varying_hp, real_batch, noises, ts, dp_keys)
+    scale = learning_rate_scale(state["step"], horizon, tc.lr_decay_start)
+    state, metrics = sharded_step(state, dict(varying_hp, lr_scale=scale), real_batch, noises, ts, dp_keys)
+    return state, dict(metrics, lr_scale=scale)
 
-  def multi_step(state, batches, keys):
-    new, metrics = jax.lax.scan(functools.partial(one_step, run_keys=keys), state, batches)
+  def multi_step(state, batches, keys, horizon=None):
+    """horizon: the step where the learning rates' decay reaches zero (default train.num_steps)."""
+    horizon = tc.num_steps if horizon is None else horizon
+    new, metrics = jax.lax.scan(functools.partial(one_step, run_keys=keys, horizon=horizon), state, batches)
     # Under DP the losses of real batches are not private outputs: rolling back on them would make
     # the trajectory depend on the data outside DP-SGD. The noisy updates are private, and a
     # non-finite loss makes them non-finite too.

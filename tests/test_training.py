@@ -1,8 +1,11 @@
 """The training step and loop: determinism, 1 vs 8 devices, exact resume, budgets, failures."""
 import dataclasses
+import itertools
 import json
 import os
 import re
+import time
+import types
 
 import jax
 import numpy as np
@@ -10,6 +13,7 @@ import pytest
 
 from configs import tiny
 from dg_jax import sharding
+from dg_jax import train as train_module
 from dg_jax.checkpoints import Checkpointer
 from dg_jax.data import encoding
 from dg_jax.data.batching import BatchIterator
@@ -17,7 +21,7 @@ from dg_jax.data.loaders import load_dataset
 from dg_jax.models.doppelganger import DoppelGANger
 from dg_jax.settings import model_config, train_config
 from dg_jax.sampling import restore_run
-from dg_jax.train import batch_dict, fit_schema_from_config, train_and_evaluate
+from dg_jax.train import batch_dict, expected_end, fit_schema_from_config, train_and_evaluate
 from dg_jax.train_step import init_replicas, init_state, learning_rate_scale, make_train_step, replica
 
 
@@ -121,7 +125,8 @@ def checkpoint_params(workdir):
 def test_learning_rates_decay_linearly_to_zero_at_the_last_step(setup):
   """train.lr_decay_start=0.5 of 40 steps: from the same fresh state, Adam's first step moves a parameter by
   the learning rate (|m / sqrt(v)| = 1), so the largest move of each weight array is 1e-3 at step 0, half
-  of that at step 30 and a twentieth at step 39; at lr_decay_start=1 no decay."""
+  of that at step 30 and a twentieth at step 39; at lr_decay_start=1 no decay. With the run's end
+  (`horizon`) at 60 instead, 0.7 of it at step 39."""
   model, tc, batches = setup
   tc = dataclasses.replace(tc, num_steps=40, lr_decay_start=0.5)
   np.testing.assert_allclose([learning_rate_scale(s, 40, 0.5) for s in (0, 20, 30, 39, 40)], [1, 1, 0.5, 0.05, 0])
@@ -131,13 +136,14 @@ def test_learning_rates_decay_linearly_to_zero_at_the_last_step(setup):
   one_step = sharding.shard_batches(jax.tree.map(lambda x: x[:1, None], batches), mesh)
   step = jax.jit(make_train_step(model, tc, mesh))
   moves = {}
-  for at in (0, 30, 39):
-    state, _ = step(dict(start, step=start["step"] + at), one_step, keys)
-    moves[at] = np.array(jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), state["params"],
-                                                      start["params"])))
-  assert np.mean(np.isclose(moves[0], tc.learning_rate, rtol=1e-4)) > 0.9  # (a critic's output bias: no gradient)
-  for at, factor in ((30, 0.5), (39, 0.05)):
-    np.testing.assert_allclose(moves[at], factor * moves[0], rtol=1e-3)
+  for at, horizon in ((0, 40), (30, 40), (39, 40), (39, 60)):
+    state, metrics = step(dict(start, step=start["step"] + at), one_step, keys, np.float32(horizon))
+    moves[at, horizon] = np.array(jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), state["params"],
+                                                               start["params"])))
+  assert np.mean(np.isclose(moves[0, 40], tc.learning_rate, rtol=1e-4)) > 0.9  # (a critic's output bias: no gradient)
+  for at, horizon, factor in ((30, 40, 0.5), (39, 40, 0.05), (39, 60, 0.7)):
+    np.testing.assert_allclose(moves[at, horizon], factor * moves[0, 40], rtol=1e-3)
+  np.testing.assert_allclose(metrics["lr_scale"], [[0.7]], rtol=1e-6)  # logged
 
 
 def test_resume_is_exact(tmp_path):
@@ -199,10 +205,27 @@ def test_resume_of_a_run_saved_before_a_model_field_existed(tmp_path, monkeypatc
     train_and_evaluate(c, str(tmp_path))
 
 
-def test_wall_clock_budget_checkpoints(tmp_path):
-  out = train_and_evaluate(tiny_config(num_steps=10_000, max_minutes=1e-4), str(tmp_path))
-  assert 0 < out["step"] < 10_000
+def test_wall_clock_budget_anneals_and_checkpoints(tmp_path, monkeypatch):
+  """train.max_minutes far short of num_steps: the learning rates' decay aims at the step the budget is
+  expected to stop the run at (expected_end: the rate since the first dispatch was read, compilation
+  excluded), so they are near zero when it does; checkpointed there. The training loop's clock ticks
+  10 ms per reading (0.6 s of budget: about 40 dispatches), so that compilation under load cannot
+  spend the budget."""
+  assert expected_end(1000, None, (10, 100.0), 110, 110.0) == 1000  # no budget
+  assert expected_end(1000, 150.0, (10, 100.0), 10, 100.0) == 1000  # no rate yet
+  assert expected_end(1000, 150.0, (10, 100.0), 110, 110.0) == 510  # 10 steps/s, 40 s left
+  assert expected_end(300, 150.0, (10, 100.0), 110, 110.0) == 300
+  assert expected_end(1000, 150.0, (10, 100.0), 600, 160.0) == 600  # past the deadline
+  readings = itertools.count()
+  monkeypatch.setattr(train_module, "time", types.SimpleNamespace(
+      time=lambda: 1e9 + 0.01 * next(readings), strftime=time.strftime, gmtime=time.gmtime))
+  out = train_and_evaluate(tiny_config(num_steps=1_000_000, max_minutes=0.01, lr_decay_start=0.5, log_every=10),
+                           str(tmp_path))
+  assert 0 < out["step"] < 1_000_000
   assert Checkpointer(str(tmp_path)).latest_step() == out["step"]
+  with open(tmp_path / "metrics.jsonl") as fh:
+    first = json.loads(fh.readline())
+  assert first["lr_scale"] == 1 and out["lr_scale"] < 0.25, (first, out)
 
 
 def test_batch_must_divide_over_devices(tmp_path):
