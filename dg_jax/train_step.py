@@ -231,7 +231,7 @@ def jit_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfig
 
 
 def make_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfig | None = None):
-  """Returns the un-jitted multi-step function `(state, batches, keys) -> (state, metrics)`.
+  """Returns the un-jitted multi-step function `(state, batches, keys, horizon=None) -> (state, metrics)`.
 
   keys: [K] the replicas' keys; replica r's step i draws its noise from fold_in(keys[r], i) on device.
   pc: an enabled, resolved privacy config (privacy.resolve) for DP-SGD critics; None or disabled = off.
@@ -239,7 +239,9 @@ def make_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfi
   state: K replicas stacked on axis 0 (init_replicas).
   batches: dict(features [k, K, B, T, F], attributes [k, K, B, A], additional_attributes [k, K, B, 2Kc]),
     and with Poisson sampling mask [k, K, B] (1 for sampled series, 0 for padding; B = privacy.capacity).
-  metrics: dict of [k, K] arrays.
+  horizon: the step the learning rates' decay ends at (train.lr_decay_start; default tc.num_steps), a
+    traced scalar: train.py moves it to where train.max_minutes will stop the run.
+  metrics: dict of [k, K] arrays (with a decay, lr_scale: the factor of both learning rates).
   """
   gen = model.generator.clone(axis_name=DATA)
   dp = pc is not None and pc.enabled
@@ -340,7 +342,6 @@ def make_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfi
     return state, dict(metrics, lr_scale=scale)
 
   def multi_step(state, batches, keys, horizon=None):
-    """horizon: the step where the learning rates' decay reaches zero (default train.num_steps)."""
     horizon = tc.num_steps if horizon is None else horizon
     new, metrics = jax.lax.scan(functools.partial(one_step, run_keys=keys, horizon=horizon), state, batches)
     # Under DP the losses of real batches are not private outputs: rolling back on them would make
