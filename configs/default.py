@@ -72,7 +72,8 @@ def get_config():
   c.train.batch_size = 100          # each replica's batch, a multiple of the devices that split it
   c.train.num_seeds = 1             # K replicas (seeds seed..seed+K-1) trained as one vectorised program
   c.train.num_steps = 100_000       # training steps (one step = d_rounds critic + g_rounds generator updates)
-  c.train.max_minutes = 0.0         # wall-clock budget in minutes; checkpoints and stops when spent (0 = none)
+  c.train.max_minutes = 0.0         # wall-clock budget in minutes over all of the run's launches (a resume gets
+                                    # what is left); checkpoints and stops when spent (0 = none)
   c.train.seed = 0                  # seeds parameters, noise and batch order
   c.train.learning_rate = 1e-3      # Adam, both generator and critics
   c.train.lr_decay_start = 0.5      # after this fraction of the run both learning rates fall linearly to

@@ -37,7 +37,7 @@ CHECKPOINT_DIR = "checkpoints"
 UNREADABLE_DIR = "unreadable_checkpoints"
 BUNDLE_FILES = ("generator.msgpack", "schema.json", "config.json")
 BUNDLE_MANIFEST = "manifest.json"  # written last: the file names and sha256 of a complete bundle
-PRIVACY_ITEM, DATA_ITEM = "privacy", "data"
+PRIVACY_ITEM, DATA_ITEM, PROGRESS_ITEM = "privacy", "data", "progress"
 T = TypeVar("T")
 
 
@@ -89,12 +89,12 @@ class Checkpointer:
     return list(self.manager.all_steps())
 
   def save(self, step: int, state: dict, key: jax.Array, config_json: str, schema: Schema,
-           privacy_spent: dict | None = None, data: dict | None = None) -> None:
+           privacy_spent: dict | None = None, data: dict | None = None, progress: dict | None = None) -> None:
     """Starts an asynchronous save (wait() or the next save finishes it); raises CheckpointError if
     Orbax declines the step (it skips one that is not newer than the latest)."""
     assert self.writer, "only the trainer that holds the workdir's lock saves"
-    extra = {name: ocp.args.JsonSave(value) for name, value in ((PRIVACY_ITEM, privacy_spent), (DATA_ITEM, data))
-             if value}
+    extra = {name: ocp.args.JsonSave(value) for name, value in ((PRIVACY_ITEM, privacy_spent), (DATA_ITEM, data),
+                                                                (PROGRESS_ITEM, progress)) if value}
     saved = self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(dict(state, rng=jax.random.key_data(key))),
         config=ocp.args.JsonSave(json.loads(config_json)),
@@ -195,7 +195,7 @@ class Checkpointer:
     return out["config"], Schema.from_json(json.dumps(out["schema"]))
 
   def read_json(self, step: int, name: str) -> dict | None:
-    """A JSON item of a checkpoint (PRIVACY_ITEM, DATA_ITEM), or None where the checkpoint has none
+    """A JSON item of a checkpoint (PRIVACY_ITEM, DATA_ITEM, PROGRESS_ITEM), or None where the checkpoint has none
     (a run without privacy, or one saved before the item existed)."""
     if not (self.directory / str(step) / name).is_dir():
       return None

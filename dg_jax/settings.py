@@ -63,7 +63,7 @@ class TrainConfig:
   batch_size: int = 100                 # per replica
   num_seeds: int = 1                    # K replicas trained as one program: seeds seed, seed+1, ..., seed+K-1
   num_steps: int = 100_000
-  max_minutes: float = 0.0              # wall-clock budget; 0 = none
+  max_minutes: float = 0.0              # wall-clock budget over all of a run's launches; 0 = none
   seed: int = 0
   learning_rate: float = 1e-3
   lr_decay_start: float = 1.0           # fraction of the run after which both learning rates fall linearly

@@ -240,8 +240,9 @@ def _run_sweep(configs: dict, workdir: str, num_samples: int, seed: int, real_te
     if pc.enabled:
       spent[run_name] = (config_used.privacy_spent.to_dict(), train_config(config_used), privacy_config(config_used))
     if step < run_config.train.num_steps:
-      log.warning("sweep: %s stopped at step %d of %d (train.max_minutes): scored, not cached; the same command "
-                  "resumes it", run_name, step, run_config.train.num_steps)
+      log.warning("sweep: %s stopped at step %d of %d (train.max_minutes, spent over all its launches): scored, "
+                  "not cached; the same command with a larger train.max_minutes trains it further", run_name, step,
+                  run_config.train.num_steps)
   summary = summarise(runs, baseline)
   ranking = sorted(summary, key=lambda n: (summary[n]["failed"], _finite_or_inf(summary[n]["mean"].get(CRITERION))))
   k = train_config(next(iter(configs.values()))).num_seeds

@@ -33,7 +33,7 @@ import numpy as np
 import logging
 
 from dg_jax import io_utils, privacy, scoring, sharding, workdir_lock
-from dg_jax.checkpoints import DATA_ITEM, Checkpointer, is_bundle, load_bundle
+from dg_jax.checkpoints import DATA_ITEM, PROGRESS_ITEM, Checkpointer, is_bundle, load_bundle
 from dg_jax.data import encoding, shares
 from dg_jax.data.batching import ReplicaBatches
 from dg_jax.data.feed import Feed
@@ -420,7 +420,7 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
   if tc.eval_every:
     dataset, held_out = scoring.split_holdout(dataset, tc.eval_holdout)
 
-  resumed = None
+  resumed, progress = None, None
   if ckpt.steps():
     def read(step):
       saved_config, schema = ckpt.read_metadata(step)  # encode exactly as the run began
@@ -430,10 +430,10 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
       abstract = jax.eval_shape(lambda: init_replicas(model, tc, tc.seed, tc.num_seeds, saved_pc))
       state, keys = ckpt.restore_arrays(step, abstract, sharding.by_replica(mesh), fresh=lambda: jax.device_get(
           init_replicas(model, tc, tc.seed, tc.num_seeds, saved_pc)[0]))
-      return saved_config, schema, state, keys, ckpt.read_json(step, DATA_ITEM)
+      return saved_config, schema, state, keys, ckpt.read_json(step, DATA_ITEM), ckpt.read_json(step, PROGRESS_ITEM)
     resume_step, resumed = ckpt.restore_newest(read)
     ckpt.set_aside_newer_than(resume_step)
-    saved_config, schema, state, keys, saved_data = resumed
+    saved_config, schema, state, keys, saved_data, progress = resumed
     source = None
     log.info("resumed from step %d", resume_step)
   else:
@@ -544,9 +544,21 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
   step_fn = jit_train_step(model, dataclasses.replace(tc, num_steps=end), mesh, pc, feed.gather)
   health = Health(sharding.to_host(state["health"]), tc)
   step, t_start, window = start, time.time(), (start, time.time())
-  deadline = t_start + 60 * tc.max_minutes if tc.max_minutes else None
+  # train.max_minutes bounds the run over all its launches: a resumed one gets what the earlier ones left,
+  # so that its decay goes on where it stopped instead of starting over (a checkpoint without the record,
+  # saved before it existed, counts as none spent)
+  spent = (progress or {}).get("seconds", 0.0)
+  deadline = t_start + 60 * tc.max_minutes - spent if tc.max_minutes else None
   last, out_of_time, stopped, stop = {}, False, False, False
-  horizon, placed, first_read = end, {}, None
+  # until this launch has measured its rate, a timed run decays towards where the last one expected to end
+  horizon = min((progress or {}).get("horizon", end), end) if deadline is not None else end
+  placed, first_read = {}, None
+  if deadline is not None and resumed is not None:
+    log.info("train.max_minutes=%g over all launches: %s spent before step %d, %s left", tc.max_minutes,
+             format_duration(spent), start, format_duration(max(deadline - t_start, 0.0)))
+    if deadline <= t_start:
+      log.warning("train.max_minutes is spent: nothing to train; raise it to train further")
+      out_of_time = stop = True
   crossed = lambda every, done, k: done // every > (done - k) // every  # noqa: E731
 
   def read(dispatch):
@@ -566,7 +578,7 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
     # and decays its learning rates towards the same step
     (out_of_time, stopped), horizon = sharding.jointly(
         [deadline is not None and now > deadline, signals.received is not None],
-        expected_end(end, deadline, first_read, done, now))
+        expected_end(end, deadline, first_read, done, now, horizon))
     stop = out_of_time or stopped or len(health.frozen) == tc.num_seeds
 
   def horizon_arg():
@@ -592,7 +604,7 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
              "  ".join(f"{n}={_show(v)}" for n, v in sorted(last.items())))
     if scores:
       log.info("scores at step %d: %s", done, "  ".join(f"{n[6:]}={_show(v)}" for n, v in scores.items()))
-    metrics_log.append(dict(step=done, seconds=round(now - t_start, 3), steps_per_s=rate, **last, **scores))
+    metrics_log.append(dict(step=done, seconds=round(spent + now - t_start, 3), steps_per_s=rate, **last, **scores))
 
   with StopSignals() as signals, contextlib.ExitStack() as cleanup:
     cleanup.callback(metrics_log.close)
@@ -633,9 +645,10 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
             _preview_figures(metrics_log, dataset, preview, step)
       record(step, k, scores)
       if save or stop:
-        spent = None if accountant is None else privacy.spent_record(accountant, step, tc.num_seeds, tc.init_from)
+        epsilon_spent = None if accountant is None else privacy.spent_record(accountant, step, tc.num_seeds, tc.init_from)
         ckpt.check_for_errors()  # the previous save's failure, if any, is this run's
-        ckpt.save(step, state, keys, config_json, schema, spent, data_id)
+        ckpt.save(step, state, keys, config_json, schema, epsilon_spent, data_id,
+                  dict(seconds=spent + time.time() - t_start, horizon=float(horizon)))
         metrics_log.flush()
     ckpt.wait()  # still catching signals: a second SIGTERM cannot cut this save short
   if stopped:
@@ -658,12 +671,16 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
   return dict(last, step=step)
 
 
-def expected_end(end: int, deadline: float | None, first_read: tuple[int, float], done: int, now: float) -> float:
+def expected_end(end: int, deadline: float | None, first_read: tuple[int, float], done: int, now: float,
+                 previous: float) -> float:
   """The step training will end at: `end`, or sooner where the time budget's deadline falls at the rate
-  measured since the first dispatch was read (at first_read = (step, time): compilation excluded); the
-  learning rates' decay aims at it, so that a timed run anneals too."""
-  if deadline is None or done == first_read[0]:
+  measured since the first dispatch was read (at first_read = (step, time): compilation excluded), the
+  `previous` estimate until there is a rate; the learning rates' decay aims at it, so that a timed run
+  anneals too."""
+  if deadline is None:
     return end
+  if done == first_read[0]:
+    return previous
   rate = (done - first_read[0]) / max(now - first_read[1], 1e-9)
   return min(end, done + rate * max(deadline - now, 0.0))
 

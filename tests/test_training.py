@@ -2,8 +2,10 @@
 import dataclasses
 import itertools
 import json
+import logging
 import os
 import re
+import signal
 import time
 import types
 
@@ -18,6 +20,7 @@ from dg_jax.checkpoints import Checkpointer
 from dg_jax.data import encoding
 from dg_jax.data.batching import BatchIterator
 from dg_jax.data.loaders import load_dataset
+from dg_jax.failures import Preempted
 from dg_jax.models.doppelganger import DoppelGANger
 from dg_jax.settings import model_config, train_config
 from dg_jax.sampling import restore_run
@@ -205,27 +208,51 @@ def test_resume_of_a_run_saved_before_a_model_field_existed(tmp_path, monkeypatc
     train_and_evaluate(c, str(tmp_path))
 
 
-def test_wall_clock_budget_anneals_and_checkpoints(tmp_path, monkeypatch):
+def test_wall_clock_budget_anneals_over_launches(tmp_path, monkeypatch, caplog):
   """train.max_minutes far short of num_steps: the learning rates' decay aims at the step the budget is
   expected to stop the run at (expected_end: the rate since the first dispatch was read, compilation
-  excluded), so they are near zero when it does; checkpointed there. The training loop's clock ticks
-  10 ms per reading (0.6 s of budget: about 40 dispatches), so that compilation under load cannot
-  spend the budget."""
-  assert expected_end(1000, None, (10, 100.0), 110, 110.0) == 1000  # no budget
-  assert expected_end(1000, 150.0, (10, 100.0), 10, 100.0) == 1000  # no rate yet
-  assert expected_end(1000, 150.0, (10, 100.0), 110, 110.0) == 510  # 10 steps/s, 40 s left
-  assert expected_end(300, 150.0, (10, 100.0), 110, 110.0) == 300
-  assert expected_end(1000, 150.0, (10, 100.0), 600, 160.0) == 600  # past the deadline
-  readings = itertools.count()
-  monkeypatch.setattr(train_module, "time", types.SimpleNamespace(
-      time=lambda: 1e9 + 0.01 * next(readings), strftime=time.strftime, gmtime=time.gmtime))
-  out = train_and_evaluate(tiny_config(num_steps=1_000_000, max_minutes=0.01, lr_decay_start=0.5, log_every=10),
-                           str(tmp_path))
-  assert 0 < out["step"] < 1_000_000
+  excluded). The budget counts over all of a run's launches: preempted at three quarters of it, the run
+  resumes with the quarter left and its decay goes on where it stopped; once spent, a launch trains
+  nothing. The training loop's clock ticks 10 ms per reading (0.6 s of budget: about 40 dispatches), so
+  that compilation under load cannot spend the budget."""
+  assert expected_end(1000, None, (10, 100.0), 110, 110.0, 700) == 1000  # no budget
+  assert expected_end(1000, 150.0, (10, 100.0), 10, 100.0, 700) == 700  # no rate yet: the previous estimate
+  assert expected_end(1000, 150.0, (10, 100.0), 110, 110.0, 700) == 510  # 10 steps/s, 40 s left
+  assert expected_end(300, 150.0, (10, 100.0), 110, 110.0, 700) == 300
+  assert expected_end(1000, 150.0, (10, 100.0), 600, 160.0, 700) == 600  # past the deadline
+
+  def clock(preempt_at=None):
+    readings = itertools.count()
+    def now():
+      i = next(readings)
+      if i == preempt_at:  # the scheduler's SIGTERM
+        os.kill(os.getpid(), signal.SIGTERM)
+      return 1e9 + 0.01 * i
+    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(time=now, strftime=time.strftime,
+                                                                    gmtime=time.gmtime))
+
+  def rows():
+    with open(tmp_path / "metrics.jsonl") as fh:
+      return [json.loads(line) for line in fh]
+
+  config = tiny_config(num_steps=1_000_000, max_minutes=0.01, lr_decay_start=0.5, log_every=10)
+  clock(preempt_at=45)
+  with pytest.raises(Preempted) as stopped:
+    train_and_evaluate(config, str(tmp_path))
+  before = rows()
+  assert before[0]["lr_scale"] == 1 and 0.2 < before[-1]["lr_scale"] < 0.9, before
+  clock()
+  out = train_and_evaluate(config, str(tmp_path))  # the same command, as a scheduler would relaunch it
+  after = rows()[len(before):]
+  assert stopped.value.step < out["step"] < 2 * stopped.value.step  # the quarter left, not a new budget
   assert Checkpointer(str(tmp_path)).latest_step() == out["step"]
-  with open(tmp_path / "metrics.jsonl") as fh:
-    first = json.loads(fh.readline())
-  assert first["lr_scale"] == 1 and out["lr_scale"] < 0.25, (first, out)
+  assert after[0]["lr_scale"] < before[-1]["lr_scale"] + 0.1 and out["lr_scale"] < 0.25, (before[-1], after)
+  assert after[0]["seconds"] > before[-1]["seconds"]  # training time over all launches
+  clock()
+  with caplog.at_level(logging.WARNING):
+    assert train_and_evaluate(config, str(tmp_path))["step"] == out["step"]
+  assert "train.max_minutes is spent: nothing to train" in caplog.text
+  assert Checkpointer(str(tmp_path)).latest_step() == out["step"]
 
 
 def test_batch_must_divide_over_devices(tmp_path):
