@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import time
 
 from common import SHARED_DATA, launch
@@ -52,6 +53,7 @@ def main():
 
   if args.skip != "dg_jax":
     run_dir = os.path.join(args.workdir, "dg_jax_run")
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: a resumed one gets only what is left of its budget
     start = time.time()
     log = launch("--config=configs/mba.py", f"--workdir={run_dir}", f"--config.train.max_minutes={args.minutes}",
                  f"--config.train.seed={args.seed}")

@@ -645,7 +645,8 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
             _preview_figures(metrics_log, dataset, preview, step)
       record(step, k, scores)
       if save or stop:
-        epsilon_spent = None if accountant is None else privacy.spent_record(accountant, step, tc.num_seeds, tc.init_from)
+        epsilon_spent = (None if accountant is None else
+                         privacy.spent_record(accountant, step, tc.num_seeds, tc.init_from))
         ckpt.check_for_errors()  # the previous save's failure, if any, is this run's
         ckpt.save(step, state, keys, config_json, schema, epsilon_spent, data_id,
                   dict(seconds=spent + time.time() - t_start, horizon=float(horizon)))
