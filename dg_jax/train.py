@@ -420,7 +420,7 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
   if tc.eval_every:
     dataset, held_out = scoring.split_holdout(dataset, tc.eval_holdout)
 
-  resumed, progress = None, None
+  resumed, progress = None, {}
   if ckpt.steps():
     def read(step):
       saved_config, schema = ckpt.read_metadata(step)  # encode exactly as the run began
@@ -430,7 +430,8 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
       abstract = jax.eval_shape(lambda: init_replicas(model, tc, tc.seed, tc.num_seeds, saved_pc))
       state, keys = ckpt.restore_arrays(step, abstract, sharding.by_replica(mesh), fresh=lambda: jax.device_get(
           init_replicas(model, tc, tc.seed, tc.num_seeds, saved_pc)[0]))
-      return saved_config, schema, state, keys, ckpt.read_json(step, DATA_ITEM), ckpt.read_json(step, PROGRESS_ITEM)
+      return (saved_config, schema, state, keys, ckpt.read_json(step, DATA_ITEM),
+              ckpt.read_json(step, PROGRESS_ITEM) or {})
     resume_step, resumed = ckpt.restore_newest(read)
     ckpt.set_aside_newer_than(resume_step)
     saved_config, schema, state, keys, saved_data, progress = resumed
@@ -547,11 +548,11 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
   # train.max_minutes bounds the run over all its launches: a resumed one gets what the earlier ones left,
   # so that its decay goes on where it stopped instead of starting over (a checkpoint without the record,
   # saved before it existed, counts as none spent)
-  spent = (progress or {}).get("seconds", 0.0)
+  spent = progress.get("seconds", 0.0)
   deadline = t_start + 60 * tc.max_minutes - spent if tc.max_minutes else None
   last, out_of_time, stopped, stop = {}, False, False, False
   # until this launch has measured its rate, a timed run decays towards where the last one expected to end
-  horizon = min((progress or {}).get("horizon", end), end) if deadline is not None else end
+  horizon = min(progress.get("horizon", end), end) if deadline is not None else end
   placed, first_read = {}, None
   if deadline is not None and resumed is not None:
     log.info("train.max_minutes=%g over all launches: %s spent before step %d, %s left", tc.max_minutes,
