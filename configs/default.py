@@ -64,6 +64,9 @@ def get_config():
   c.model.exact_span = False        # True: each generated normalised series rescaled to span exactly what its
                                     # min/max imply, as real ones do (sines: discriminative 0.13 -> 0.08, but
                                     # stocklike's worse, the demo's correlations too; docs/design.md)
+  c.model.step_critic_weight = 0.0  # > 0: a third critic judges each continuous feature's record-to-record
+                                    # differences, standardised by the data's (1: sines 84x -> 4x rougher than
+                                    # real at an even TimeGAN score, but the demo and MBA worse; docs/design.md)
   c.model.critic_difference_weight = 0.0  # > 0: critics also see each continuous feature's record-to-record
                                     # differences times this (10: sines 80x -> 9x rougher than real, but the
                                     # demo's autocorrelation and spreads worse; docs/design.md)

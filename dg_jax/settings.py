@@ -34,6 +34,9 @@ class ModelConfig:
                                         # (one draw per series, fed at every step)
   critic_difference_weight: float = 0.0  # the critics also see each continuous feature's record-to-record
                                         # differences times this (0 = not, as the paper; issue 21: jitter)
+  step_critic_weight: float = 0.0       # > 0: a third critic on the continuous features' record-to-record
+                                        # differences, standardised; this weights it in the generator's loss
+                                        # (0 = none, as the paper; issue 21: jitter; docs/design.md)
   whiten_levels: bool = False           # critics see co-moving levels magnified (encoding.min_max_view;
                                         # configs/default.py turns it on; off here: configs saved before it)
   exact_span: bool = False              # each generated normalised series rescaled to span exactly what its
@@ -44,8 +47,9 @@ class ModelConfig:
       raise ValueError(f"model.initial_state must be 'random' or 'zero', got {self.initial_state!r}")
     if self.feature_noise not in ("per_step", "per_series"):
       raise ValueError(f"model.feature_noise must be 'per_step' or 'per_series', got {self.feature_noise!r}")
-    if self.pack < 1 or self.sample_len < 0 or self.critic_difference_weight < 0:
-      raise ValueError("model.pack must be >= 1, model.sample_len and model.critic_difference_weight >= 0")
+    if self.pack < 1 or self.sample_len < 0 or self.critic_difference_weight < 0 or self.step_critic_weight < 0:
+      raise ValueError("model.pack must be >= 1, model.sample_len, model.critic_difference_weight and "
+                       "model.step_critic_weight >= 0")
 
 
 PLACEMENTS = ("auto", "device", "host", "sharded", "sharded_host")  # train.data_placement

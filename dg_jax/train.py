@@ -486,6 +486,14 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
                  "them magnified, up to %.1fx", np.sum(gains > 1 + 1e-6), gains.max())
       else:
         log.info("model.whiten_levels: no features' levels move together; the critics see them as generated")
+  if mc.step_critic_weight and not (resumed or source):
+    if pc.enabled:  # a scale fitted on the private series would be outside the guarantee
+      log.info("model.step_critic_weight: no step critic with privacy on (its scale would be fitted on the private data)")
+    elif schema.max_length > 1 and schema.continuous_features:
+      moments = encoding.step_moments(encoded.features, schema)
+      schema = dataclasses.replace(schema, step_scale=encoding.step_scale(share.sum(moments) if share else moments))
+      log.info("model.step_critic_weight: a step critic judges the record-to-record differences, standardised by "
+               "the training data's (root mean square %s)", ", ".join(f"{x:.3g}" for x in schema.step_scale))
   model = DoppelGANger(schema, mc)
   log.info("data: %d series, T=%d, %d features, %d attributes; S=%d (%d LSTM steps)%s",
            num_series, schema.max_length, len(schema.feature_vars), len(schema.attribute_vars),

@@ -149,14 +149,20 @@ def per_replica(fn):
 
 
 def critic_fns(model: DoppelGANger, d_params: dict, aux_weight=None):
-  """[(weight, score function on flattened samples)] for the critic and, if on, the auxiliary critic
-  (weight aux_weight, default model.aux_critic_weight)."""
+  """[(weight, view, score function on the view, metric prefix)] for the critic and, where on, the
+  auxiliary critic (weight aux_weight, default model.aux_critic_weight; the metadata columns) and the
+  step critic (model.step_critic_weight; model.step_view). view maps flattened samples to a critic's
+  input, in which its gradient penalty is taken."""
   critic = model.critic
-  fns = [(1.0, lambda x: critic.apply(d_params["critic"], x))]
+  fns = [(1.0, lambda x: x, lambda v: critic.apply(d_params["critic"], v), "")]
   if model.has_aux_critic:
     meta = model.meta_dim
     weight = model.cfg.aux_critic_weight if aux_weight is None else aux_weight
-    fns.append((weight, lambda x: critic.apply(d_params["aux_critic"], x[:, x.shape[1] - meta:])))
+    fns.append((weight, lambda x: x[:, x.shape[1] - meta:], lambda v: critic.apply(d_params["aux_critic"], v),
+                "aux_"))
+  if model.has_step_critic:
+    fns.append((model.cfg.step_critic_weight, model.step_view, lambda v: critic.apply(d_params["step_critic"], v),
+                "step_"))
   return fns
 
 
@@ -164,8 +170,8 @@ def d_loss_fn(model: DoppelGANger, gp_weight, d_params, real, fake, t):
   """The critics' losses, summed unweighted: as in the original, alpha weights only the generator's
   loss, and each critic (with its own parameters, and Adam being per-parameter) trains on its own loss."""
   total, metrics = 0.0, {}
-  for (_, fn), name in zip(critic_fns(model, d_params), ("", "aux_")):
-    loss, w = losses.critic_loss(fn, real, fake, t, gp_weight, model.cfg.pack)
+  for _, view, fn, name in critic_fns(model, d_params):
+    loss, w = losses.critic_loss(fn, view(real), view(fake), t, gp_weight, model.cfg.pack)
     total = total + loss
     metrics[f"{name}w_distance"] = w
   metrics["d_loss"] = total
@@ -173,7 +179,8 @@ def d_loss_fn(model: DoppelGANger, gp_weight, d_params, real, fake, t):
 
 
 def g_loss_fn(model: DoppelGANger, d_params, fake, aux_weight=None):
-  return sum(weight * losses.generator_loss(fn, fake) for weight, fn in critic_fns(model, d_params, aux_weight))
+  return sum(weight * losses.generator_loss(fn, view(fake)) for weight, view, fn, _ in
+             critic_fns(model, d_params, aux_weight))
 
 
 def private_critic_grads(model: DoppelGANger, gp_weight, pc: PrivacyConfig, d_params, real, fake, t,

@@ -12,6 +12,7 @@ from dg_jax.data.demo import make_demo
 from dg_jax.data.schema import Dataset, categorical, continuous
 from dg_jax.models.doppelganger import DoppelGANger, keep_mask, sample_noise
 from dg_jax.settings import ModelConfig, resolve_sample_len
+from dg_jax.train_step import critic_fns, d_loss_fn, g_loss_fn
 
 SMALL = ModelConfig(sample_len=4, attribute_num_units=8, additional_num_units=8, feature_num_units=8,
                     critic_num_layers=1, critic_num_units=8)
@@ -109,6 +110,47 @@ def test_critic_sees_weighted_record_differences(schema):
   np.testing.assert_array_equal(mixed_model.schema.continuous_columns, [3])  # after the 3 one-hot columns
   with pytest.raises(ValueError, match="critic_difference_weight"):
     ModelConfig(critic_difference_weight=-1.0)
+
+
+def test_step_critic_sees_standardised_differences_with_its_own_penalty(schema):
+  """model.step_critic_weight: the scale is the root mean square of the differences between neighbouring
+  kept records of the training data; the step critic sees each continuous feature's differences over it,
+  0 past a series' end, takes its gradient penalty in that view and adds its weighted score to the
+  generator's loss; off without a fitted scale (privacy, schemas saved before it)."""
+  lengths = np.array([3, 2])  # a series of three records and one of two, T = 3
+  values = np.array([[[0.0, 1], [3, 1], [7, 1]], [[2, 5], [6, 9], [0, 0]]])
+  data = Dataset(values, lengths, np.zeros((2, 0)), (continuous("a"), continuous("b")), ())
+  plain = encoding.fit_schema(data, auto_normalize=False)
+  enc = encoding.encode(data, plain).features
+  steps = np.array([[enc[0, 1, :2] - enc[0, 0, :2], enc[0, 2, :2] - enc[0, 1, :2]], [enc[1, 1, :2] - enc[1, 0, :2],
+                                                                                      [0, 0]]])
+  rms = np.sqrt((steps[:, :, None] ** 2).sum((0, 1, 2)) / 3)  # three kept pairs
+  moments = encoding.step_moments(enc, plain)
+  np.testing.assert_allclose(encoding.step_scale(moments), rms)
+  np.testing.assert_allclose(encoding.step_scale(moments + moments), rms)  # shares add their moments
+  assert encoding.step_scale(np.zeros((2, 2)))[0] == 1.0  # a feature that never moves
+  cfg = dataclasses.replace(SMALL, step_critic_weight=2.0)
+  scaled = dataclasses.replace(plain, step_scale=tuple(rms))
+  model = DoppelGANger(scaled, cfg)
+  x = model.flatten(dict(features=jnp.asarray(enc, jnp.float32), attributes=jnp.zeros((2, 0)),
+                         additional_attributes=jnp.zeros((2, 0))))
+  np.testing.assert_allclose(model.step_view(x), (steps / rms).reshape(2, -1), rtol=1e-5)
+  assert scaled == encoding.Schema.from_json(scaled.to_json())
+  params = model.init(jax.random.key(0))
+  names = [name for *_, name in critic_fns(model, params)]
+  assert names == ["", "step_"] and params["step_critic"]["params"]["MLP_0"]["Dense_0"]["kernel"].shape[0] == 4
+  fake = x[::-1]
+  _, metrics = d_loss_fn(model, 10.0, params, x, fake, jnp.full(2, 0.5))
+  step_critic = lambda v: model.critic.apply(params["step_critic"], v)  # noqa: E731
+  loss, w = losses.critic_loss(step_critic, model.step_view(x), model.step_view(fake), jnp.full(2, 0.5), 10.0)
+  np.testing.assert_allclose(metrics["step_w_distance"], w, rtol=1e-5)
+  main = -model.critic.apply(params["critic"], fake).mean()
+  np.testing.assert_allclose(g_loss_fn(model, params, fake), main - 2.0 * step_critic(model.step_view(fake)).mean(),
+                             rtol=1e-5)
+  assert not DoppelGANger(plain, cfg).has_step_critic and "step_critic" not in DoppelGANger(plain, cfg).init(
+      jax.random.key(0))
+  with pytest.raises(ValueError, match="step_critic_weight"):
+    ModelConfig(step_critic_weight=-1.0)
 
 
 def test_sample_len_auto():

@@ -150,17 +150,24 @@ def test_learning_rates_decay_linearly_to_zero_at_the_last_step(setup):
 
 
 def test_resume_is_exact(tmp_path):
+  """With every critic on (model.step_critic_weight: its scale fitted once, kept in the schema)."""
   straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
-  train_and_evaluate(tiny_config(num_steps=20), straight)
-  train_and_evaluate(tiny_config(num_steps=10), split)
+
+  def config(num_steps):
+    c = tiny_config(num_steps=num_steps)
+    c.model.step_critic_weight = 1.0
+    return c
+  train_and_evaluate(config(20), straight)
+  train_and_evaluate(config(10), split)
   assert Checkpointer(split).latest_step() == 10
-  train_and_evaluate(tiny_config(num_steps=20), split)
+  train_and_evaluate(config(20), split)
   a, b = checkpoint_params(straight), checkpoint_params(split)
-  assert int(a["step"]) == int(b["step"]) == 20
+  assert int(a["step"]) == int(b["step"]) == 20 and {"critic", "aux_critic", "step_critic"} <= set(a["params"])
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), a, b)
   rows = [json.loads(line) for line in open(os.path.join(split, "metrics.jsonl"))]
   assert [r["step"] for r in rows] == [10, 20]
-  assert {"d_loss", "g_loss", "w_distance", "steps_per_s"} <= set(rows[-1])
+  assert {"d_loss", "g_loss", "w_distance", "aux_w_distance", "step_w_distance", "steps_per_s"} <= set(rows[-1])
+  assert np.isfinite(rows[-1]["step_w_distance"]) and len(Checkpointer(split).read_metadata(20)[1].step_scale) == 2
 
 
 def test_interrupted_save_keeps_the_last_good_checkpoint(tmp_path):

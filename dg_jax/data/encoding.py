@@ -55,6 +55,10 @@ class Schema:
   # training data, so that no generated series is narrower than the narrowest real one (issue 21); ()
   # = from AUTO_NORM_EPS to half the value range, as in schemas saved before it and in private runs.
   log_half_bounds: tuple[float, ...] = ()
+  # model.step_critic_weight: per continuous feature, the root mean square of the training series'
+  # differences between neighbouring kept records (`step_scale`), by which the step critic's view divides
+  # them; () = no step critic (off, in private runs and in schemas saved before it).
+  step_scale: tuple[float, ...] = ()
 
   def __post_init__(self):
     if self.normalization not in NORMALIZATIONS:
@@ -116,6 +120,7 @@ class Schema:
     d["feature_vars"] = tuple(Variable.from_dict(v) for v in d["feature_vars"])
     d["min_max_view"] = tuple(map(tuple, d.get("min_max_view", ())))  # hashable: the model is a jit static
     d["log_half_bounds"] = tuple(d.get("log_half_bounds", ()))
+    d["step_scale"] = tuple(d.get("step_scale", ()))
     return cls(**d)
 
 
@@ -407,6 +412,21 @@ def min_max_view(moments: np.ndarray) -> tuple[tuple[float, ...], ...]:
   view = np.eye(len(cov))
   view[np.ix_(mids, mids)] = (u * gain) @ u.T
   return tuple(map(tuple, view.tolist()))
+
+
+def step_moments(features: np.ndarray, schema: Schema) -> np.ndarray:
+  """[n, T, F] encoded features -> [2, Kc]: per continuous feature the sum of squared differences between
+  neighbouring kept records, and their count (shares of the data add theirs: data/shares.py)."""
+  kept = features[..., -2:].sum(-1) > 0
+  pairs = (kept[:, 1:] & kept[:, :-1])[..., None]
+  steps = np.diff(np.asarray(features[..., schema.continuous_columns], np.float64), axis=1)
+  return np.stack([(steps ** 2 * pairs).sum((0, 1)), np.broadcast_to(pairs.sum(), steps.shape[-1:])])
+
+
+def step_scale(moments: np.ndarray) -> tuple[float, ...]:
+  """`step_moments` (summed over shares) -> Schema.step_scale; 1 for a feature that never moves."""
+  rms = np.sqrt(moments[0] / np.maximum(moments[1], 1))
+  return tuple(float(r) if r > 0 else 1.0 for r in rms)
 
 
 def lengths_to_flags(lengths: np.ndarray, t: int) -> np.ndarray:

@@ -73,7 +73,7 @@ def critic_scores(run: str | tuple[DoppelGANger, dict], dataset: Dataset, includ
 def _score(model: DoppelGANger, include_aux: bool, d_params, features, attributes, additional):
   x = model.flatten(dict(features=features, attributes=attributes, additional_attributes=additional))
   x = jnp.repeat(x, model.cfg.pack, axis=0)  # each critic row: `pack` copies of one sample
-  return sum(weight * fn(x) for weight, fn in critic_fns(model, d_params)[:None if include_aux else 1])
+  return sum(weight * fn(view(x)) for weight, view, fn, _ in critic_fns(model, d_params)[:None if include_aux else 1])
 
 
 def membership_inference(run: str | tuple[DoppelGANger, dict], members: Dataset, nonmembers: Dataset,

@@ -261,6 +261,23 @@ class DoppelGANger:
     """The auxiliary critic judges the metadata; without any (no attributes, no min/max) there is none."""
     return self.cfg.aux_critic and self.meta_dim > 0
 
+  @property
+  def has_step_critic(self) -> bool:
+    """model.step_critic_weight > 0 and a scale fitted on the training data (train.py; none with privacy)."""
+    return bool(self.cfg.step_critic_weight and self.schema.step_scale)
+
+  def step_view(self, x: jax.Array) -> jax.Array:
+    """Flattened samples -> [B, (T-1)*Kc] what the step critic sees: each continuous feature's differences
+    between neighbouring kept records over the training data's root mean square of them (0 past a series'
+    end). The critic has its own gradient penalty, so it is 1-Lipschitz in these units and spends none of
+    the feature critic's budget: a jitter of a few percent of a smooth series' range is worth as much as
+    the step of a real one (issue 21)."""
+    t, fd = self.schema.max_length, self.schema.feature_dim
+    records = x[:, :t * fd].reshape(x.shape[0], t, fd)
+    kept = records[:, 1:, -2:].sum(-1, keepdims=True)  # the generation flags: 0 past the end
+    steps = jnp.diff(records[..., self.schema.continuous_columns], axis=1) * kept
+    return (steps / jnp.asarray(self.schema.step_scale, x.dtype)).reshape(x.shape[0], -1)
+
   def flatten(self, sample: dict) -> jax.Array:
     """[B, T*F + (T-1)*Kc + A + 2Kc] critic input: the records, each continuous feature's record-to-record
     differences times model.critic_difference_weight (none when 0), then the metadata (the last `meta_dim`
@@ -287,4 +304,6 @@ class DoppelGANger:
     params = dict(generator=g_params, critic=self.critic.init(kc, x))
     if self.has_aux_critic:
       params["aux_critic"] = self.critic.init(ka, x[:, x.shape[1] - self.meta_dim:])
+    if self.has_step_critic:  # a key of its own without changing the others' (runs without it stay as they were)
+      params["step_critic"] = self.critic.init(jax.random.fold_in(ka, 1), self.step_view(x))
     return params
