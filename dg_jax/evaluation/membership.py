@@ -52,7 +52,7 @@ def critic_scores(run: str | tuple[DoppelGANger, dict], dataset: Dataset, includ
   """[n] critic scores of `dataset`'s samples, encoded with the run's schema.
 
   run: a training workdir (its latest checkpoint) or (model, params) with the critics' params.
-  include_aux: add alpha * the auxiliary critic's score (as the generator's loss does).
+  include_aux: add the other critics' weighted scores (auxiliary, step), as the generator's loss does.
   With PacGAN packing, each sample is scored as a pack of `pack` copies of itself.
   """
   model, params = _model_and_params(run)
