@@ -494,6 +494,8 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
       schema = dataclasses.replace(schema, step_scale=encoding.step_scale(share.sum(moments) if share else moments))
       log.info("model.step_critic_weight: a step critic judges the record-to-record differences, standardised by "
                "the training data's (root mean square %s)", ", ".join(f"{x:.3g}" for x in schema.step_scale))
+    else:
+      log.info("model.step_critic_weight: no continuous feature with two or more records; no step critic")
   model = DoppelGANger(schema, mc)
   log.info("data: %d series, T=%d, %d features, %d attributes; S=%d (%d LSTM steps)%s",
            num_series, schema.max_length, len(schema.feature_vars), len(schema.attribute_vars),

@@ -142,7 +142,7 @@ def test_step_critic_sees_standardised_differences_with_its_own_penalty(schema):
   fake = x[::-1]
   _, metrics = d_loss_fn(model, 10.0, params, x, fake, jnp.full(2, 0.5))
   step_critic = lambda v: model.critic.apply(params["step_critic"], v)  # noqa: E731
-  loss, w = losses.critic_loss(step_critic, model.step_view(x), model.step_view(fake), jnp.full(2, 0.5), 10.0)
+  _, w = losses.critic_loss(step_critic, model.step_view(x), model.step_view(fake), jnp.full(2, 0.5), 10.0)
   np.testing.assert_allclose(metrics["step_w_distance"], w, rtol=1e-5)
   main = -model.critic.apply(params["critic"], fake).mean()
   np.testing.assert_allclose(g_loss_fn(model, params, fake), main - 2.0 * step_critic(model.step_view(fake)).mean(),
