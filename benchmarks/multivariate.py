@@ -7,6 +7,8 @@ work: windows of 24 records, no metadata, written through the generic npz input.
              with volatility regimes) as Open, High, Low, Close, Adj Close (five almost perfectly correlated
              features) and a heavy-tailed Volume tied to the size of the day's move; min-max scaled over the
              whole path, then every window of 24 days (stride 1), as TimeGAN cuts its stock data.
+  sensors    hourly temperature and humidity over 2-7 days (lengths vary) at four kinds of site (an attribute):
+             a daily cycle set by the site, a slow drift, 2% noise; smooth, long, with metadata.
   macro      a real one, where statsmodels is installed: US quarterly macro data 1959-2009 (statsmodels'
              macrodata: real GDP, consumption, investment, disposable income, CPI, unemployment), windows of 24
              quarters, stride 1 (180 series: small, a check, not a benchmark).
@@ -28,7 +30,7 @@ import pandas as pd
 from common import ROOT  # noqa: F401  (puts the repository on sys.path)
 
 from dg_jax.data.npz_format import save_npz
-from dg_jax.data.schema import Dataset, continuous
+from dg_jax.data.schema import Dataset, categorical, continuous
 
 WINDOW = 24
 
@@ -70,6 +72,27 @@ def stocklike(seed: int, days: int = 3700) -> Dataset:
   return _dataset(_windows(path, rng), ["open", "high", "low", "close", "adj_close", "volume"])
 
 
+def sensors(seed: int, n: int = 2000, days: int = 7) -> Dataset:
+  """Hourly temperature and humidity at four kinds of site over up to a week (lengths 2-7 days): a daily
+  cycle whose level, amplitude and phase depend on the site, a slow drift and 2% noise; humidity falls as
+  the temperature rises. Smooth, long, variable lengths, one attribute."""
+  rng = np.random.default_rng(seed)
+  t = np.arange(24 * days)
+  site = rng.integers(0, 4, n)
+  level, amplitude = np.array([5, 15, 25, 10.0])[site, None], np.array([3, 6, 4, 8.0])[site, None]
+  peak = np.array([14, 15, 13, 16])[site, None]  # the hour of the warmest
+  drift = np.cumsum(rng.normal(0, 0.15, (n, len(t))), 1)
+  drift = np.apply_along_axis(lambda d: np.convolve(d, np.ones(24) / 24, "same"), 1, drift)  # slow: a day's mean
+  cycle = np.sin(2 * np.pi * (t - peak + 6) / 24 + rng.normal(0, 0.2, (n, 1)))
+  temperature = level + amplitude * cycle + drift + rng.normal(0, 0.02 * amplitude, (n, len(t)))
+  humidity = 60 - 3 * amplitude * cycle - 2 * drift + rng.normal(0, 0.5, (n, len(t)))
+  lengths = 24 * rng.integers(2, days + 1, n)
+  x = np.stack([temperature, humidity], -1) * (t[None, :, None] < lengths[:, None, None])
+  return Dataset(x.astype(np.float32), lengths, site[:, None].astype(float),
+                 (continuous("temperature"), continuous("humidity")),
+                 (categorical("site", ["coast", "valley", "desert", "mountain"]),))
+
+
 def macro(seed: int) -> Dataset:
   from statsmodels.datasets import macrodata  # optional: pip install statsmodels
   frame = macrodata.load_pandas().data
@@ -93,7 +116,7 @@ def msft(seed: int, days: int = 3685) -> Dataset:
   return _dataset(_windows(window, np.random.default_rng(seed)), [n.lower() for n in names])
 
 
-SETS = dict(sines=sines, stocklike=stocklike, macro=macro, msft=msft)
+SETS = dict(sines=sines, stocklike=stocklike, macro=macro, msft=msft, sensors=sensors)
 
 
 def write(name: str, directory: str) -> tuple[str, str]:

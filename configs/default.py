@@ -64,10 +64,10 @@ def get_config():
   c.model.exact_span = False        # True: each generated normalised series rescaled to span exactly what its
                                     # min/max imply, as real ones do (sines: discriminative 0.13 -> 0.08, but
                                     # stocklike's worse, the demo's correlations too; docs/design.md)
-  c.model.step_critic_weight = 0.0  # > 0: a third critic judges each continuous feature's record-to-record
-                                    # differences, standardised by the data's (0.3-1: sines 80-94x -> 3-5x
-                                    # rougher than real at an even TimeGAN score; MBA's ping loss worse, and at
-                                    # 1 the demo's long cycles; docs/design.md)
+  c.model.step_critic_weight = 0.3  # a third critic judges the record-to-record differences of each smooth
+                                    # continuous feature (encoding.SMOOTH_STEPS: sines, not stock prices, MBA or
+                                    # the demo), standardised by the data's (sines 77-84x -> 3x rougher than
+                                    # real, TimeGAN's score 0.066 -> 0.045); 0 = none, as the paper; docs/design.md
   c.model.critic_difference_weight = 0.0  # > 0: critics also see each continuous feature's record-to-record
                                     # differences times this (10: sines 80x -> 9x rougher than real, but the
                                     # demo's autocorrelation and spreads worse; docs/design.md)

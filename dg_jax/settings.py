@@ -34,9 +34,10 @@ class ModelConfig:
                                         # (one draw per series, fed at every step)
   critic_difference_weight: float = 0.0  # the critics also see each continuous feature's record-to-record
                                         # differences times this (0 = not, as the paper; issue 21: jitter)
-  step_critic_weight: float = 0.0       # > 0: a third critic on the continuous features' record-to-record
-                                        # differences, standardised; this weights it in the generator's loss
-                                        # (0 = none, as the paper; issue 21: jitter; docs/design.md)
+  step_critic_weight: float = 0.0       # > 0: a third critic on the smooth continuous features' record-to-
+                                        # record differences, standardised; this weights it in the generator's
+                                        # loss (0 = none, as the paper; configs/default.py: 0.3; issue 21:
+                                        # jitter; docs/design.md)
   whiten_levels: bool = False           # critics see co-moving levels magnified (encoding.min_max_view;
                                         # configs/default.py turns it on; off here: configs saved before it)
   exact_span: bool = False              # each generated normalised series rescaled to span exactly what its

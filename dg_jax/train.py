@@ -492,8 +492,15 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
     elif schema.max_length > 1 and schema.continuous_features:
       moments = encoding.step_moments(encoded.features, schema)
       schema = dataclasses.replace(schema, step_scale=encoding.step_scale(share.sum(moments) if share else moments))
-      log.info("model.step_critic_weight: a step critic judges the record-to-record differences, standardised by "
-               "the training data's (root mean square %s)", ", ".join(f"{x:.3g}" for x in schema.step_scale))
+      names = [schema.feature_vars[j].name for j in schema.continuous_features]
+      smooth = [f"{n} ({x:.3g})" for n, x in zip(names, schema.step_scale) if x > 0]
+      rough = [n for n, x in zip(names, schema.step_scale) if x == 0]
+      if smooth:
+        log.info("model.step_critic_weight: a step critic judges the record-to-record differences of the smooth "
+                 "features over the training data's root mean square: %s; not smooth, not judged "
+                 "(encoding.SMOOTH_STEPS): %s", ", ".join(smooth), ", ".join(rough) or "none")
+      else:
+        log.info("model.step_critic_weight: no continuous feature is smooth (encoding.SMOOTH_STEPS); no step critic")
     else:
       log.info("model.step_critic_weight: no continuous feature with two or more records; no step critic")
   model = DoppelGANger(schema, mc)

@@ -114,31 +114,35 @@ def test_critic_sees_weighted_record_differences(schema):
 
 def test_step_critic_sees_standardised_differences_with_its_own_penalty(schema):
   """model.step_critic_weight: the scale is the root mean square of the differences between neighbouring
-  kept records of the training data; the step critic sees each continuous feature's differences over it,
-  0 past a series' end, takes its gradient penalty in that view and adds its weighted score to the
-  generator's loss; off without a fitted scale (privacy, schemas saved before it)."""
-  lengths = np.array([3, 2])  # a series of three records and one of two, T = 3
-  values = np.array([[[0.0, 1], [3, 1], [7, 1]], [[2, 5], [6, 9], [0, 0]]])
-  data = Dataset(values, lengths, np.zeros((2, 0)), (continuous("a"), continuous("b")), ())
+  kept records of the training data, for the smooth features only (second differences smaller than
+  first); the step critic sees each smooth feature's differences over it, 0 past a series' end, takes its
+  gradient penalty in that view and adds its weighted score to the generator's loss; off without a fitted
+  scale (privacy, schemas saved before it) or a smooth feature."""
+  lengths = np.array([4, 3])  # T = 4; a is smooth, b zigzags, c never moves
+  a, b = [[0.0, 1, 2, 3.5], [5, 6, 7, 0]], [[0.0, 5, 0, 5], [1, 0, 1, 0]]
+  data = Dataset(np.stack([a, b, [[1.0] * 4, [1, 1, 1, 0]]], -1), lengths, np.zeros((2, 0)),
+                 (continuous("a"), continuous("b"), continuous("c")), ())
   plain = encoding.fit_schema(data, auto_normalize=False)
   enc = encoding.encode(data, plain).features
-  steps = np.array([[enc[0, 1, :2] - enc[0, 0, :2], enc[0, 2, :2] - enc[0, 1, :2]], [enc[1, 1, :2] - enc[1, 0, :2],
-                                                                                      [0, 0]]])
-  rms = np.sqrt((steps[:, :, None] ** 2).sum((0, 1, 2)) / 3)  # three kept pairs
+  kept = np.arange(4)[None, :] < lengths[:, None]
+  first = np.diff(enc[..., :3], axis=1) * (kept[:, 1:] & kept[:, :-1])[..., None]  # five kept pairs
+  second = np.diff(enc[..., :3], 2, axis=1) * (kept[:, 2:] & kept[:, :-2])[..., None]  # three kept triples
+  rms1, rms2 = np.sqrt((first ** 2).sum((0, 1)) / 5), np.sqrt((second ** 2).sum((0, 1)) / 3)
+  assert rms2[0] < rms1[0] and rms2[1] > rms1[1]
   moments = encoding.step_moments(enc, plain)
-  np.testing.assert_allclose(encoding.step_scale(moments), rms)
-  np.testing.assert_allclose(encoding.step_scale(moments + moments), rms)  # shares add their moments
-  assert encoding.step_scale(np.zeros((2, 2)))[0] == 1.0  # a feature that never moves
+  np.testing.assert_allclose(encoding.step_scale(moments), [rms1[0], 0, 0])
+  np.testing.assert_allclose(encoding.step_scale(moments + moments), [rms1[0], 0, 0])  # shares add their moments
+  assert encoding.step_scale(encoding.step_moments(enc[:, :2], plain)) == (0.0,) * 3  # no three records in a row
   cfg = dataclasses.replace(SMALL, step_critic_weight=2.0)
-  scaled = dataclasses.replace(plain, step_scale=tuple(rms))
+  scaled = dataclasses.replace(plain, step_scale=encoding.step_scale(moments))
   model = DoppelGANger(scaled, cfg)
   x = model.flatten(dict(features=jnp.asarray(enc, jnp.float32), attributes=jnp.zeros((2, 0)),
                          additional_attributes=jnp.zeros((2, 0))))
-  np.testing.assert_allclose(model.step_view(x), (steps / rms).reshape(2, -1), rtol=1e-5)
+  np.testing.assert_allclose(model.step_view(x), (first[..., :1] / rms1[0]).reshape(2, -1), rtol=1e-5)
   assert scaled == encoding.Schema.from_json(scaled.to_json())
   params = model.init(jax.random.key(0))
   names = [name for *_, name in critic_fns(model, params)]
-  assert names == ["", "step_"] and params["step_critic"]["params"]["MLP_0"]["Dense_0"]["kernel"].shape[0] == 4
+  assert names == ["", "step_"] and params["step_critic"]["params"]["MLP_0"]["Dense_0"]["kernel"].shape[0] == 3
   fake = x[::-1]
   _, metrics = d_loss_fn(model, 10.0, params, x, fake, jnp.full(2, 0.5))
   step_critic = lambda v: model.critic.apply(params["step_critic"], v)  # noqa: E731
@@ -149,6 +153,7 @@ def test_step_critic_sees_standardised_differences_with_its_own_penalty(schema):
                              rtol=1e-5)
   assert not DoppelGANger(plain, cfg).has_step_critic and "step_critic" not in DoppelGANger(plain, cfg).init(
       jax.random.key(0))
+  assert not DoppelGANger(dataclasses.replace(plain, step_scale=(0.0,) * 3), cfg).has_step_critic
   with pytest.raises(ValueError, match="step_critic_weight"):
     ModelConfig(step_critic_weight=-1.0)
 

@@ -19,7 +19,10 @@ from dg_jax import train as train_module
 from dg_jax.checkpoints import Checkpointer
 from dg_jax.data import encoding
 from dg_jax.data.batching import BatchIterator
+from dg_jax.data.demo import make_demo
 from dg_jax.data.loaders import load_dataset
+from dg_jax.data.npz_format import save_npz
+from dg_jax.data.schema import continuous
 from dg_jax.failures import Preempted
 from dg_jax.models.doppelganger import DoppelGANger
 from dg_jax.settings import model_config, train_config
@@ -150,11 +153,18 @@ def test_learning_rates_decay_linearly_to_zero_at_the_last_step(setup):
 
 
 def test_resume_is_exact(tmp_path):
-  """With every critic on (model.step_critic_weight: its scale fitted once, kept in the schema)."""
+  """With every critic on: the tiny demo and a smooth wave beside its rough features (model.step_critic_weight:
+  the step critic judges the wave alone, its scale fitted once, kept in the schema)."""
   straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+  demo = make_demo(64, 24, seed=0, variable_lengths=True)
+  t = np.arange(24)
+  wave = (1 + np.sin(t / 4 + np.linspace(0, 6, 64)[:, None])) * (t < demo.lengths[:, None])
+  save_npz(dataclasses.replace(demo, features=np.concatenate([demo.features, wave[..., None]], -1),
+                               feature_vars=demo.feature_vars + (continuous("wave"),)), str(tmp_path / "data.npz"))
 
   def config(num_steps):
     c = tiny_config(num_steps=num_steps)
+    c.data.path = str(tmp_path / "data.npz")
     c.model.step_critic_weight = 1.0
     return c
   train_and_evaluate(config(20), straight)
@@ -167,7 +177,8 @@ def test_resume_is_exact(tmp_path):
   rows = [json.loads(line) for line in open(os.path.join(split, "metrics.jsonl"))]
   assert [r["step"] for r in rows] == [10, 20]
   assert {"d_loss", "g_loss", "w_distance", "aux_w_distance", "step_w_distance", "steps_per_s"} <= set(rows[-1])
-  assert np.isfinite(rows[-1]["step_w_distance"]) and len(Checkpointer(split).read_metadata(20)[1].step_scale) == 2
+  scale = Checkpointer(split).read_metadata(20)[1].step_scale
+  assert np.isfinite(rows[-1]["step_w_distance"]) and scale[:2] == (0, 0) and scale[2] > 0
 
 
 def test_interrupted_save_keeps_the_last_good_checkpoint(tmp_path):

@@ -57,7 +57,8 @@ class Schema:
   log_half_bounds: tuple[float, ...] = ()
   # model.step_critic_weight: per continuous feature, the root mean square of the training series'
   # differences between neighbouring kept records (`step_scale`), by which the step critic's view divides
-  # them; () = no step critic (off, in private runs and in schemas saved before it).
+  # them, 0 for a feature that is not smooth (`SMOOTH_STEPS`: not judged); () = no step critic (off, in
+  # private runs and in schemas saved before it).
   step_scale: tuple[float, ...] = ()
 
   def __post_init__(self):
@@ -414,19 +415,32 @@ def min_max_view(moments: np.ndarray) -> tuple[tuple[float, ...], ...]:
   return tuple(map(tuple, view.tolist()))
 
 
+# A feature is smooth, and the step critic judges it, where the root mean square of its second differences
+# is below this share of its first: var(second) = 2 var(first) (1 - r), r the correlation of neighbouring
+# steps, so below 1 each step mostly continues the last (r > 0.5). A random walk has sqrt(2), white noise
+# sqrt(3), a sine over P records 2 sin(pi / P) (sines: 0.08; stock prices, MBA, the demo 1.4-1.7). On rough
+# data the step critic damps what the feature critic gets right (docs/results.md), on smooth data it takes
+# away the jitter.
+SMOOTH_STEPS = 1.0
+
+
 def step_moments(features: np.ndarray, schema: Schema) -> np.ndarray:
-  """[n, T, F] encoded features -> [2, Kc]: per continuous feature the sum of squared differences between
-  neighbouring kept records, and their count (shares of the data add theirs: data/shares.py)."""
+  """[n, T, F] encoded features -> [4, Kc]: per continuous feature the sums of squared first and second
+  differences between neighbouring kept records, and their counts (shares of the data add theirs)."""
   kept = features[..., -2:].sum(-1) > 0
   pairs = (kept[:, 1:] & kept[:, :-1])[..., None]
-  steps = np.diff(np.asarray(features[..., schema.continuous_columns], np.float64), axis=1)
-  return np.stack([(steps ** 2 * pairs).sum((0, 1)), np.broadcast_to(pairs.sum(), steps.shape[-1:])])
+  triples = pairs[:, 1:] & pairs[:, :-1]
+  x = np.asarray(features[..., schema.continuous_columns], np.float64)
+  return np.stack([(np.diff(x, axis=1) ** 2 * pairs).sum((0, 1)), np.broadcast_to(pairs.sum(), x.shape[-1:]),
+                   (np.diff(x, 2, axis=1) ** 2 * triples).sum((0, 1)), np.broadcast_to(triples.sum(), x.shape[-1:])])
 
 
 def step_scale(moments: np.ndarray) -> tuple[float, ...]:
-  """`step_moments` (summed over shares) -> Schema.step_scale; 1 for a feature that never moves."""
-  rms = np.sqrt(moments[0] / np.maximum(moments[1], 1))
-  return tuple(float(r) if r > 0 else 1.0 for r in rms)
+  """`step_moments` (summed over shares) -> Schema.step_scale: the first differences' root mean square
+  for a smooth feature, 0 for one that is not (or never moves, or has no three records in a row)."""
+  first, second = (np.sqrt(moments[i] / np.maximum(moments[i + 1], 1)) for i in (0, 2))
+  smooth = (moments[3] > 0) & (second < SMOOTH_STEPS * first)
+  return tuple(float(r) if s else 0.0 for r, s in zip(first, smooth))
 
 
 def lengths_to_flags(lengths: np.ndarray, t: int) -> np.ndarray:

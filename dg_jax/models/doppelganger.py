@@ -262,21 +262,28 @@ class DoppelGANger:
     return self.cfg.aux_critic and self.meta_dim > 0
 
   @property
+  def step_columns(self) -> list[int]:
+    """The feature columns the step critic judges: the continuous features the schema's scale calls smooth."""
+    return [int(c) for c, scale in zip(self.schema.continuous_columns, self.schema.step_scale) if scale > 0]
+
+  @property
   def has_step_critic(self) -> bool:
-    """model.step_critic_weight > 0 and a scale fitted on the training data (train.py; none with privacy)."""
-    return bool(self.cfg.step_critic_weight and self.schema.step_scale)
+    """model.step_critic_weight > 0 and a smooth continuous feature in a scale fitted on the training data
+    (train.py; none with privacy)."""
+    return bool(self.cfg.step_critic_weight and self.step_columns)
 
   def step_view(self, x: jax.Array) -> jax.Array:
-    """Flattened samples -> [B, (T-1)*Kc] what the step critic sees: each continuous feature's differences
-    between neighbouring kept records over the training data's root mean square of them (0 past a series'
-    end). The critic has its own gradient penalty, so it is 1-Lipschitz in these units and spends none of
-    the feature critic's budget: a jitter of a few percent of a smooth series' range is worth as much as
-    the step of a real one (issue 21)."""
+    """Flattened samples -> [B, (T-1)*k] what the step critic sees: each smooth continuous feature's
+    differences between neighbouring kept records over the training data's root mean square of them (0
+    past a series' end). The critic has its own gradient penalty, so it is 1-Lipschitz in these units and
+    spends none of the feature critic's budget: a jitter of a few percent of a smooth series' range is
+    worth as much as the step of a real one (issue 21)."""
     t, fd = self.schema.max_length, self.schema.feature_dim
     records = x[:, :t * fd].reshape(x.shape[0], t, fd)
     kept = records[:, 1:, -2:].sum(-1, keepdims=True)  # the generation flags: 0 past the end
-    steps = jnp.diff(records[..., self.schema.continuous_columns], axis=1) * kept
-    return (steps / jnp.asarray(self.schema.step_scale, x.dtype)).reshape(x.shape[0], -1)
+    steps = jnp.diff(records[..., self.step_columns], axis=1) * kept
+    scale = [s for s in self.schema.step_scale if s > 0]
+    return (steps / jnp.asarray(scale, x.dtype)).reshape(x.shape[0], -1)
 
   def flatten(self, sample: dict) -> jax.Array:
     """[B, T*F + (T-1)*Kc + A + 2Kc] critic input: the records, each continuous feature's record-to-record
