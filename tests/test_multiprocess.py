@@ -10,6 +10,7 @@ import pytest
 
 from configs import tiny
 from dg_jax.checkpoints import Checkpointer
+from dg_jax.data import encoding
 from dg_jax.data.npz_format import load_npz
 from dg_jax.sampling import generate, load_generator, restore_run
 from dg_jax.train import train_and_evaluate
@@ -102,16 +103,37 @@ def test_two_processes_train_and_score_k_seeds_as_one(tmp_path):
   assert np.isfinite(a["best"]["score"]).all()
 
 
+def test_two_processes_decay_their_learning_rates_alike_in_a_timed_run(tmp_path):
+  """train.max_minutes with the learning rates' decay, each process on its own clock and budget, one replica
+  on each: the step the decay aims at is agreed (the least of their estimates), so both replicas' rates fall
+  alike, to where the shorter budget stops both."""
+  logs = run_processes("--config=configs/tiny.py", f"--workdir={tmp_path}", "--config.train.num_seeds=2",
+                       "--config.train.num_steps=100000", "--config.train.lr_decay_start=0.5",
+                       per_process=[["--config.train.max_minutes=0.8"], ["--config.train.max_minutes=0.4"]],
+                       timeout=240)
+  assert "wall-clock budget (train.max_minutes) spent" in logs[0], logs[0][-2000:]
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  scales = np.array([row["lr_scale"] for row in rows])  # [rows, replicas]
+  np.testing.assert_array_equal(scales[:, 0], scales[:, 1])  # a process deciding alone would give 1 to its own
+  assert scales[0, 0] == 1 and scales[-1, 0] < 0.5  # decayed towards the shorter budget's end
+
+
 def test_each_process_reads_only_its_share_of_sharded_data(tmp_path):
   """data.path=PATH-{shard}.npz: 4 shard files dealt to the 2 devices along 'data'; two processes of one
   device each read 2 files each and, building their device's batches on the host (sharded_host), train
-  what one process reading all 4 on 2 devices, its blocks on device (sharded), trains."""
+  what one process reading all 4 on 2 devices, its blocks on device (sharded), trains. What is fitted on
+  the data before training (the critics' min/max view, the log code's span, the step critic's scale)
+  is fitted on all shares."""
   from dg_jax.data.loaders import load_dataset
   from dg_jax.data.npz_format import save_npz
+  from dg_jax.data.schema import continuous
   data = load_dataset(tiny.get_config().data)
   traffic = data.feature_vars[0]  # a second traffic series that moves with the first: a min/max view to fit
-  data = dataclasses.replace(data, feature_vars=(traffic, dataclasses.replace(traffic, name="traffic_copy")),
-                             features=data.features[..., [0, 0]] * [1, 1.001])
+  t = np.arange(data.features.shape[1])  # and a smooth wave, a phase per series: a step critic and its scale
+  wave = (1 + np.sin(t / 4 + np.linspace(0, 6, data.num_samples)[:, None])) * (t < data.lengths[:, None])
+  data = dataclasses.replace(data, feature_vars=(traffic, dataclasses.replace(traffic, name="traffic_copy"),
+                                                 continuous("wave")),
+                             features=np.concatenate([data.features[..., [0, 0]] * [1, 1.001], wave[..., None]], -1))
   for i in range(4):
     save_npz(data.subset(np.arange(16 * i, 16 * (i + 1))), str(tmp_path / f"part-{i:05d}.npz"))
   pattern = str(tmp_path / "part-{shard}.npz")
@@ -124,10 +146,15 @@ def test_each_process_reads_only_its_share_of_sharded_data(tmp_path):
   train_and_evaluate(c, str(tmp_path / "one"))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), params_of(tmp_path / "mp"),
                params_of(tmp_path / "one"))
-  # the critics' min/max view (model.whiten_levels) is fitted on all shares, not on each process's own
-  # ... and so is the log half-range code's span
   schemas = [json.loads((tmp_path / w / "schema.json").read_text()) for w in ("mp", "one")]
   views = [np.array(s["min_max_view"]) for s in schemas]
-  assert views[0].shape == (4, 4) and np.abs(views[0] - np.eye(4)).max() > 1
+  assert views[0].shape == (6, 6) and np.abs(views[0] - np.eye(6)).max() > 1
   np.testing.assert_allclose(*views, rtol=1e-9, atol=1e-9)
   assert len(schemas[0]["log_half_bounds"]) == 2 and schemas[0]["log_half_bounds"] == schemas[1]["log_half_bounds"]
+  scales = [s["step_scale"] for s in schemas]  # the wave alone is smooth
+  assert scales[0][:2] == [0, 0] and scales[0][2] > 0
+  np.testing.assert_allclose(*scales, rtol=1e-9)
+  # where each share's own would be 10-14% off (the shares hold other phases and lengths)
+  schema = encoding.Schema.from_json((tmp_path / "one" / "schema.json").read_text())
+  own = encoding.step_moments(encoding.encode(data.subset(np.arange(16)), schema).features, schema)
+  assert abs(encoding.step_scale(own)[2] / scales[0][2] - 1) > 0.05
