@@ -33,7 +33,7 @@ from common import ROOT, SHARED_DATA
 
 from dg_jax.data.demo import make_demo
 from dg_jax.data.dg_format import MBA_ATTRIBUTE_NAMES, MBA_FEATURE_NAMES, load_dg_folder
-from dg_jax.data.npz_format import save_npz
+from dg_jax.data.npz_format import load_npz, save_npz
 
 DATASETS = {  # name -> (config flags, number of series to generate); {out}: the --out folder
     "mba": (["--config=configs/mba.py", f"--config.data.path={os.path.join(SHARED_DATA, 'mba')}"], 600),
@@ -41,8 +41,9 @@ DATASETS = {  # name -> (config flags, number of series to generate); {out}: the
     # generic npz input, no log1p flags (as a user's own file arrives): the demo data, and a WWT-like set
     "demo_npz": (["--config=configs/default.py", "--config.data.path={out}/demo_npz_train.npz"], 1000),
     "wwt_like": (["--config=configs/default.py", "--config.data.path={out}/wwt_like_train.npz"], 1000),
-    # TimeGAN-shaped multivariate sets, no metadata (benchmarks/multivariate.py)
-    **{name: (["--config=configs/default.py", f"--config.data.path={{out}}/{name}_train.npz"], 2000)
+    # TimeGAN-shaped multivariate sets, no metadata (benchmarks/multivariate.py); as many generated series
+    # as the held-out set holds (0), as TimeGAN scores: its discriminative score is then least noisy
+    **{name: (["--config=configs/default.py", f"--config.data.path={{out}}/{name}_train.npz"], 0)
        for name in multivariate.SETS},
 }
 
@@ -95,6 +96,7 @@ def run(version: str, code: str, dataset: str, seed: int, budget: list[str], ext
     flags, num_samples = DATASETS[dataset]
     held_out(dataset, out)  # writes the npz inputs too
     flags = [f.format(out=os.path.abspath(out)) for f in flags]
+    num_samples = num_samples or len(load_npz(held_out(dataset, out)).lengths)
     launch(code, *flags, f"--workdir={folder}/run", *budget, f"--config.train.seed={seed}", *extra)
     launch(code, "--mode=generate", f"--workdir={folder}/run", f"--num_samples={num_samples}", "--seed=0",
            f"--output={folder}/synthetic.npz")

@@ -32,3 +32,15 @@ def test_known_answers():
   assert same["predictive_score"] < 0.12 and bad["predictive_score"] > 2 * same["predictive_score"], (same, bad)
   nan = dataclasses.replace(real, features=np.full_like(real.features, np.nan))
   assert all(np.isnan(v) for v in posthoc.posthoc_scores(real, nan, settings).values())
+
+
+def test_sets_of_unequal_size_score_by_balanced_accuracy():
+  """Series the classifier cannot tell apart score 0 however many of each there are: constant series in
+  both sets get one logit, so one class for all, and each class's accuracy weighs half (pooled over 13
+  and 90 test series it would be 13/103 or 90/103, a score of 0.37)."""
+  flat = sines(64, 0)
+  flat = dataclasses.replace(flat, features=np.full_like(flat.features, 0.5))
+  many = dataclasses.replace(flat, features=np.full((448, 24, 6), 0.5, np.float32), lengths=np.full(448, 24),
+                             attributes=np.zeros((448, 0)))
+  settings = posthoc.Settings(discriminator_steps=50, repeats=2)
+  assert posthoc.discriminative_score(flat, many, settings) == (0.0, 0.0)

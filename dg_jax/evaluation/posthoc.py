@@ -5,7 +5,10 @@ Both train a small network after the fact and judge the synthetic data by it:
   discriminative_score  a one-layer GRU classifier (hidden size dim/2, its last state into one logit)
                         trained for 2000 Adam steps on batches of 128 real and 128 synthetic series
                         from an 80% split of each; |accuracy - 0.5| on the other 20%. 0 = the
-                        classifier cannot tell them apart; 0.5 = it always can.
+                        classifier cannot tell them apart; 0.5 = it always can. The accuracy is the
+                        mean of the two classes' own: TimeGAN's where, as there, both sets are the
+                        same size; pooled over sets of unequal size, a classifier that leans to one
+                        class would score above chance with nothing to see (docs/evaluation.md).
   predictive_score      a one-layer GRU (hidden size dim/2, a sigmoid output per step) trained for
                         5000 Adam steps (batch 128) on the synthetic series to predict the next
                         record's last column from the other columns of the current record; its mean
@@ -150,9 +153,9 @@ def _discriminate(keys, xr, lr_, xs, ls_, hidden: int, steps: int, lr: float):
       labels = jnp.concatenate([jnp.ones(BATCH), jnp.zeros(BATCH)])
       return optax.sigmoid_binary_cross_entropy(logits, labels).mean()
     params = _train(loss, model.init(k_init, xr[:1], lr_[:1]), steps, lr, k_train)
-    right = jnp.concatenate([model.apply(params, xr[te_r], lr_[te_r]) > 0,
-                             model.apply(params, xs[te_s], ls_[te_s]) <= 0])
-    return jnp.abs(right.mean() - 0.5)
+    accuracy = ((model.apply(params, xr[te_r], lr_[te_r]) > 0).mean()
+                + (model.apply(params, xs[te_s], ls_[te_s]) <= 0).mean()) / 2  # balanced (module docstring)
+    return jnp.abs(accuracy - 0.5)
   return jax.vmap(one)(keys)
 
 
