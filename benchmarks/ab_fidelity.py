@@ -94,13 +94,13 @@ def run(version: str, code: str, dataset: str, seed: int, budget: list[str], ext
   metrics_file = os.path.join(folder, "report", "metrics.json")
   if not os.path.exists(metrics_file):
     flags, num_samples = DATASETS[dataset]
-    held_out(dataset, out)  # writes the npz inputs too
+    real = held_out(dataset, out)  # writes the npz inputs too
     flags = [f.format(out=os.path.abspath(out)) for f in flags]
-    num_samples = num_samples or len(load_npz(held_out(dataset, out)).lengths)
+    num_samples = num_samples or len(load_npz(real).lengths)
     launch(code, *flags, f"--workdir={folder}/run", *budget, f"--config.train.seed={seed}", *extra)
     launch(code, "--mode=generate", f"--workdir={folder}/run", f"--num_samples={num_samples}", "--seed=0",
            f"--output={folder}/synthetic.npz")
-    launch(ROOT, "--mode=evaluate", f"--real={held_out(dataset, out)}", f"--synthetic={folder}/synthetic.npz",
+    launch(ROOT, "--mode=evaluate", f"--real={real}", f"--synthetic={folder}/synthetic.npz",
            f"--out={folder}/report", f"--posthoc_scores={posthoc}")  # one scorer for every version
   with open(metrics_file) as fh:
     return json.load(fh)
