@@ -66,8 +66,9 @@ def get_config():
                                     # stocklike's worse, the demo's correlations too; docs/design.md)
   c.model.step_critic_weight = 0.3  # a third critic judges the record-to-record differences of each smooth
                                     # continuous feature (encoding.SMOOTH_STEPS: sines, not stock prices, MBA or
-                                    # the demo), standardised by the data's (sines 77-84x -> 3x rougher than
-                                    # real, TimeGAN's score 0.035 -> 0.020); 0 = none, as the paper; docs/design.md
+                                    # the demo), standardised by the data's, also in the data's units with the
+                                    # attributes (sines 77-84x -> 3.5x rougher than real, TimeGAN's score
+                                    # 0.035 -> 0.011); 0 = none, as the paper; docs/design.md
   c.model.critic_difference_weight = 0.0  # > 0: critics also see each continuous feature's record-to-record
                                     # differences times this (10: sines 80x -> 9x rougher than real, but the
                                     # demo's autocorrelation and spreads worse; docs/design.md)

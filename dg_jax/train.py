@@ -490,15 +490,20 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
     if pc.enabled:  # a scale fitted on the private series would be outside the guarantee
       log.info("model.step_critic_weight: no step critic with privacy on (its scale would be fitted on the private data)")
     elif schema.max_length > 1 and schema.continuous_features:
-      moments = encoding.step_moments(encoded.features, schema)
-      schema = dataclasses.replace(schema, step_scale=encoding.step_scale(share.sum(moments) if share else moments))
+      half = (encoding.decode_half(encoded.additional_attributes[:, 1::2], schema) if schema.additional_dim
+              else None)  # auto-normalised: the step critic also sees the steps in the data's units
+      moments = encoding.step_moments(encoded.features, schema, half)
+      moments = share.sum(moments) if share else moments
+      schema = dataclasses.replace(schema, step_scale=encoding.step_scale(moments),
+                                   unit_step_scale=encoding.unit_step_scale(moments) if schema.additional_dim else ())
       names = [schema.feature_vars[j].name for j in schema.continuous_features]
       smooth = [f"{n} ({x:.3g})" for n, x in zip(names, schema.step_scale) if x > 0]
       rough = [n for n, x in zip(names, schema.step_scale) if x == 0]
       if smooth:
         log.info("model.step_critic_weight: a step critic judges the record-to-record differences of the smooth "
-                 "features over the training data's root mean square: %s; not smooth, not judged "
-                 "(encoding.SMOOTH_STEPS): %s", ", ".join(smooth), ", ".join(rough) or "none")
+                 "features over the training data's root mean square%s: %s; not smooth, not judged "
+                 "(encoding.SMOOTH_STEPS): %s", ", also in the data's units with the attributes"
+                 if schema.unit_step_scale else "", ", ".join(smooth), ", ".join(rough) or "none")
       else:
         log.info("model.step_critic_weight: no continuous feature is smooth (encoding.SMOOTH_STEPS); no step critic")
     else:

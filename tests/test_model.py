@@ -158,6 +158,37 @@ def test_step_critic_sees_standardised_differences_with_its_own_penalty(schema):
     ModelConfig(step_critic_weight=-1.0)
 
 
+def test_step_critic_sees_auto_normalised_steps_in_the_data_units_with_the_attributes():
+  """With per-series min/max the step critic also sees each smooth feature's steps times the series'
+  half-range over the training data's root mean square of that (`unit_step_scale`, fitted like
+  `step_scale`), then the attributes: a series' amplitude is judged with its shape and its kind. The
+  critics' min/max view is undone first, so the view is the same through any of them."""
+  t = np.arange(6.0)
+  a = np.array([[0.0], [2], [3]]) + np.array([[1.0], [3], [0.5]]) * np.sin(t / 3)  # smooth, amplitudes 1 / 3 / 0.5
+  lengths = np.array([6, 6, 4])
+  valid = np.arange(6)[None, :] < lengths[:, None]
+  data = Dataset((a * valid)[..., None], lengths, np.array([[0.0], [1], [1]]), (continuous("a"),),
+                 (categorical("kind", ["x", "y"]),))
+  schema = encoding.fit_schema(data, log_half_range=True)
+  enc = encoding.encode(data, schema)
+  half = encoding.decode_half(enc.additional_attributes[:, 1::2], schema)
+  moments = encoding.step_moments(enc.features, schema, half)
+  first = np.diff(enc.features[..., 0], axis=1) * (valid[:, 1:] & valid[:, :-1])  # 5 + 5 + 3 kept pairs
+  scale, units = encoding.step_scale(moments), encoding.unit_step_scale(moments)
+  np.testing.assert_allclose(units, [np.sqrt(((first * half) ** 2).sum() / 13)])
+  assert encoding.unit_step_scale(moments + moments) == units and scale[0] > 0
+  fitted = dataclasses.replace(schema, step_scale=scale, unit_step_scale=units)
+  assert fitted == encoding.Schema.from_json(fitted.to_json())
+  sample = dict(features=jnp.asarray(enc.features), attributes=jnp.asarray(enc.attributes),
+                additional_attributes=jnp.asarray(enc.additional_attributes))
+  want = np.concatenate([first / scale[0], first * half / units[0], enc.attributes], -1)
+  cfg = dataclasses.replace(SMALL, step_critic_weight=0.3)
+  for view in ((), ((2.0, 1), (0, 1))):  # as generated, and through a min/max view the critics see
+    model = DoppelGANger(dataclasses.replace(fitted, min_max_view=view), cfg)
+    np.testing.assert_allclose(model.step_view(model.flatten(sample)), want, rtol=1e-5, atol=1e-6)
+  assert model.init(jax.random.key(0))["step_critic"]["params"]["MLP_0"]["Dense_0"]["kernel"].shape[0] == 5 + 5 + 2
+
+
 def test_sample_len_auto():
   assert resolve_sample_len(0, 550) == 11 and resolve_sample_len(0, 56) == 1 and resolve_sample_len(0, 2497) == 50
   assert resolve_sample_len(7, 550) == 7

@@ -122,7 +122,7 @@ def test_each_process_reads_only_its_share_of_sharded_data(tmp_path):
   """data.path=PATH-{shard}.npz: 4 shard files dealt to the 2 devices along 'data'; two processes of one
   device each read 2 files each and, building their device's batches on the host (sharded_host), train
   what one process reading all 4 on 2 devices, its blocks on device (sharded), trains. What is fitted on
-  the data before training (the critics' min/max view, the log code's span, the step critic's scale)
+  the data before training (the critics' min/max view, the log code's span, the step critic's scales)
   is fitted on all shares."""
   from dg_jax.data.loaders import load_dataset
   from dg_jax.data.npz_format import save_npz
@@ -151,9 +151,11 @@ def test_each_process_reads_only_its_share_of_sharded_data(tmp_path):
   assert views[0].shape == (6, 6) and np.abs(views[0] - np.eye(6)).max() > 1
   np.testing.assert_allclose(*views, rtol=1e-9, atol=1e-9)
   assert len(schemas[0]["log_half_bounds"]) == 2 and schemas[0]["log_half_bounds"] == schemas[1]["log_half_bounds"]
-  scales = [s["step_scale"] for s in schemas]  # the wave alone is smooth
-  assert scales[0][:2] == [0, 0] and scales[0][2] > 0
-  np.testing.assert_allclose(*scales, rtol=1e-9)
+  for key in ("step_scale", "unit_step_scale"):  # the wave alone is smooth
+    scales = [s[key] for s in schemas]
+    assert scales[0][:2] == [0, 0] and scales[0][2] > 0
+    np.testing.assert_allclose(*scales, rtol=1e-9)
+  scales = [s["step_scale"] for s in schemas]
   # where each share's own would be 10-14% off (the shares hold other phases and lengths)
   schema = encoding.Schema.from_json((tmp_path / "one" / "schema.json").read_text())
   own = encoding.step_moments(encoding.encode(data.subset(np.arange(16)), schema).features, schema)

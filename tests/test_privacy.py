@@ -388,7 +388,7 @@ def test_secret_seed_is_drawn_kept_on_resume_and_left_out_of_bundles(tmp_path, c
   assert "log code spans its fixed bounds with privacy on" in caplog.text
   assert "no step critic with privacy on" in caplog.text
   schema = json.load(open(tmp_path / "a" / "schema.json"))
-  assert schema["log_half_bounds"] == [] and schema["step_scale"] == []
+  assert schema["log_half_bounds"] == [] and schema["step_scale"] == [] == schema["unit_step_scale"]
   config = json.load(open(tmp_path / "a" / "config.json"))
   assert config["train"]["seed"] == seeds[0] and config["privacy"]["delta"] == pytest.approx(1 / 640)  # 1/(10 n)
   rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]

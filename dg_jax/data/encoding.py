@@ -60,6 +60,10 @@ class Schema:
   # them, 0 for a feature that is not smooth (`SMOOTH_STEPS`: not judged); () = no step critic (off, in
   # private runs and in schemas saved before it).
   step_scale: tuple[float, ...] = ()
+  # With auto-normalisation, per continuous feature the same root mean square of the differences times
+  # each series' half-range, the steps in the data's units, which the step critic also sees
+  # (`unit_step_scale`); () = normalised steps only (no min/max, and schemas saved before it).
+  unit_step_scale: tuple[float, ...] = ()
 
   def __post_init__(self):
     if self.normalization not in NORMALIZATIONS:
@@ -122,6 +126,7 @@ class Schema:
     d["min_max_view"] = tuple(map(tuple, d.get("min_max_view", ())))  # hashable: the model is a jit static
     d["log_half_bounds"] = tuple(d.get("log_half_bounds", ()))
     d["step_scale"] = tuple(d.get("step_scale", ()))
+    d["unit_step_scale"] = tuple(d.get("unit_step_scale", ()))
     return cls(**d)
 
 
@@ -424,15 +429,20 @@ def min_max_view(moments: np.ndarray) -> tuple[tuple[float, ...], ...]:
 SMOOTH_STEPS = 1.0
 
 
-def step_moments(features: np.ndarray, schema: Schema) -> np.ndarray:
+def step_moments(features: np.ndarray, schema: Schema, half: np.ndarray | None = None) -> np.ndarray:
   """[n, T, F] encoded features -> [4, Kc]: per continuous feature the sums of squared first and second
-  differences between neighbouring kept records, and their counts (shares of the data add theirs)."""
+  differences between neighbouring kept records, and their counts (shares of the data add theirs); with
+  `half` ([n, Kc] per-series half-ranges) a fifth row, the sums of squared first differences times them."""
   kept = features[..., -2:].sum(-1) > 0
   pairs = (kept[:, 1:] & kept[:, :-1])[..., None]
   triples = pairs[:, 1:] & pairs[:, :-1]
   x = np.asarray(features[..., schema.continuous_columns], np.float64)
-  return np.stack([(np.diff(x, axis=1) ** 2 * pairs).sum((0, 1)), np.broadcast_to(pairs.sum(), x.shape[-1:]),
-                   (np.diff(x, 2, axis=1) ** 2 * triples).sum((0, 1)), np.broadcast_to(triples.sum(), x.shape[-1:])])
+  first = np.diff(x, axis=1) ** 2 * pairs
+  rows = [first.sum((0, 1)), np.broadcast_to(pairs.sum(), x.shape[-1:]),
+          (np.diff(x, 2, axis=1) ** 2 * triples).sum((0, 1)), np.broadcast_to(triples.sum(), x.shape[-1:])]
+  if half is not None:
+    rows.append((first * np.asarray(half, np.float64)[:, None, :] ** 2).sum((0, 1)))
+  return np.stack(rows)
 
 
 def step_scale(moments: np.ndarray) -> tuple[float, ...]:
@@ -441,6 +451,13 @@ def step_scale(moments: np.ndarray) -> tuple[float, ...]:
   first, second = (np.sqrt(moments[i] / np.maximum(moments[i + 1], 1)) for i in (0, 2))
   smooth = (moments[3] > 0) & (second < SMOOTH_STEPS * first)
   return tuple(float(r) if s else 0.0 for r, s in zip(first, smooth))
+
+
+def unit_step_scale(moments: np.ndarray) -> tuple[float, ...]:
+  """`step_moments` with half-ranges (summed over shares) -> Schema.unit_step_scale: the root mean
+  square of the steps in the data's units where `step_scale` calls the feature smooth, else 0."""
+  rms = np.sqrt(moments[4] / np.maximum(moments[1], 1))
+  return tuple(float(r) if s > 0 and r > 0 else 0.0 for r, s in zip(rms, step_scale(moments)))
 
 
 def lengths_to_flags(lengths: np.ndarray, t: int) -> np.ndarray:

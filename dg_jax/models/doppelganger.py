@@ -13,6 +13,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dg_jax.data.encoding import AUTO_NORM_EPS, Head, Schema, decode_half, value_range
 from dg_jax.settings import ModelConfig, resolve_sample_len
@@ -273,17 +274,30 @@ class DoppelGANger:
     return bool(self.cfg.step_critic_weight and self.step_columns)
 
   def step_view(self, x: jax.Array) -> jax.Array:
-    """Flattened samples -> [B, (T-1)*k] what the step critic sees: each smooth continuous feature's
-    differences between neighbouring kept records over the training data's root mean square of them (0
-    past a series' end). The critic has its own gradient penalty, so it is 1-Lipschitz in these units and
-    spends none of the feature critic's budget: a jitter of a few percent of a smooth series' range is
-    worth as much as the step of a real one (issue 21)."""
+    """Flattened samples -> [B, (T-1)*k (*2 + A)] what the step critic sees: each smooth continuous
+    feature's differences between neighbouring kept records over the training data's root mean square of
+    them (0 past a series' end). The critic has its own gradient penalty, so it is 1-Lipschitz in these
+    units and spends none of the feature critic's budget: a jitter of a few percent of a smooth series'
+    range is worth as much as the step of a real one (issue 21). Auto-normalised series (the schema's
+    `unit_step_scale`) are also shown in the data's units: the same differences times the series'
+    generated half-range, over the data's root mean square of that, with the attributes, so that a
+    series' amplitude is judged with its shape and its kind (generated sines kept good shapes at the wrong
+    amplitude: docs/results.md)."""
     t, fd = self.schema.max_length, self.schema.feature_dim
     records = x[:, :t * fd].reshape(x.shape[0], t, fd)
     kept = records[:, 1:, -2:].sum(-1, keepdims=True)  # the generation flags: 0 past the end
     steps = jnp.diff(records[..., self.step_columns], axis=1) * kept
-    scale = [s for s in self.schema.step_scale if s > 0]
-    return (steps / jnp.asarray(scale, x.dtype)).reshape(x.shape[0], -1)
+    smooth = [i for i, s in enumerate(self.schema.step_scale) if s > 0]
+    views = [steps / jnp.asarray([self.schema.step_scale[i] for i in smooth], x.dtype)]
+    if self.schema.unit_step_scale:
+      meta = x[:, x.shape[1] - self.meta_dim:]
+      additional = meta[:, self.schema.attribute_dim:]
+      if self.schema.min_max_view:  # as generated: undo the critics' view of the block (flatten)
+        additional = additional @ jnp.asarray(np.linalg.inv(np.array(self.schema.min_max_view)), x.dtype)
+      half = decode_half(additional[:, 1::2], self.schema)[:, None, smooth]
+      views.append(steps * half / jnp.asarray([self.schema.unit_step_scale[i] for i in smooth], x.dtype))
+      views.append(meta[:, None, :self.schema.attribute_dim])
+    return jnp.concatenate([v.reshape(x.shape[0], -1) for v in views], axis=-1)
 
   def flatten(self, sample: dict) -> jax.Array:
     """[B, T*F + (T-1)*Kc + A + 2Kc] critic input: the records, each continuous feature's record-to-record
