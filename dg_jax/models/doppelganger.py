@@ -274,15 +274,15 @@ class DoppelGANger:
     return bool(self.cfg.step_critic_weight and self.step_columns)
 
   def step_view(self, x: jax.Array) -> jax.Array:
-    """Flattened samples -> [B, (T-1)*k (*2 + A)] what the step critic sees: each smooth continuous
-    feature's differences between neighbouring kept records over the training data's root mean square of
-    them (0 past a series' end). The critic has its own gradient penalty, so it is 1-Lipschitz in these
-    units and spends none of the feature critic's budget: a jitter of a few percent of a smooth series'
-    range is worth as much as the step of a real one (issue 21). Auto-normalised series (the schema's
-    `unit_step_scale`) are also shown in the data's units: the same differences times the series'
-    generated half-range, over the data's root mean square of that, with the attributes, so that a
-    series' amplitude is judged with its shape and its kind (generated sines kept good shapes at the wrong
-    amplitude: docs/results.md)."""
+    """Flattened samples -> [B, (T-1)*k] (with `unit_step_scale`: [B, 2*(T-1)*k + A]) what the step
+    critic sees: each smooth continuous feature's differences between neighbouring kept records over the
+    training data's root mean square of them (0 past a series' end). The critic has its own gradient
+    penalty, so it is 1-Lipschitz in these units and spends none of the feature critic's budget: a jitter
+    of a few percent of a smooth series' range is worth as much as the step of a real one (issue 21).
+    Auto-normalised series (the schema's `unit_step_scale`) are also shown in the data's units: the same
+    differences times the series' generated half-range, over the data's root mean square of that, with
+    the attributes, so that a series' amplitude is judged with its shape and its kind (generated sines
+    kept good shapes at the wrong amplitude: docs/results.md)."""
     t, fd = self.schema.max_length, self.schema.feature_dim
     records = x[:, :t * fd].reshape(x.shape[0], t, fd)
     kept = records[:, 1:, -2:].sum(-1, keepdims=True)  # the generation flags: 0 past the end
