@@ -495,7 +495,7 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
       moments = encoding.step_moments(encoded.features, schema, half)
       moments = share.sum(moments) if share else moments
       schema = dataclasses.replace(schema, step_scale=encoding.step_scale(moments),
-                                   unit_step_scale=encoding.unit_step_scale(moments) if schema.additional_dim else ())
+                                   unit_step_scale=encoding.unit_step_scale(moments))
       names = [schema.feature_vars[j].name for j in schema.continuous_features]
       smooth = [f"{n} ({x:.3g})" for n, x in zip(names, schema.step_scale) if x > 0]
       rough = [n for n, x in zip(names, schema.step_scale) if x == 0]

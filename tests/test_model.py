@@ -177,6 +177,7 @@ def test_step_critic_sees_auto_normalised_steps_in_the_data_units_with_the_attri
   scale, units = encoding.step_scale(moments), encoding.unit_step_scale(moments)
   np.testing.assert_allclose(units, [np.sqrt(((first * half) ** 2).sum() / 13)])
   assert encoding.unit_step_scale(moments + moments) == units and scale[0] > 0
+  assert encoding.unit_step_scale(encoding.step_moments(enc.features, schema)) == ()  # no half-ranges given
   fitted = dataclasses.replace(schema, step_scale=scale, unit_step_scale=units)
   assert fitted == encoding.Schema.from_json(fitted.to_json())
   sample = dict(features=jnp.asarray(enc.features), attributes=jnp.asarray(enc.attributes),

@@ -454,8 +454,10 @@ def step_scale(moments: np.ndarray) -> tuple[float, ...]:
 
 
 def unit_step_scale(moments: np.ndarray) -> tuple[float, ...]:
-  """`step_moments` with half-ranges (summed over shares) -> Schema.unit_step_scale: the root mean
-  square of the steps in the data's units where `step_scale` calls the feature smooth, else 0."""
+  """`step_moments` (summed over shares) -> Schema.unit_step_scale: the root mean square of the steps in the
+  data's units where `step_scale` calls the feature smooth, else 0; () without half-ranges (no fifth row)."""
+  if len(moments) < 5:
+    return ()
   rms = np.sqrt(moments[4] / np.maximum(moments[1], 1))
   return tuple(float(r) if s > 0 and r > 0 else 0.0 for r, s in zip(rms, step_scale(moments)))
 
