@@ -42,6 +42,8 @@ class ModelConfig:
                                         # configs/default.py turns it on; off here: configs saved before it)
   exact_span: bool = False              # each generated normalised series rescaled to span exactly what its
                                         # min/max imply, as every real one does (issue 21; off, as the paper)
+  exact_span_at_generation: bool = False  # the same rescale when generating only (and in the training-time
+                                        # score), not in training's forward pass (an option; off, as the paper)
 
   def __post_init__(self):
     if self.initial_state not in ("random", "zero"):

@@ -266,7 +266,8 @@ def test_no_series_is_shorter_than_the_shortest_training_series(schema, min_leng
 def test_exact_span_puts_each_series_extremes_where_its_half_range_puts_a_real_one(normalization, log_half_range):
   """A real series normalised by its own widened min and max spans exactly [e, 1 - e] (in [-1, 1]: the
   same points), e = AUTO_NORM_EPS / 2h; with model.exact_span every generated one does too, over the
-  records it keeps (and over all of a forced length), whatever the untrained heads emit."""
+  records it keeps (and over all of a forced length), whatever the untrained heads emit; with
+  model.exact_span_at_generation only when generating, while training's forward pass stays the paper's."""
   data = make_demo(num_samples=20, length=10, variable_lengths=True)
   schema = encoding.fit_schema(data, normalization, log_half_range=log_half_range)
   low, high = encoding.value_range(normalization)
@@ -290,3 +291,8 @@ def test_exact_span_puts_each_series_extremes_where_its_half_range_puts_a_real_o
   assert max(span_errors(forced["features"], forced["additional_attributes"], np.ones((8, 23)))) < 1e-5
   plain = DoppelGANger(schema, SMALL).generator.apply(params, sample_noise(jax.random.key(1), 32, schema, SMALL))
   assert min(span_errors(plain["features"], plain["additional_attributes"], mask)) > 0.01  # the paper's model
+  at_generation = DoppelGANger(schema, dataclasses.replace(SMALL, exact_span_at_generation=True)).generator
+  noise = sample_noise(jax.random.key(1), 32, schema, SMALL)
+  np.testing.assert_array_equal(at_generation.apply(params, noise)["features"], out["features"])
+  trained, _ = at_generation.apply(params, noise, train=True, mutable=["batch_stats"])
+  np.testing.assert_array_equal(trained["features"], plain["features"])

@@ -181,7 +181,8 @@ class Generator(nn.Module):
     records = self.heads(hs).reshape(r, b, self.sample_len, s.feature_dim)
     records = jnp.swapaxes(records, 0, 1).reshape(b, r * self.sample_len, s.feature_dim)
     features = activate(records, s.feature_heads)
-    span = self.cfg.exact_span and s.additional_dim
+    # training calls with train=True: model.exact_span_at_generation leaves what the critics see as it is
+    span = s.additional_dim and (self.cfg.exact_span or (self.cfg.exact_span_at_generation and not train))
     if length is None:
       features = features[:, :s.max_length]
       if s.min_length > 1:
