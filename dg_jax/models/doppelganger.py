@@ -162,7 +162,8 @@ class Generator(nn.Module):
     """noise: from `sample_noise`. attributes: given (encoded) attributes for conditional generation.
     length: force this many records (no flag masking); default: the schema's T with flag masking.
     train: BatchNorm (model.metadata_batch_norm) on batch statistics, updating the running averages
-    (apply with mutable=[STATS]); otherwise on the running averages."""
+    (apply with mutable=[STATS]), and no model.exact_span_at_generation rescale; otherwise on the running
+    averages, with it."""
     s = self.schema
     batch = noise["attribute"].shape[0]
     if attributes is None:
@@ -181,7 +182,6 @@ class Generator(nn.Module):
     records = self.heads(hs).reshape(r, b, self.sample_len, s.feature_dim)
     records = jnp.swapaxes(records, 0, 1).reshape(b, r * self.sample_len, s.feature_dim)
     features = activate(records, s.feature_heads)
-    # training calls with train=True: model.exact_span_at_generation leaves what the critics see as it is
     span = s.additional_dim and (self.cfg.exact_span or (self.cfg.exact_span_at_generation and not train))
     if length is None:
       features = features[:, :s.max_length]
