@@ -59,6 +59,10 @@ _SEED_INDEX = flags.DEFINE_integer("seed_index", None, "generate, export: the re
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "auto", "generate, export: latest | best (the replica's best-scored "
                                   "generator, train.eval_every) | a kept step number; auto = best when scored, "
                                   "else latest.")
+_EXACT_SPAN = flags.DEFINE_enum(
+    "exact_span_at_generation", "auto", ["auto", "true", "false"], "generate, export: rescale each generated "
+    "normalised series to span exactly what its min/max imply (model.exact_span_at_generation; "
+    "docs/design.md); auto = as the run's config says. Works on any trained run: training never sees it.")
 _RETRAIN_STEPS = flags.DEFINE_integer("retrain_steps", 2000, "retrain_attributes: training steps.")
 _REAL = flags.DEFINE_string("real", None, "evaluate: the real data (npz).")
 _SYNTHETIC = flags.DEFINE_multi_string("synthetic", [], "evaluate: synthetic data (npz); repeat to compare sets.")
@@ -152,7 +156,8 @@ def _train():
 
 def _load_generator(workdir, bundle):
   from dg_jax import sampling
-  return sampling.load_generator(workdir, bundle, _SEED_INDEX.value, _CHECKPOINT.value)
+  span = dict(auto=None, true=True, false=False)[_EXACT_SPAN.value]
+  return sampling.load_generator(workdir, bundle, _SEED_INDEX.value, _CHECKPOINT.value, span)
 
 
 def _generate():

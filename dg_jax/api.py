@@ -56,12 +56,15 @@ class DoppelGANgerModel:
     return cls.load(workdir)
 
   @classmethod
-  def load(cls, path: str, seed_index: int | None = None, checkpoint: str = "auto") -> "DoppelGANgerModel":
+  def load(cls, path: str, seed_index: int | None = None, checkpoint: str = "auto",
+           exact_span_at_generation: bool | None = None) -> "DoppelGANgerModel":
     """From a generator bundle folder or a training workdir; of a workdir, replica `seed_index` and
     `checkpoint` (latest | best | a step; default: the best-scored replica's best when scored, else
-    replica 0's latest: sampling.choose_generator)."""
+    replica 0's latest: sampling.choose_generator). exact_span_at_generation: True/False overrides the
+    saved model.exact_span_at_generation (None: as saved)."""
     bundle = is_bundle(path)
-    return cls(*sampling.load_generator(None if bundle else path, path if bundle else None, seed_index, checkpoint))
+    return cls(*sampling.load_generator(None if bundle else path, path if bundle else None, seed_index, checkpoint,
+                                        exact_span_at_generation))
 
   def generate(self, num_samples: int, seed: int = 0, attributes: np.ndarray | None = None,
                length: int | None = None) -> Dataset:

@@ -114,22 +114,28 @@ def choose_generator(state: dict, seed_index: int | None = None, checkpoint: str
 
 
 def load_generator(workdir: str | None = None, bundle: str | None = None, seed_index: int | None = None,
-                   checkpoint: str = "auto"):
+                   checkpoint: str = "auto", exact_span_at_generation: bool | None = None):
   """-> (model, generator params, config) from a workdir's checkpoint (choose_generator picks the replica
   and checkpoint: `checkpoint` is auto|latest|best or a step number; config.generated_from records the
-  choice) or a generator bundle."""
+  choice) or a generator bundle. exact_span_at_generation: True/False overrides the saved
+  model.exact_span_at_generation (it changes generation only, so any trained generator takes either;
+  the returned config records the choice, and an exported bundle keeps it); None keeps the saved one."""
   if not bundle:
     step = None if str(checkpoint) in CHECKPOINTS else _step_number(checkpoint)
     model, state, config = restore_run(workdir, step, generator_only=True)
     params, chosen = choose_generator(state, seed_index, "step" if step is not None else str(checkpoint), workdir,
                                       private=privacy_config(config).enabled)
     config.generated_from = chosen
-    return model, params, config
-  if seed_index is not None or str(checkpoint) != "auto":
-    raise BadInput(f"{bundle}: a bundle holds one generator; --seed_index and --checkpoint apply to workdirs")
-  params, schema, config = load_bundle(bundle)
-  config = ml_collections.ConfigDict(config)
-  return DoppelGANger(schema, model_config(config)), params, config
+  else:
+    if seed_index is not None or str(checkpoint) != "auto":
+      raise BadInput(f"{bundle}: a bundle holds one generator; --seed_index and --checkpoint apply to workdirs")
+    params, schema, config = load_bundle(bundle)
+    config = ml_collections.ConfigDict(config)
+    model = DoppelGANger(schema, model_config(config))
+  if exact_span_at_generation is not None:
+    config.model.exact_span_at_generation = bool(exact_span_at_generation)
+    model = DoppelGANger(model.schema, model_config(config))
+  return model, params, config
 
 
 def _step_number(checkpoint) -> int:

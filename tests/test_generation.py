@@ -11,13 +11,15 @@ import pytest
 
 from configs import tiny
 from dg_jax import train_step
+from dg_jax.api import DoppelGANgerModel
 from dg_jax.checkpoints import CheckpointError, load_bundle, save_bundle
 from dg_jax.data.frames import to_long_frame
 from dg_jax.data.npz_format import load_npz, save_npz
 from dg_jax.data.schema import DataError, Dataset
 from dg_jax.failures import BadInput
 from dg_jax.retrain import retrain_attributes
-from dg_jax.sampling import generate, load_generator, parse_attribute_labels, restore_run
+from dg_jax.models.doppelganger import exact_span, keep_mask
+from dg_jax.sampling import generate, generate_encoded, load_generator, parse_attribute_labels, restore_run
 from dg_jax.shards import generate_to_shards
 from dg_jax.train import train_and_evaluate
 
@@ -181,6 +183,28 @@ def test_bundle_round_trip_and_interrupted_exports(trained, tmp_path, monkeypatc
   (tmp_path / "b" / "schema.json").write_text(model.schema.to_json() + " ")  # damaged after the export
   with pytest.raises(BadInput, match=r"\['schema.json'\] do not match the bundle's manifest.json"):
     load_bundle(bundle)
+
+
+def test_exact_span_at_generation_chosen_when_generating(trained, tmp_path, cli):
+  """--exact_span_at_generation=true on a run trained without it: the generator's own series, each
+  continuous one rescaled to its exact span (doppelganger.exact_span, tests/test_model.py); an exported
+  bundle keeps the choice, and a load can override it back."""
+  plain, params, _ = load_generator(trained)
+  assert not plain.cfg.exact_span_at_generation
+  a = generate_encoded(plain, params, 40, seed=1)
+  features = jax.numpy.asarray(a.features)
+  mask = keep_mask(features[..., -2:])
+  expected = exact_span(features, a.additional_attributes, mask, plain.schema) * mask[..., None]
+  cli("--mode=export", f"--workdir={trained}", f"--bundle={tmp_path / 'b'}", "--exact_span_at_generation=true")
+  spanned = DoppelGANgerModel.load(str(tmp_path / "b"))
+  assert spanned.model.cfg.exact_span_at_generation and load_bundle(str(tmp_path / "b"))[2]["model"][
+      "exact_span_at_generation"]
+  b = generate_encoded(spanned.model, spanned.params, 40, seed=1)
+  np.testing.assert_array_equal(b.additional_attributes, a.additional_attributes)
+  np.testing.assert_allclose(b.features, expected, atol=1e-6)
+  assert np.abs(b.features - a.features).max() > 0.01
+  back = DoppelGANgerModel.load(str(tmp_path / "b"), exact_span_at_generation=False)
+  np.testing.assert_array_equal(generate_encoded(back.model, back.params, 40, seed=1).features, a.features)
 
 
 def test_cli_end_to_end_on_eight_devices(tmp_path, cli):
