@@ -133,6 +133,9 @@ def load_generator(workdir: str | None = None, bundle: str | None = None, seed_i
     config = ml_collections.ConfigDict(config)
     model = DoppelGANger(schema, model_config(config))
   if exact_span_at_generation is not None:
+    if model.cfg.exact_span and not exact_span_at_generation:
+      raise BadInput(f"{bundle or workdir}: trained with model.exact_span=True, its generator always rescales; "
+                     "--exact_span_at_generation=false cannot turn that off")
     config.model.exact_span_at_generation = bool(exact_span_at_generation)
     model = DoppelGANger(model.schema, model_config(config))
   return model, params, config

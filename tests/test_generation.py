@@ -1,4 +1,5 @@
 """Generation, conditional generation, metadata retraining, bundles and the CLI, on configs/tiny.py."""
+import json
 import os
 import subprocess
 import sys
@@ -205,6 +206,11 @@ def test_exact_span_at_generation_chosen_when_generating(trained, tmp_path, cli)
   assert np.abs(b.features - a.features).max() > 0.01
   back = DoppelGANgerModel.load(str(tmp_path / "b"), exact_span_at_generation=False)
   np.testing.assert_array_equal(generate_encoded(back.model, back.params, 40, seed=1).features, a.features)
+  config = load_bundle(str(tmp_path / "b"))[2]
+  config["model"]["exact_span"] = True  # trained with the rescale: it cannot be turned off when generating
+  save_bundle(str(tmp_path / "always"), params, plain.schema, json.dumps(config))
+  with pytest.raises(BadInput, match="trained with model.exact_span=True"):
+    load_generator(bundle=str(tmp_path / "always"), exact_span_at_generation=False)
 
 
 def test_cli_end_to_end_on_eight_devices(tmp_path, cli):
