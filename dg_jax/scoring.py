@@ -15,6 +15,8 @@ device for this.
   diff2_log_ratio/<f>      |ln| of the std of second differences over the reference's (jitter), per
                            continuous feature (both where the reference's value is not 0)
   flat_share/<f>           the share of generated series that are flat (metrics.flat_share)
+  at_min/<f>               the median share of a varying generated series' records at its minimum
+                           (metrics.at_min_share; logged, not a term: zero-inflated series)
   memorisation_ratio       median distance of generated series to their nearest training series (all of
                            them, in chunks on device) over that of unseen real series: the held-out slice,
                            or without one, each training series' distance to the nearest other one (leave
@@ -66,6 +68,7 @@ MEMORISATION_QUERIES = 2000  # unseen real series whose nearest-neighbour distan
 MEMORISATION_CHUNK = 4096  # training series per block of the on-device nearest-neighbour search
 FLAT_ALARM = 0.05  # the log names a feature flat in this share more of the generated series than of the reference's
 ALARM_FACTOR = 1.5  # ... or whose within-series spread or second differences are off by more than this factor
+AT_MIN_ALARM = 0.25  # ... or whose varying series sit at their minimum for this share of records more or less
 HOLDOUT_SEED = 0  # the held-out slice depends on the data and train.eval_holdout only, never on train.seed
 
 
@@ -265,6 +268,13 @@ def difference_spread(x, lengths, order: int):
   return jnp.nanmedian(jnp.where(ok, rough / jnp.where(ok, spread, 1.0), jnp.nan))
 
 
+def at_min_share(x, lengths, tolerance):
+  """metrics.at_min_share of one feature [n, T] in jnp."""
+  hi, lo = _extrema(x, lengths)
+  near = (_valid(lengths, x.shape[1]) & (x - lo[:, None] <= metrics.AT_MIN * (hi - lo)[:, None])).sum(1) / lengths
+  return jnp.nanmedian(jnp.where(hi - lo > tolerance, near, jnp.nan))
+
+
 def log_ratio(synthetic, real):
   """metrics.log_ratio in jnp (real > 0 here)."""
   return jnp.abs(jnp.log(synthetic) - jnp.log(real))
@@ -306,6 +316,7 @@ class Scorer:
                             if v.is_categorical],
         flat_tolerance=np.array(tolerance),
         flat_share=np.array([stats[j]["flat_share"] for j in cont]),
+        at_min=np.array([stats[j]["at_min"] for j in cont]),
         spread=np.array([stats[j]["spread"] for j in varying]), diff2=np.array([stats[j]["diff2"] for j in rough]))
     ref["midrange_scale"] = [float(np.std(m)) or 1.0 for m in ref["midranges"]]
     several = tuple(bool((h > 0).sum() > 1) for h in ref["attribute_histograms"] + ref["feature_histograms"])
@@ -328,7 +339,7 @@ class Scorer:
     return out
 
   def metrics(self, decoded: tuple, ref: dict) -> dict:
-    """One replica's decoded sample (`decode`) -> {name: scalar}: `names()`, flat_share/<f>, the
+    """One replica's decoded sample (`decode`) -> {name: scalar}: `names()`, flat_share/<f>, at_min/<f>, the
     memorisation ratio, `failed` and the composite score (inf when failed)."""
     schema = self.model.schema
     features, lengths, attributes = decoded
@@ -352,6 +363,8 @@ class Scorer:
     out = dict(zip(self.names(), values))
     flat = [jnp.mean(series_ranges(features[:, :, j], lengths) <= ref["flat_tolerance"][i]) for i, j in enumerate(cont)]
     out.update({f"flat_share/{schema.feature_vars[j].name}": f for j, f in zip(cont, flat)})
+    out.update({f"at_min/{schema.feature_vars[j].name}":
+                at_min_share(features[:, :, j], lengths, ref["flat_tolerance"][i]) for i, j in enumerate(cont)})
     median = jnp.median(nearest_distances(_flat_scaled(features, ref["memo_std"]), ref["memo_train"]))
     # as memorisation_summary: a reference median of 0 (duplicated series) gives inf, or 1 for exact copies
     out["memorisation_ratio"] = jnp.where(ref["held_out_median"] > 0, median / ref["held_out_median"],
@@ -366,8 +379,10 @@ class Scorer:
 
   def alarms(self, scores: dict) -> dict[tuple[int, str, str], str]:
     """{(replica, feature, what): line} for each continuous feature of each replica that is flat in
-    FLAT_ALARM more of the generated series than of the reference's ("collapse"), or whose spread or
-    roughness is off by more than ALARM_FACTOR: from one scoring's host metrics ({name: [K]})."""
+    FLAT_ALARM more of the generated series than of the reference's ("collapse"), whose spread or
+    roughness is off by more than ALARM_FACTOR, or whose varying series sit at their minimum for AT_MIN_ALARM
+    more or less of their records ("at the minimum": a loss rate at 0 but for a spike generated as bumps):
+    from one scoring's host metrics ({name: [K]})."""
     schema, out = self.model.schema, {}
     cont = [v.name for v in schema.feature_vars if not v.is_categorical]
     for r in range(len(scores["score"])):
@@ -377,6 +392,12 @@ class Scorer:
           out[r, name, "collapse"] = (
               f"replica {r}: {name} is flat in {flat:.0%} of the generated series ({ref_flat:.0%} of the "
               "reference's): the feature is collapsing (data.log_half_range=True may help: docs/design.md)")
+      for name, ref_at_min in zip(cont, self.reference["at_min"]):
+        at_min = scores[f"at_min/{name}"][r]
+        if abs(at_min - ref_at_min) > AT_MIN_ALARM:  # NaN (no varying series) compares False
+          out[r, name, "at the minimum"] = (
+              f"replica {r}: {name}: its varying generated series sit at their minimum for {at_min:.0%} of their "
+              f"records (the reference's for {ref_at_min:.0%})")
       for key, what in (("spread_log_ratio", "within-series spread"),
                         ("diff2_log_ratio", "spread of second differences (roughness)")):
         for name in cont:

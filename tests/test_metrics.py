@@ -62,8 +62,8 @@ def test_total_w1_by_category():
 
 
 def variability_keys(features):
-  return {f"{m}/{f}" for m in ("spread_log_ratio", "flat_share_gap", "diff1_log_ratio", "diff2_log_ratio")
-          for f in features}
+  names = ("spread_log_ratio", "flat_share_gap", "at_min_gap", "diff1_log_ratio", "diff2_log_ratio")
+  return {f"{m}/{f}" for m in names for f in features}
 
 
 def two_feature(features, lengths=None):
@@ -172,6 +172,20 @@ def test_variability_known_answers():
   doubled = metrics.evaluate(real, dataset(2 * smooth, np.zeros(200)))  # twice the spread, just as smooth
   assert doubled["spread_log_ratio/x"] == pytest.approx(np.log(2))
   assert doubled["diff1_log_ratio/x"] == pytest.approx(0, abs=1e-6) == doubled["diff2_log_ratio/x"]
+  assert scores["at_min_gap/x"] == 0 == doubled["at_min_gap/x"]  # one record at a moving series' minimum
+  # a loss rate: zero but for one spike of 3 records (as MBA's varying ping loss series), against bumps that
+  # rise and fall over the whole series, from and back to 0: the same range, no flat series
+  spikes = np.zeros((200, 24, 1))
+  spikes[np.arange(200), rng.integers(0, 22, 200)] = 1.0
+  spikes += np.roll(spikes, 1, axis=1) + np.roll(spikes, 2, axis=1)
+  bumps = np.sin(np.pi * t / 23)[None, :, None] * np.ones((200, 1, 1))
+  zeros = metrics.evaluate(dataset(spikes, np.zeros(200)), dataset(bumps, np.zeros(200)))
+  assert metrics.at_min_share(dataset(spikes, np.zeros(200)), 0, 0.0) == pytest.approx(21 / 24)
+  assert zeros["at_min_gap/x"] == pytest.approx(21 / 24 - 2 / 24) and zeros["flat_share_gap/x"] == 0
+  # no real series varies: the share is undefined for the real data, so the key is left out
+  reasons = {}
+  assert "at_min_gap/x" not in metrics.evaluate(dataset(level, np.zeros(200)), real, reasons=reasons)
+  assert reasons["at_min_gap/x"] == metrics.UNDEFINED_BECAUSE["at_min_gap"]
   # fully constant synthetic series: the spread is undefined for it, a failure (NaN), never dropped
   reasons = {}
   assert np.isnan(metrics.evaluate(real, dataset(level, np.zeros(200)), reasons=reasons)["spread_log_ratio/x"])

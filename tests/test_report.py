@@ -75,7 +75,8 @@ def test_several_sets_from_files_nested_bold_and_null(tmp_path):
   failed = {"autocorrelation_mse/traffic_bytes", "pearson_w1/traffic_bytes,latency_ms"}
   assert all(written["flat"][k] is None and np.isnan(result["flat"][k]) for k in failed)
   text = (out / "report.md").read_text()
-  assert "Not computed or failed: autocorrelation_mse/latency_ms (flat): the synthetic data does not define it" in text
+  assert "Not computed or failed: at_min_gap/latency_ms (flat): the synthetic data does not define it" in text
+  assert "; autocorrelation_mse/latency_ms (flat): the synthetic data does not define it" in text
   assert "collapse (flat): traffic_bytes: 100% of the series are flat (8% of the real ones); latency_ms: 100%" in text
   plots = EXPECTED_PLOTS | {"nearest_neighbours_copy.png", "nearest_neighbours_flat.png"}
   assert {p.name for p in out.glob("*.png")} == plots
@@ -83,7 +84,7 @@ def test_several_sets_from_files_nested_bold_and_null(tmp_path):
 
   metric_table, variability = (out / "report.md").read_text().split("## Variability")
   # the variability table: per feature, real then each set; the flat set's series have no spread at all
-  assert "| latency_ms | flat | 0 | 1 | n/a | n/a |" in variability
+  assert "| latency_ms | flat | 0 | 1 | n/a | n/a | n/a |" in variability
   rows = {line.split(" | ")[0][2:]: line.strip("| ").split(" | ")[1:]
           for line in metric_table.splitlines() if line.startswith("| ")}
   assert rows.pop("metric") == ["copy", "flat"]

@@ -1,5 +1,7 @@
 """The training-time score cannot be fooled: failed generators score worst, scores are comparable
 between scorings, and copies of any training series are seen."""
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -8,6 +10,7 @@ from dg_jax import scoring
 from dg_jax.data import encoding
 from dg_jax.data.demo import make_demo
 from dg_jax.data.schema import Dataset, continuous
+from dg_jax.evaluation import metrics
 from dg_jax.models.doppelganger import DoppelGANger
 from dg_jax.settings import model_config, train_config
 from dg_jax.train_step import init_replicas
@@ -46,6 +49,26 @@ def test_failed_generators_score_worst(demo_scorer):
     assert bad["failed"] == 1 and bad["score"] == np.inf
   # the constant sample is flat in every series; the honest one in none
   assert scored(demo_scorer, features=constant)["flat_share/latency_ms"] == 1 and honest["flat_share/latency_ms"] == 0
+
+
+def test_the_share_of_records_at_the_minimum_is_logged(demo_scorer):
+  """at_min/<f>: as metrics.at_min_share; a series at 0 but for a spike of 3 records has all the others there,
+  and the log names the feature."""
+  scorer, sample, _ = demo_scorer
+  spikes = np.zeros_like(sample.features)
+  spikes[:, 5:8, 0] = 1e6
+  spikes[:, :, 1] = sample.features[:, :, 1]
+  got = scored(demo_scorer, features=spikes)
+  moving = sample.lengths > 5  # the spike within the series
+  assert got["at_min/traffic_bytes"] == pytest.approx(np.median(1 - np.minimum(sample.lengths[moving] - 5, 3)
+                                                                / sample.lengths[moving]))
+  assert got["at_min/traffic_bytes"] == pytest.approx(metrics.at_min_share(
+      dataclasses.replace(sample, features=spikes), 0, float(scorer.reference["flat_tolerance"][0])))
+  honest = scored(demo_scorer)  # a real series of the demo moves: one record at its minimum
+  raised = scorer.alarms({k: np.array([honest[k], got[k]]) for k in honest})
+  assert [key for key in raised if key[2] == "at the minimum" or key[0] == 0] == [(1, "traffic_bytes", "at the minimum")]
+  assert raised[1, "traffic_bytes", "at the minimum"].startswith(
+      "replica 1: traffic_bytes: its varying generated series sit at their minimum for 8")
 
 
 def test_the_log_names_a_collapsing_or_jittery_feature(demo_scorer):

@@ -215,6 +215,10 @@ def test_on_device_metrics_agree_with_the_evaluation_module(scored_run):
   want = metrics.evaluate(held_out, synthetic)
   for name in scorer.names():
     np.testing.assert_allclose(got[name], want[name], rtol=2e-3, atol=1e-6, err_msg=name)
+  for j, var in enumerate(held_out.feature_vars):  # logged beside the score (zero-inflated series)
+    if not var.is_categorical:
+      share = metrics.at_min_share(synthetic, j, metrics.flat_tolerance(held_out, j))
+      np.testing.assert_allclose(got[f"at_min/{var.name}"], share, atol=0.02, err_msg=var.name)
   memo = memorisation.memorisation_summary(train, synthetic, held_out)
   np.testing.assert_allclose(got["memorisation_ratio"], memo["memorisation/median_ratio"], rtol=1e-3)
   # decoded on device as on the host

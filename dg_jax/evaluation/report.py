@@ -148,7 +148,7 @@ def _table(scores: dict[str, dict[str, float]], ranking: tuple[tuple, tuple]) ->
 
 def _variability_table(real: Dataset, sets: dict[str, Dataset]) -> tuple[list, list]:
   """Per continuous feature and set (real first): metrics.variability's statistics, side by side."""
-  stats = ("spread", "flat_share", "diff1", "diff2")
+  stats = ("spread", "flat_share", "at_min", "diff1", "diff2")
   rows = []
   for j, var in enumerate(real.feature_vars):
     if not var.is_categorical:
@@ -156,8 +156,8 @@ def _variability_table(real: Dataset, sets: dict[str, Dataset]) -> tuple[list, l
       for name, data in {"real": real, **sets}.items():
         v = metrics.variability(data, j, tol)
         rows.append([(var.name, False), (name, False)] + [(_format(v[s]), False) for s in stats])
-  return ["feature", "set", "median within-series std", "flat share", "1st differences (relative std)",
-          "2nd differences (relative std)"], rows
+  return ["feature", "set", "median within-series std", "flat share", "records at the minimum (varying series)",
+          "1st differences (relative std)", "2nd differences (relative std)"], rows
 
 
 def _blocks(real, sets, train, scores, undefined, figures, title, ranking) -> list[tuple]:
@@ -180,10 +180,12 @@ def _blocks(real, sets, train, scores, undefined, figures, title, ranking) -> li
     blocks += [("h2", "Variability"),
                ("p", "How each continuous feature varies within series: its median within-series standard "
                      "deviation (in its units), the share of flat series (range at most "
-                     f"{metrics.FLAT_TOLERANCE:g} of the median range of the real series that vary), and the "
-                     "median over series of the standard deviation of first and second differences over the "
-                     "series' own. A collapsed feature has a small spread and a large flat share, a jittery one "
-                     "large differences."),
+                     f"{metrics.FLAT_TOLERANCE:g} of the median range of the real series that vary), the "
+                     "median share of a varying series' records at its minimum (within "
+                     f"{metrics.AT_MIN:g} of its range), and the median over series of the standard deviation of "
+                     "first and second differences over the series' own. A collapsed feature has a small spread "
+                     "and a large flat share, a jittery one large differences; where real series sit at 0 but "
+                     "for a spike (a loss rate), generated ones should have as many records at the minimum."),
                ("table", *variability)]
   section = None
   for sec, caption, name in figures:
