@@ -44,6 +44,9 @@ class ModelConfig:
                                         # min/max imply, as every real one does (issue 21; off, as the paper)
   exact_span_at_generation: bool = False  # the same rescale when generating only (and in the training-time
                                         # score), not in training's forward pass (an option; off, as the paper)
+  floor_flags: bool = False             # an "at the floor" flag per record for continuous features at their
+                                        # minimum in many records (encoding.FLOOR_SHARE; configs/default.py
+                                        # turns it on; off here: configs saved before it)
 
   def __post_init__(self):
     if self.initial_state not in ("random", "zero"):

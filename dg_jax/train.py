@@ -469,6 +469,18 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
       if high > low:
         schema = dataclasses.replace(schema, log_half_bounds=(float(low), float(high)))
         log.info("data.log_half_range: the log code spans the training series' half-ranges, %.3g to %.3g", low, high)
+  if mc.floor_flags and not (resumed or source) and schema.continuous_features:
+    if pc.enabled:  # the features chosen from the private series would be outside the guarantee
+      log.info("model.floor_flags: no floor flags with privacy on (they would be chosen on the private data)")
+    else:
+      counts = encoding.floor_counts(dataset, schema)
+      counts = share.sum(counts) if share else counts
+      schema = dataclasses.replace(schema, floored=encoding.floored_features(counts, schema))
+      names = [f"{schema.feature_vars[j].name} ({counts[0][k] / max(counts[1][k], 1):.0%})"
+               for k, j in enumerate(schema.continuous_features) if j in schema.floored]
+      log.info("model.floor_flags: %s", f"an \"at the floor\" flag per record for the features at their minimum "
+               f"in {encoding.FLOOR_SHARE:.0%} or more of the records: {', '.join(names)}" if names
+               else "no feature sits at its minimum in many records; no floor flags")
   encoded = encoding.encode(dataset, schema)
   num_series = share.num_series if share else dataset.num_samples
   data_id = dict(fingerprint=share.fingerprint(encoded) if share else data_fingerprint(encoded), num_series=num_series,

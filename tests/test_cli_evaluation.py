@@ -49,8 +49,8 @@ def test_sweep_mode_with_seeds_a_held_out_file_variants_and_resume(tmp_path, cli
   w = tmp_path / "sweep"
   args = ("--mode=sweep", "--config=configs/tiny.py", f"--workdir={w}", "--config.train.num_steps=10",
           "--config.train.num_seeds=2", "--config.train.eval_every=5", "--config.train.eval_holdout=0",
-          "--config.train.max_rollbacks=0", "--num_samples=32", f"--real_test={tmp_path / 'test.npz'}",
-          "--posthoc_scores=quick")
+          "--config.train.max_rollbacks=0", "--config.train.eval_samples=32", "--num_samples=32",
+          f"--real_test={tmp_path / 'test.npz'}", "--posthoc_scores=quick")  # eval_samples: scorings 6x cheaper
   # two variants that differ only in the learning rate: one program of 4 replicas, split back per variant
   # replica 3 (fast's second seed) generates flat series (tests/fault_launch.py): a collapsed seed, counted
   log = cli(*args, "--variants=sample_len_2=model.sample_len=2;fast=model.sample_len=2,train.learning_rate=3e-3",

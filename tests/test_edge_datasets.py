@@ -30,7 +30,8 @@ def sines(t: int = 12, attributes: bool = False) -> Dataset:
 
 
 def states(continuous: bool) -> Dataset:
-  """A 3-state sequence (each series cycles from its own start), variable lengths, one attribute."""
+  """A 3-state sequence (each series cycles from its own start), variable lengths, one attribute; with
+  `continuous` a load that is exactly 0 when idle (a third of the records: floor flags)."""
   rng = np.random.default_rng(1)
   t = 10
   start = rng.integers(0, 3, N)
@@ -39,7 +40,7 @@ def states(continuous: bool) -> Dataset:
   cols = [codes]
   fvars = [Variable("state", CATEGORICAL, ("idle", "busy", "down"))]
   if continuous:
-    cols.append(codes * 10.0 + rng.uniform(0, 1, (N, t)))
+    cols.append(np.where(codes == 0, 0.0, codes * 10.0 + rng.uniform(0, 1, (N, t))))
     fvars.append(Variable("load", CONTINUOUS))
   features = np.stack(cols, -1).astype(np.float32)
   features[np.arange(t)[None] >= lengths[:, None]] = 0
@@ -87,6 +88,8 @@ def test_edge_dataset_end_to_end(case, tmp_path):
   assert synthetic.lengths.min() >= data.lengths.min()  # never shorter than what training showed
   if (data.lengths == data.max_length).all():
     assert (synthetic.lengths == data.max_length).all()  # fixed-length data: fixed-length samples
+  if case == "categorical_and_continuous":  # idle loads are exactly 0: generated with floor flags
+    assert model.schema.floored == (1,) and (synthetic.features[..., 1][synthetic.valid_steps] == 0).any()
   if data.attribute_vars:  # conditional generation keeps the given rows
     rows = data.attributes[:7]
     cond = generate(model, params, 0, seed=1, attributes=rows)

@@ -344,3 +344,43 @@ def test_log_half_range_auto():
   heavy = Dataset(np.stack([wide, tail], -1), np.full(n, t), np.zeros((n, 0)), names, ()).validate()
   assert not encoding.fit_schema(heavy, log_half_range="auto").log_half_range
   assert not encoding.fit_schema(data, auto_normalize=False, log_half_range="auto").log_half_range
+
+
+@pytest.mark.parametrize("normalization,auto_normalize", [(encoding.ZERO_ONE, True), (encoding.MINUS_ONE_ONE, False)])
+def test_floor_flags_known_answers_and_round_trip(normalization, auto_normalize):
+  """model.floor_flags: a feature at its minimum in a tenth of the records or more gets a flag per record,
+  one-hot as the data's; decoding (on the host and on device) puts a flagged record exactly at the minimum,
+  whatever its continuous value, and an unflagged one where that value says."""
+  import jax
+  from dg_jax import scoring
+  data = random_dataset(4)
+  loss, low = data.features[..., 2], data.features[..., 2][data.valid_steps].min()
+  data.features[..., 2] = np.where(loss < 2, low, loss) * data.valid_steps  # 65% at the minimum; bytes once
+  schema = encoding.fit_schema(data, normalization, auto_normalize)
+  counts = encoding.floor_counts(data, schema)
+  at = (data.features[..., 2] == low)[data.valid_steps].sum()
+  np.testing.assert_array_equal(counts, [[1, at], [data.valid_steps.sum()] * 2])
+  halves = [encoding.floor_counts(data.subset(np.arange(i, 40, 2)), schema) for i in (0, 1)]
+  np.testing.assert_array_equal(halves[0] + halves[1], counts)  # processes' shares add theirs
+  schema = dataclasses.replace(schema, floored=encoding.floored_features(counts, schema))
+  assert schema.floored == (2,) and encoding.Schema.from_json(schema.to_json()) == schema
+  enc = encoding.encode(data, schema)
+  assert enc.features.shape[-1] == schema.feature_dim == 1 + 3 + 1 + 2 + 2
+  flags = enc.features[..., -4:-2]
+  np.testing.assert_array_equal(flags[..., 1], (data.features[..., 2] == low) & data.valid_steps)
+  np.testing.assert_array_equal(flags.sum(-1), data.valid_steps)
+  assert_same(encoding.decode(enc, schema), data, rtol=2e-4)
+  # soft flags, and continuous values that disagree with them: the flag decides
+  soft = enc.features.copy()
+  soft[..., 4] = 0.5
+  soft[..., -4:-2] = np.where(flags[..., 1:] > 0, [0.3, 0.7], [0.6, 0.4]) * data.valid_steps[..., None]
+  back = encoding.decode(dataclasses.replace(enc, features=soft), schema)
+  assert (back.features[..., 2][flags[..., 1] > 0] == low).all()
+  assert (back.features[..., 2][(flags[..., 0] > 0)] > low + 1e-3).all()
+  on_device, _, _ = jax.device_get(jax.jit(scoring.decode, static_argnums=1)(dict(features=soft, attributes=enc.attributes,
+                                                       additional_attributes=enc.additional_attributes), schema))
+  np.testing.assert_allclose(on_device, back.features, rtol=1e-4, atol=1e-3)
+  assert (on_device[..., 2][flags[..., 1] > 0] == low).all()
+  # a minimum reached by one record of eight is no point mass
+  few = Dataset(np.arange(8, dtype=np.float32).reshape(2, 4, 1), np.full(2, 4), np.zeros((2, 0)), (continuous("x"),), ())
+  assert encoding.floored_features(encoding.floor_counts(few, encoding.fit_schema(few)), schema) == ()

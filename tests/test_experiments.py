@@ -34,11 +34,13 @@ def test_compare_baselines(tmp_path, shared_data):
 
 
 SMALL = ("--extra=--config.model.critic_num_units=16", "--extra=--config.model.feature_num_units=16",
-         "--extra=--config.model.critic_num_layers=1")
+         "--extra=--config.model.critic_num_layers=1", "--extra=--config.model.attribute_num_units=16",
+         "--extra=--config.model.additional_num_units=16")
 
 
 def test_dp_tradeoff(tmp_path, shared_data):
-  out = run_script("dp_tradeoff.py", "--epsilons=1000", "--steps=4", f"--out={tmp_path / 'dp'}", *SMALL)
+  out = run_script("dp_tradeoff.py", "--epsilons=1000", "--steps=4", f"--out={tmp_path / 'dp'}", *SMALL,
+                   "--extra=--config.model.sample_len=8", "--extra=--config.train.steps_per_dispatch=4")  # 7 LSTM steps
   rows = {r["run"]: r for r in json.loads((tmp_path / "dp" / "dp.json").read_text())["rows"]}
   assert rows["non-private"]["epsilon"] is None and 0 < rows["epsilon=1000"]["epsilon"] <= 1000
   assert (tmp_path / "dp" / "dp_autocorrelation.png").stat().st_size > 1000 and "| epsilon=1000 |" in out
@@ -66,7 +68,8 @@ def test_dp_pretrain(tmp_path):
   --sampling=poisson: its private runs Poisson-sampled (noise calibrated to an epsilon: test_dp_tradeoff)."""
   run_script("dp_pretrain.py", "--recipes=dp-finetune", "--noise_multipliers=2.5", "--steps=4", "--public_steps=4",
              "--n_private=60", "--n_holdout=20", "--n_public=40", "--length=24", "--offset=5", "--eval_samples=20",
-             f"--out={tmp_path}", *SMALL, "--extra=--config.train.batch_size=20", "--sampling=poisson")
+             f"--out={tmp_path}", *SMALL, "--extra=--config.train.batch_size=20", "--extra=--config.model.sample_len=4",
+             "--extra=--config.train.steps_per_dispatch=4", "--sampling=poisson")
   result = json.loads((tmp_path / "dp_pretrain_noise_poisson.json").read_text())
   (row,) = result["rows"]
   assert row["recipe"] == "dp-finetune" and row["noise_multiplier"] == 2.5 and row["steps"] == 4

@@ -122,7 +122,8 @@ def test_conditional_generation_follows_the_condition(tmp_path_factory):
   from dg_jax.data.loaders import load_dataset
   workdir = str(tmp_path_factory.mktemp("conditional"))
   c = tiny.get_config()
-  c.train.update(num_steps=1500, checkpoint_every=1500, log_every=1500)
+  # the same training in 15 dispatches, not 300: tiny steps cost little more than their round trips
+  c.train.update(num_steps=1500, checkpoint_every=1500, log_every=1500, steps_per_dispatch=100)
   c.num_devices = 1  # trains faster than the tests' 8 virtual devices on 2 cores
   train_and_evaluate(c, workdir)
   real = load_dataset(c.data)

@@ -82,7 +82,7 @@ def test_two_processes_train_and_score_k_seeds_as_one(tmp_path):
   """K=2 on the 2 x 2 devices: a ('seeds', 'data') = (2, 2) mesh whose replicas are sharded across the
   processes, scored every 10 steps, with a wall-clock budget on one process only: both stop at the same
   step, checkpointed, with the same parameters and best scores as one process trained that far."""
-  flags = dict(num_seeds=2, eval_every=10, num_steps=100000)
+  flags = dict(num_seeds=2, eval_every=10, eval_samples=32, num_steps=100000)  # 32 series: cheaper scorings
   mp, single = tmp_path / "two", tmp_path / "one"
   logs = run_processes("--config=configs/tiny.py", "--config.data.demo.num_samples=200", f"--workdir={mp}",
                        *(f"--config.train.{k}={v}" for k, v in flags.items()),
@@ -107,14 +107,21 @@ def test_two_processes_decay_their_learning_rates_alike_in_a_timed_run(tmp_path)
   """train.max_minutes with the learning rates' decay, each process on its own clock and budget, one replica
   on each: the step the decay aims at is agreed (the least of their estimates), so both replicas' rates fall
   alike, to where the shorter budget stops both."""
-  logs = run_processes("--config=configs/tiny.py", f"--workdir={tmp_path}", "--config.train.num_seeds=2",
-                       "--config.train.num_steps=100000", "--config.train.lr_decay_start=0.5",
-                       per_process=[["--config.train.max_minutes=0.8"], ["--config.train.max_minutes=0.4"]],
-                       timeout=240)
-  assert "wall-clock budget (train.max_minutes) spent" in logs[0], logs[0][-2000:]
-  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  scales = np.array([row["lr_scale"] for row in rows])  # [rows, replicas]
-  np.testing.assert_array_equal(scales[:, 0], scales[:, 1])  # a process deciding alone would give 1 to its own
+  def timed_run(workdir):
+    logs = run_processes("--config=configs/tiny.py", f"--workdir={workdir}", "--config.train.num_seeds=2",
+                         "--config.train.num_steps=100000", "--config.train.lr_decay_start=0.5",
+                         per_process=[["--config.train.max_minutes=0.8"], ["--config.train.max_minutes=0.4"]],
+                         timeout=240)
+    assert "wall-clock budget (train.max_minutes) spent" in logs[0], logs[0][-2000:]
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    scales = np.array([row["lr_scale"] for row in rows])  # [rows, replicas]
+    np.testing.assert_array_equal(scales[:, 0], scales[:, 1])  # a process deciding alone would give 1 to its own
+    return scales
+  scales = timed_run(tmp_path / "a")
+  if scales[-1, 0] >= 0.5:
+    # compiling the step counts against the budget: on a machine so busy that it took the budget, no rate was
+    # measured in time to aim the decay at. Once more, the step compiled already (JAX's persistent cache).
+    scales = timed_run(tmp_path / "b")
   assert scales[0, 0] == 1 and scales[-1, 0] < 0.5  # decayed towards the shorter budget's end
 
 

@@ -6,8 +6,9 @@ Encoded layout (all float32):
                                     (max-min)/2 in [0, 1], or with `log_half_range` its position on a
                                     log scale from AUTO_NORM_EPS to the largest possible half-range
                                     (empty without auto-normalisation)
-  features               [n, T, F]  per record: feature blocks, then the 2 generation-flag columns
-                                    ([1,0] continues, [0,1] ends here, [0,0] after the end)
+  features               [n, T, F]  per record: feature blocks, a 2-column "at the floor" flag per floored
+                                    feature ([1,0] above it, [0,1] at it), then the 2 generation-flag
+                                    columns ([1,0] continues, [0,1] ends here, [0,0] after the end)
 """
 from __future__ import annotations
 
@@ -64,6 +65,10 @@ class Schema:
   # each series' half-range, the steps in the data's units, which the step critic also sees
   # (`unit_step_scale`); () = normalised steps only (no min/max, and schemas saved before it).
   unit_step_scale: tuple[float, ...] = ()
+  # model.floor_flags: the continuous features (indices into feature_vars) that sit at their minimum in many
+  # records (`floored_features`), each with an "at the floor" flag per record; () = none (off, in private
+  # runs and in schemas saved before it).
+  floored: tuple[int, ...] = ()
 
   def __post_init__(self):
     if self.normalization not in NORMALIZATIONS:
@@ -89,8 +94,12 @@ class Schema:
 
   @property
   def feature_heads(self) -> tuple[Head, ...]:
-    """Heads of one record, generation flag last."""
-    return self._heads(self.feature_vars) + (FLAG_HEAD,)
+    """Heads of one record: the features', the floor flags' (`floored`), the generation flag last."""
+    return self._heads(self.feature_vars) + (FLAG_HEAD,) * len(self.floored) + (FLAG_HEAD,)
+
+  def floor_block(self, blocks: list, j: int):
+    """The floor flag of feature j among a record's blocks (split by `feature_heads`), or None."""
+    return blocks[len(self.feature_vars) + self.floored.index(j)] if j in self.floored else None
 
   @property
   def continuous_features(self) -> tuple[int, ...]:
@@ -127,6 +136,7 @@ class Schema:
     d["log_half_bounds"] = tuple(d.get("log_half_bounds", ()))
     d["step_scale"] = tuple(d.get("step_scale", ()))
     d["unit_step_scale"] = tuple(d.get("unit_step_scale", ()))
+    d["floored"] = tuple(d.get("floored", ()))
     return cls(**d)
 
 
@@ -370,6 +380,8 @@ def encode(dataset: Dataset, schema: Schema) -> Encoded:
       if schema.normalization == MINUS_ONE_ONE:
         g = 2 * g - 1
     cols.append((g * valid)[..., None].astype(np.float32))
+  for j in schema.floored:
+    cols.append(_one_hot(_at_floor(schema.feature_vars[j], feats[:, :, j]), 2) * valid[..., None])
   cols.append(lengths_to_flags(dataset.lengths, t))
   return Encoded(
       attributes=encode_attributes(dataset.attributes, schema),
@@ -462,6 +474,34 @@ def unit_step_scale(moments: np.ndarray) -> tuple[float, ...]:
   return tuple(float(r) if s > 0 and r > 0 else 0.0 for r, s in zip(rms, step_scale(moments)))
 
 
+# model.floor_flags: a continuous feature whose training records sit at its minimum (the low end of its global
+# range, within FLOOR_TOLERANCE of the range) in at least FLOOR_SHARE of them has a point mass there that a
+# sigmoid or tanh output never produces: MBA's ping loss rate is 0 in 98% of its records, and its generated
+# series were bumps with 4-38% of their records at their minimum (issue 21). Such a feature gets a two-way
+# softmax per record, as the generation flags: at the floor or above it; decoding puts the records whose
+# flag says so exactly at the floor.
+FLOOR_SHARE = 0.1
+FLOOR_TOLERANCE = 1e-6
+
+
+def _at_floor(var: Variable, x: np.ndarray) -> np.ndarray:
+  return _scale(var, x, ZERO_ONE) <= FLOOR_TOLERANCE
+
+
+def floor_counts(dataset: Dataset, schema: Schema) -> np.ndarray:
+  """[2, Kc] per continuous feature its valid records at the floor, and all valid records (shares add theirs)."""
+  valid = _valid_mask(dataset.lengths, dataset.max_length)
+  at = [(_at_floor(schema.feature_vars[j], dataset.features[:, :, j]) & valid).sum()
+        for j in schema.continuous_features]
+  return np.array([at, [valid.sum()] * len(at)], np.float64).reshape(2, -1)
+
+
+def floored_features(counts: np.ndarray, schema: Schema) -> tuple[int, ...]:
+  """`floor_counts` (summed over shares) -> Schema.floored: the features at their floor in FLOOR_SHARE of the
+  records, and in more than one (a minimum reached once is no point mass, however few the records)."""
+  return tuple(j for j, at, n in zip(schema.continuous_features, *counts) if at > 1 and at >= FLOOR_SHARE * n)
+
+
 def lengths_to_flags(lengths: np.ndarray, t: int) -> np.ndarray:
   """[n] lengths -> [n, T, 2] generation flags (Appendix B)."""
   steps = np.arange(t)[None, :]
@@ -513,6 +553,9 @@ def decode(encoded: Encoded, schema: Schema, source: str = "<generated>") -> Dat
       # A generated min (mid - half) can fall outside the global range, e.g. negative byte counts;
       # keep values within the range the data was scaled to, as without auto-normalisation.
       y = np.clip(x01 * (2 * half) + (mid - half), *value_range(schema.normalization))
+    floor = schema.floor_block(blocks, j)
+    if floor is not None:  # exactly at the floor where its flag says so
+      y = np.where(floor[..., 1] > floor[..., 0], value_range(schema.normalization)[0], y)
     out[:, :, j] = _unscale(var, y, schema.normalization)
   for j, var in enumerate(schema.feature_vars):
     if var.is_categorical:
