@@ -69,15 +69,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import TYPE_CHECKING
 
-import dp_accounting
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from scipy import stats
 
 from dg_jax.settings import PrivacyConfig
+
+if TYPE_CHECKING:  # imported where used: dp_accounting loads much of scipy, 3 s that runs without privacy never need
+  import dp_accounting
 
 
 def private_grad(example_loss, params, examples: tuple, l2_clip: float, noise_multiplier: float, key: jax.Array,
@@ -178,6 +180,7 @@ class Accountant:
     return "add-or-remove" if self.poisson else "replace-one"
 
   def event(self, steps: int) -> dp_accounting.DpEvent:
+    import dp_accounting
     if self.poisson:  # add-or-remove: sensitivity clip (with DP-BandMF: C's column norm, 1)
       step = dp_accounting.PoissonSampledDpEvent(self.rate, dp_accounting.SelfComposedDpEvent(
           dp_accounting.GaussianDpEvent(self.noise_multiplier), self.rounds))
@@ -196,6 +199,7 @@ class Accountant:
     DP-BandMF a series is in the step's group with probability 1/b, so the count is Binomial(n+1, B/n) too)."""
     if not self.poisson:
       return -np.inf
+    from scipy import stats
     return float(stats.binom.logsf(self.capacity, self.num_examples + 1, self.batch_size / self.num_examples))
 
   def epsilon(self, steps: int, runs: int = 1) -> float:
@@ -230,6 +234,7 @@ def composed(runs: list[tuple[Accountant, int]], delta: float) -> tuple[float, f
   if len({a.neighbouring for a, _ in runs}) > 1:
     raise ValueError("cannot compose runs accounted under different neighbouring relations "
                      f"({sorted({a.neighbouring for a, _ in runs})}): use one privacy.sampling for all")
+  import dp_accounting
   orders = runs[0][0]._one_participation.orders  # dp_accounting's default orders, the same for every accountant
   rdp = sum(a.participations(steps) * a._one_participation.rdp for a, steps in runs)
   if not runs[0][0].poisson:
@@ -280,6 +285,7 @@ def spent_record(accountant: Accountant, steps: int, replicas: int, init_from: s
 
 
 def new_rdp_accountant(poisson: bool = False) -> dp_accounting.rdp.RdpAccountant:
+  import dp_accounting
   relation = dp_accounting.NeighboringRelation
   return dp_accounting.rdp.RdpAccountant(
       neighboring_relation=relation.ADD_OR_REMOVE_ONE if poisson else relation.REPLACE_ONE)
@@ -300,6 +306,7 @@ def calibrate_noise(num_examples: int, batch_size: int, rounds: int, steps: int,
     raise ValueError(f"privacy.target_epsilon={target_epsilon} allows almost no noise for {steps} steps; "
                      "set privacy.noise_multiplier instead")
   poisson = sampling == "poisson"
+  import dp_accounting
   return dp_accounting.calibrate_dp_mechanism(
       lambda: new_rdp_accountant(poisson), lambda sigma: make(sigma).event(steps), target_epsilon,
       (1 - TRUNCATION_SHARE) * delta if poisson else delta, dp_accounting.LowerEndpointAndGuess(least, 1.0), tol=1e-3)

@@ -1,4 +1,4 @@
-"""launch.py's process-level settings: JAX's persistent compilation cache."""
+"""launch.py's process-level settings: JAX's persistent compilation cache, what it imports."""
 import os
 import subprocess
 import sys
@@ -29,3 +29,12 @@ def test_devices_mode_reports_processes_and_devices(capsys):
   import launch
   launch._devices()
   assert capsys.readouterr().out.startswith("process 0 of 1: 8 local and 8 global device(s), cpu")
+
+
+def test_runs_without_privacy_do_not_load_the_privacy_accountant():
+  """dp_accounting loads much of scipy, about 3 s of CPU in every launch.py process: only private runs import it."""
+  code = ("import sys, launch, dg_jax.train, dg_jax.sampling, dg_jax.sweep, dg_jax.retrain; "
+          "assert 'dp_accounting' not in sys.modules and 'scipy.stats' not in sys.modules")
+  r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]

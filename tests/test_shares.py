@@ -58,4 +58,7 @@ def test_blocks_in_host_memory_train_what_blocks_on_device_train(tmp_path, caplo
     train_and_evaluate(c, str(tmp_path / placement))
     params[placement] = jax.device_get(restore_run(str(tmp_path / placement))[1]["params"])
   assert "each on its devices" in caplog.text and "in host memory; each process builds" in caplog.text
-  jax.tree.map(np.testing.assert_array_equal, params["sharded"], params["sharded_host"])
+  # two programs (batches gathered on device, or fed), which XLA may fuse apart: equal up to float rounding
+  # (at most 3e-9 beyond 1e-6 relative seen); two shards swapped part them by 3.5e-4 (median), up to 0.01
+  close = lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)  # noqa: E731
+  jax.tree.map(close, params["sharded"], params["sharded_host"])
