@@ -78,7 +78,8 @@ import optax
 
 from dg_jax.settings import PrivacyConfig
 
-if TYPE_CHECKING:  # imported where used: dp_accounting loads much of scipy, 3 s that runs without privacy never need
+# dp_accounting is imported where used: it loads much of scipy, 1.5-2.5 s that runs without privacy never need.
+if TYPE_CHECKING:
   import dp_accounting
 
 

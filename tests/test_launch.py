@@ -32,7 +32,7 @@ def test_devices_mode_reports_processes_and_devices(capsys):
 
 
 def test_runs_without_privacy_do_not_load_the_privacy_accountant():
-  """dp_accounting loads much of scipy, about 3 s of CPU in every launch.py process: only private runs import it."""
+  """dp_accounting loads much of scipy, 1.5-2.5 s of CPU in every launch.py process: only private runs import it."""
   code = ("import sys, launch, dg_jax.train, dg_jax.sampling, dg_jax.sweep, dg_jax.retrain; "
           "assert 'dp_accounting' not in sys.modules and 'scipy.stats' not in sys.modules")
   r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
