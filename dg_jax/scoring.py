@@ -130,10 +130,7 @@ def decode(sample: dict, schema: encoding.Schema) -> tuple[jax.Array, jax.Array,
       x01 = y if schema.normalization == encoding.ZERO_ONE else (y + 1) / 2
       mid, half = additional[:, 2 * c:2 * c + 1], encoding.decode_half(additional[:, 2 * c + 1:2 * c + 2], schema)
       y = jnp.clip(x01 * (2 * half) + (mid - half), *encoding.value_range(schema.normalization))
-    floor = schema.floor_block(blocks, j)
-    if floor is not None:
-      y = jnp.where(floor[..., 1] > floor[..., 0], encoding.value_range(schema.normalization)[0], y)
-    cols.append(unscale(var, y))
+    cols.append(unscale(var, schema.put_at_floor(y, blocks, j, jnp.where)))
     c += 1
   features = jnp.where(_valid(lengths, schema.max_length)[..., None], jnp.stack(cols, -1), 0.0)
   attrs = [b.argmax(-1).astype(jnp.float32) if v.is_categorical else unscale(v, b[:, 0])

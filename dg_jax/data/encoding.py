@@ -97,9 +97,13 @@ class Schema:
     """Heads of one record: the features', the floor flags' (`floored`), the generation flag last."""
     return self._heads(self.feature_vars) + (FLAG_HEAD,) * len(self.floored) + (FLAG_HEAD,)
 
-  def floor_block(self, blocks: list, j: int):
-    """The floor flag of feature j among a record's blocks (split by `feature_heads`), or None."""
-    return blocks[len(self.feature_vars) + self.floored.index(j)] if j in self.floored else None
+  def put_at_floor(self, y, blocks: list, j: int, where=np.where):
+    """Feature j's model-space values y with the records whose floor flag (among a record's blocks, split by
+    `feature_heads`) says so exactly at the floor; numpy, or jnp with where=jnp.where."""
+    if j not in self.floored:
+      return y
+    flag = blocks[len(self.feature_vars) + self.floored.index(j)]
+    return where(flag[..., 1] > flag[..., 0], value_range(self.normalization)[0], y)
 
   @property
   def continuous_features(self) -> tuple[int, ...]:
@@ -553,10 +557,7 @@ def decode(encoded: Encoded, schema: Schema, source: str = "<generated>") -> Dat
       # A generated min (mid - half) can fall outside the global range, e.g. negative byte counts;
       # keep values within the range the data was scaled to, as without auto-normalisation.
       y = np.clip(x01 * (2 * half) + (mid - half), *value_range(schema.normalization))
-    floor = schema.floor_block(blocks, j)
-    if floor is not None:  # exactly at the floor where its flag says so
-      y = np.where(floor[..., 1] > floor[..., 0], value_range(schema.normalization)[0], y)
-    out[:, :, j] = _unscale(var, y, schema.normalization)
+    out[:, :, j] = _unscale(var, schema.put_at_floor(y, blocks, j), schema.normalization)
   for j, var in enumerate(schema.feature_vars):
     if var.is_categorical:
       out[:, :, j] = blocks[j].argmax(-1)
