@@ -75,6 +75,7 @@ def get_config():
   c.model.floor_flags = True        # a feature at its minimum in a tenth or more of the records (MBA's ping loss
                                     # rate: 98%) also gets an "at the floor" flag per record, as the generation
                                     # flags, decoded as exactly its minimum (docs/design.md)
+  c.model.floor_series_flags = True  # and, with auto-normalisation, an "at the floor throughout" flag per series
   c.model.critic_difference_weight = 0.0  # > 0: critics also see each continuous feature's record-to-record
                                     # differences times this (10: sines 80x -> 9x rougher than real, but the
                                     # demo's autocorrelation and spreads worse; docs/design.md)

@@ -47,6 +47,9 @@ class ModelConfig:
   floor_flags: bool = False             # an "at the floor" flag per record for continuous features at their
                                         # minimum in many records (encoding.FLOOR_SHARE; configs/default.py
                                         # turns it on; off here: configs saved before it)
+  floor_series_flags: bool = False      # with floor_flags and auto-normalisation, also an "at the floor
+                                        # throughout" flag per series from the min/max generator
+                                        # (configs/default.py turns it on; off here: configs saved before it)
 
   def __post_init__(self):
     if self.initial_state not in ("random", "zero"):

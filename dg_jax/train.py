@@ -475,12 +475,18 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
     else:
       counts = encoding.floor_counts(dataset, schema)
       counts = share.sum(counts) if share else counts
-      schema = dataclasses.replace(schema, floored=encoding.floored_features(counts, schema))
+      series = encoding.floored_features(counts, schema, series=True)
+      schema = dataclasses.replace(schema, floored=encoding.floored_features(counts, schema),
+                                   series_floored=series if mc.floor_series_flags and schema.auto_normalize else ())
       names = [f"{schema.feature_vars[j].name} ({counts[0][k] / max(counts[1][k], 1):.0%})"
                for k, j in enumerate(schema.continuous_features) if j in schema.floored]
       log.info("model.floor_flags: %s", f"an \"at the floor\" flag per record for the features at their minimum "
                f"in {encoding.FLOOR_SHARE:.0%} or more of the records: {', '.join(names)}" if names
                else "no feature sits at its minimum in many records; no floor flags")
+      if schema.series_floored:
+        log.info("model.floor_series_flags: an \"at the floor throughout\" flag per series for %s", ", ".join(
+            f"{schema.feature_vars[j].name} ({counts[2][k] / max(counts[3][k], 1):.0%} of the series)"
+            for k, j in enumerate(schema.continuous_features) if j in schema.series_floored))
   encoded = encoding.encode(dataset, schema)
   num_series = share.num_series if share else dataset.num_samples
   data_id = dict(fingerprint=share.fingerprint(encoded) if share else data_fingerprint(encoded), num_series=num_series,
@@ -489,7 +495,7 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
     if pc.enabled:  # a map fitted on the private series would be outside the guarantee
       log.info("model.whiten_levels: off with privacy on (it would be fitted on the private data)")
     else:
-      moments = encoding.min_max_moments(encoded.additional_attributes)
+      moments = encoding.min_max_moments(encoded.additional_attributes[:, :schema.min_max_dim])
       view = encoding.min_max_view(share.sum(moments) if share else moments)
       schema = dataclasses.replace(schema, min_max_view=view)
       if view:
@@ -502,7 +508,7 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
     if pc.enabled:  # a scale fitted on the private series would be outside the guarantee
       log.info("model.step_critic_weight: no step critic with privacy on (its scale would be fitted on the private data)")
     elif schema.max_length > 1 and schema.continuous_features:
-      half = (encoding.decode_half(encoded.additional_attributes[:, 1::2], schema) if schema.additional_dim
+      half = (encoding.decode_half(schema.half_codes(encoded.additional_attributes), schema) if schema.additional_dim
               else None)  # auto-normalised: the step critic also sees the steps in the data's units
       moments = encoding.step_moments(encoded.features, schema, half)
       moments = share.sum(moments) if share else moments

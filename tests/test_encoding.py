@@ -349,21 +349,33 @@ def test_log_half_range_auto():
 @pytest.mark.parametrize("normalization,auto_normalize", [(encoding.ZERO_ONE, True), (encoding.MINUS_ONE_ONE, False)])
 def test_floor_flags_known_answers_and_round_trip(normalization, auto_normalize):
   """model.floor_flags: a feature at its minimum in a tenth of the records or more gets a flag per record,
-  one-hot as the data's; decoding (on the host and on device) puts a flagged record exactly at the minimum,
-  whatever its continuous value, and an unflagged one where that value says."""
+  one-hot as the data's, and (model.floor_series_flags, with auto-normalisation) one per series when a tenth
+  of the series never leave it; decoding (on the host and on device) puts a flagged record exactly at the
+  minimum, whatever its continuous value, and an unflagged one where that value says."""
   import jax
   from dg_jax import scoring
   data = random_dataset(4)
   loss, low = data.features[..., 2], data.features[..., 2][data.valid_steps].min()
   data.features[..., 2] = np.where(loss < 2, low, loss) * data.valid_steps  # 65% at the minimum; bytes once
+  data.features[:5, :, 2] = low * data.valid_steps[:5]  # 5 series of 40 at it throughout
   schema = encoding.fit_schema(data, normalization, auto_normalize)
   counts = encoding.floor_counts(data, schema)
   at = (data.features[..., 2] == low)[data.valid_steps].sum()
-  np.testing.assert_array_equal(counts, [[1, at], [data.valid_steps.sum()] * 2])
+  throughout = ((data.features[..., 2] == low) | ~data.valid_steps).all(1)
+  assert throughout[:5].all() and throughout.sum() < 8  # and a short series or two by chance
+  np.testing.assert_array_equal(counts, [[1, at], [data.valid_steps.sum()] * 2, [0, throughout.sum()], [40, 40]])
   halves = [encoding.floor_counts(data.subset(np.arange(i, 40, 2)), schema) for i in (0, 1)]
   np.testing.assert_array_equal(halves[0] + halves[1], counts)  # processes' shares add theirs
-  schema = dataclasses.replace(schema, floored=encoding.floored_features(counts, schema))
+  assert encoding.floored_features(counts, schema, series=True) == (2,)
+  assert encoding.floored_features(counts * [[1], [1], [0], [1]], schema, series=True) == ()
+  schema = dataclasses.replace(schema, floored=encoding.floored_features(counts, schema),
+                               series_floored=(2,) if auto_normalize else ())
   assert schema.floored == (2,) and encoding.Schema.from_json(schema.to_json()) == schema
+  enc = encoding.encode(data, schema)
+  if auto_normalize:  # after the min/max block: [1, 0] leaves the floor, [0, 1] at it throughout
+    assert enc.additional_attributes.shape == (40, schema.additional_dim) == (40, 2 * 2 + 2)
+    np.testing.assert_array_equal(enc.additional_attributes[:, 4:], np.eye(2)[throughout.astype(int)])
+    np.testing.assert_array_equal(schema.half_codes(enc.additional_attributes), enc.additional_attributes[:, [1, 3]])
   enc = encoding.encode(data, schema)
   assert enc.features.shape[-1] == schema.feature_dim == 1 + 3 + 1 + 2 + 2
   flags = enc.features[..., -4:-2]

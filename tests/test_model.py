@@ -10,7 +10,7 @@ from dg_jax import losses
 from dg_jax.data import encoding
 from dg_jax.data.demo import make_demo
 from dg_jax.data.schema import Dataset, categorical, continuous
-from dg_jax.models.doppelganger import DoppelGANger, keep_mask, sample_noise
+from dg_jax.models.doppelganger import DoppelGANger, floor_throughout, keep_mask, put_floor_series, sample_noise
 from dg_jax.settings import ModelConfig, resolve_sample_len
 from dg_jax.train_step import critic_fns, d_loss_fn, g_loss_fn
 
@@ -296,3 +296,35 @@ def test_exact_span_puts_each_series_extremes_where_its_half_range_puts_a_real_o
   np.testing.assert_array_equal(at_generation.apply(params, noise)["features"], out["features"])
   trained, _ = at_generation.apply(params, noise, train=True, mutable=["batch_stats"])
   np.testing.assert_array_equal(trained["features"], plain["features"])
+
+
+@pytest.mark.parametrize("normalization", encoding.NORMALIZATIONS)
+def test_series_at_the_floor_throughout_are_generated_as_real_ones_encode(normalization):
+  """model.floor_series_flags: where a series' flag (argmax) says "at the floor throughout", its min/max block and
+  records are written exactly as a real such series encodes, so the critics see no difference there, and it
+  decodes exactly at the floor; the other series keep what the heads emit."""
+  rng = np.random.default_rng(0)
+  loss = np.where(rng.uniform(size=(20, 10)) < 0.2, rng.uniform(0.1, 1, (20, 10)), 0.0)
+  loss[:8] = 0  # 8 series of 20 never leave the floor
+  data = Dataset(loss[..., None].astype(np.float32), np.full(20, 10), np.zeros((20, 0)), (continuous("loss"),), ())
+  schema = encoding.fit_schema(data, normalization)
+  counts = encoding.floor_counts(data, schema)
+  schema = dataclasses.replace(schema, floored=encoding.floored_features(counts, schema),
+                               series_floored=encoding.floored_features(counts, schema, series=True))
+  assert schema.series_floored == (0,) and schema.additional_dim == 4
+  real = encoding.encode(data, schema)
+  at = floor_throughout(jnp.asarray(real.additional_attributes), schema)
+  np.testing.assert_array_equal(at[:, 0], (loss == 0).all(1))
+  additional, features = put_floor_series(jnp.asarray(real.additional_attributes), jnp.asarray(real.features), at, schema)
+  np.testing.assert_allclose(additional, real.additional_attributes, atol=1e-6)
+  np.testing.assert_allclose(features, real.features, atol=1e-6)
+
+  model = DoppelGANger(schema, SMALL)
+  out = model.generator.apply(model.init(jax.random.key(0))["generator"], sample_noise(jax.random.key(1), 64, schema, SMALL))
+  at = np.asarray(floor_throughout(out["additional_attributes"], schema)[:, 0])
+  assert 0 < at.sum() < 64  # untrained: both kinds
+  fake = encoding.decode(encoding.Encoded(*(np.asarray(out[k]) for k in ("attributes", "additional_attributes", "features"))),
+                         schema)
+  assert (fake.features[at] == 0).all() and (fake.features[~at] > 0).any()
+  np.testing.assert_allclose(np.asarray(out["additional_attributes"])[at, :2],
+                             np.broadcast_to(real.additional_attributes[0, :2], (at.sum(), 2)), atol=1e-6)

@@ -2,10 +2,11 @@
 
 Encoded layout (all float32):
   attributes             [n, A]     one-hot blocks / scaled continuous values, in schema order
-  additional_attributes  [n, 2*Kc]  per continuous feature: (max+min)/2 in the feature's range, and
+  additional_attributes  [n, 2*Kc+2*Ks]  per continuous feature: (max+min)/2 in the feature's range, and
                                     (max-min)/2 in [0, 1], or with `log_half_range` its position on a
                                     log scale from AUTO_NORM_EPS to the largest possible half-range
-                                    (empty without auto-normalisation)
+                                    (empty without auto-normalisation); then a 2-column "at the floor
+                                    throughout" flag per `series_floored` feature ([1,0] leaves it)
   features               [n, T, F]  per record: feature blocks, a 2-column "at the floor" flag per floored
                                     feature ([1,0] above it, [0,1] at it), then the 2 generation-flag
                                     columns ([1,0] continues, [0,1] ends here, [0,0] after the end)
@@ -69,10 +70,17 @@ class Schema:
   # records (`floored_features`), each with an "at the floor" flag per record; () = none (off, in private
   # runs and in schemas saved before it).
   floored: tuple[int, ...] = ()
+  # model.floor_series_flags: the floored features (a subset of `floored`) that also get an "at the floor
+  # throughout" flag per series, after the min/max block (auto-normalisation only); () = none (off, and in
+  # schemas saved before it).
+  series_floored: tuple[int, ...] = ()
 
   def __post_init__(self):
     if self.normalization not in NORMALIZATIONS:
       raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
+    if not set(self.series_floored) <= set(self.floored) or (self.series_floored and not self.auto_normalize):
+      raise ValueError(f"series_floored {self.series_floored} must be floored features {self.floored}, "
+                       "with auto-normalisation")
 
   @property
   def _continuous_activation(self) -> str:
@@ -90,7 +98,18 @@ class Schema:
   def additional_heads(self) -> tuple[Head, ...]:
     if not self.auto_normalize:
       return ()
-    return (Head(self._continuous_activation, 1), Head("sigmoid", 1)) * len(self.continuous_features)
+    return ((Head(self._continuous_activation, 1), Head("sigmoid", 1)) * len(self.continuous_features)
+            + (FLAG_HEAD,) * len(self.series_floored))
+
+  @property
+  def min_max_dim(self) -> int:
+    """The min/max block's columns at the start of the additional attributes: (midrange, half-range code) per
+    continuous feature; the series' floor flags (`series_floored`) follow it."""
+    return 2 * len(self.continuous_features) if self.auto_normalize else 0
+
+  def half_codes(self, additional):
+    """[n, additional_dim] additional attributes -> [n, Kc] the half-range codes (numpy or jnp)."""
+    return additional[:, 1:self.min_max_dim:2]
 
   @property
   def feature_heads(self) -> tuple[Head, ...]:
@@ -141,6 +160,7 @@ class Schema:
     d["step_scale"] = tuple(d.get("step_scale", ()))
     d["unit_step_scale"] = tuple(d.get("unit_step_scale", ()))
     d["floored"] = tuple(d.get("floored", ()))
+    d["series_floored"] = tuple(d.get("series_floored", ()))
     return cls(**d)
 
 
@@ -386,6 +406,9 @@ def encode(dataset: Dataset, schema: Schema) -> Encoded:
     cols.append((g * valid)[..., None].astype(np.float32))
   for j in schema.floored:
     cols.append(_one_hot(_at_floor(schema.feature_vars[j], feats[:, :, j]), 2) * valid[..., None])
+  for j in schema.series_floored:  # [1, 0] leaves the floor, [0, 1] at it throughout
+    throughout = (_at_floor(schema.feature_vars[j], feats[:, :, j]) | ~valid).all(axis=1)
+    additional += list(_one_hot(throughout, 2).T)
   cols.append(lengths_to_flags(dataset.lengths, t))
   return Encoded(
       attributes=encode_attributes(dataset.attributes, schema),
@@ -493,17 +516,25 @@ def _at_floor(var: Variable, x: np.ndarray) -> np.ndarray:
 
 
 def floor_counts(dataset: Dataset, schema: Schema) -> np.ndarray:
-  """[2, Kc] per continuous feature its valid records at the floor, and all valid records (shares add theirs)."""
+  """[4, Kc] per continuous feature its valid records at the floor, all valid records, the series at the floor
+  throughout, and all series (shares add theirs)."""
   valid = _valid_mask(dataset.lengths, dataset.max_length)
-  at = [(_at_floor(schema.feature_vars[j], dataset.features[:, :, j]) & valid).sum()
-        for j in schema.continuous_features]
-  return np.array([at, [valid.sum()] * len(at)], np.float64).reshape(2, -1)
+  at = [_at_floor(schema.feature_vars[j], dataset.features[:, :, j]) for j in schema.continuous_features]
+  k = len(at)
+  return np.array([[(a & valid).sum() for a in at], [valid.sum()] * k,
+                   [(a | ~valid).all(axis=1).sum() for a in at], [dataset.num_samples] * k], np.float64).reshape(4, k)
 
 
-def floored_features(counts: np.ndarray, schema: Schema) -> tuple[int, ...]:
+def floored_features(counts: np.ndarray, schema: Schema, series: bool = False) -> tuple[int, ...]:
   """`floor_counts` (summed over shares) -> Schema.floored: the features at their floor in FLOOR_SHARE of the
-  records, and in more than one (a minimum reached once is no point mass, however few the records)."""
-  return tuple(j for j, at, n in zip(schema.continuous_features, *counts) if at > 1 and at >= FLOOR_SHARE * n)
+  records, and in more than one (a minimum reached once is no point mass, however few the records); with
+  `series`, Schema.series_floored: those of them at the floor throughout in FLOOR_SHARE of the series (and more
+  than one)."""
+  def point_mass(at, n):
+    return at > 1 and at >= FLOOR_SHARE * n
+
+  return tuple(j for j, at, n, at_series, num in zip(schema.continuous_features, *counts)
+               if point_mass(at, n) and (not series or point_mass(at_series, num)))
 
 
 def lengths_to_flags(lengths: np.ndarray, t: int) -> np.ndarray:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dg_jax.data.encoding import AUTO_NORM_EPS, Head, Schema, decode_half, value_range
+from dg_jax.data.encoding import AUTO_NORM_EPS, Head, Schema, decode_half, encode_half, value_range
 from dg_jax.settings import ModelConfig, resolve_sample_len
 
 
@@ -69,11 +69,42 @@ def exact_span(features: jax.Array, additional: jax.Array, mask: jax.Array, sche
   keep = mask[..., None] > 0
   low, high = jnp.where(keep, x, 2.0).min(axis=1), jnp.where(keep, x, -2.0).max(axis=1)  # [B, Kc]
   start, end = value_range(schema.normalization)
-  half = jnp.maximum(jax.lax.stop_gradient(decode_half(additional[:, 1::2], schema)), AUTO_NORM_EPS)
+  half = jnp.maximum(jax.lax.stop_gradient(decode_half(schema.half_codes(additional), schema)), AUTO_NORM_EPS)
   e = AUTO_NORM_EPS / (2 * half) * (end - start)  # at most half the range: a flat series sits in the middle
   target_low, target_high = start + e, end - e
   scale = (target_high - target_low) / jnp.maximum(high - low, 1e-6)
   return features.at[..., cols].set(target_low[:, None] + (x - low[:, None]) * scale[:, None])
+
+
+def floor_throughout(additional: jax.Array, schema: Schema) -> jax.Array:
+  """[B, additional_dim] -> [B, len(series_floored)] whether each series' "at the floor throughout" flag
+  (argmax) says so (model.floor_series_flags); stop-gradient, as the generation flags' mask."""
+  m = schema.min_max_dim
+  flags = additional[:, m:].reshape(additional.shape[0], -1, 2)
+  return jax.lax.stop_gradient(flags[..., 1] > flags[..., 0])
+
+
+def put_floor_series(additional: jax.Array, features: jax.Array | None, at: jax.Array, schema: Schema):
+  """The min/max block and records (when given) of the series `floor_throughout` marks, exactly as a real series
+  at the floor throughout encodes: midrange at the floor, half-range AUTO_NORM_EPS, every record in the middle
+  of the value range and flagged at the floor. The flags then choose the mode (the series that never leave
+  the floor), and the half-range code models only the series that do: a sigmoid made MBA's two modes (0, and 0.6
+  and above) one smeared one, with a third of the upper mode's weight (docs/results.md)."""
+  start, end = value_range(schema.normalization)
+  eps_code = float(encode_half(np.float64(AUTO_NORM_EPS), schema))
+  heads = np.cumsum([0] + [h.dim for h in schema.feature_heads])
+  for k, j in enumerate(schema.series_floored):
+    c = schema.continuous_features.index(j)
+    on = at[:, k:k + 1]
+    additional = additional.at[:, 2 * c:2 * c + 2].set(
+        jnp.where(on, jnp.array([start, eps_code], additional.dtype), additional[:, 2 * c:2 * c + 2]))
+    if features is not None:
+      flag = heads[len(schema.feature_vars) + schema.floored.index(j)]
+      on = on[:, :, None]
+      features = features.at[..., heads[j]].set(jnp.where(on[..., 0], (start + end) / 2, features[..., heads[j]]))
+      features = features.at[..., flag:flag + 2].set(
+          jnp.where(on, jnp.array([0.0, 1.0], features.dtype), features[..., flag:flag + 2]))
+  return additional, features
 
 
 class MLP(nn.Module):
@@ -174,6 +205,9 @@ class Generator(nn.Module):
     if s.additional_dim:
       additional = activate(self.additional_mlp(jnp.concatenate([discrete, noise["additional"]], -1), train),
                             s.additional_heads)
+    if s.series_floored:  # model.floor_series_flags
+      at_floor = floor_throughout(additional, s)
+      additional, _ = put_floor_series(additional, None, at_floor, s)
     # all generated metadata enters the LSTM stop-gradient, as in the original (§4.3's decoupling): the
     # feature critic's gradient reaches the metadata generators only through the flattened critic input
     condition = jax.lax.stop_gradient(jnp.concatenate([discrete, additional], -1))
@@ -182,6 +216,8 @@ class Generator(nn.Module):
     records = self.heads(hs).reshape(r, b, self.sample_len, s.feature_dim)
     records = jnp.swapaxes(records, 0, 1).reshape(b, r * self.sample_len, s.feature_dim)
     features = activate(records, s.feature_heads)
+    if s.series_floored:
+      _, features = put_floor_series(additional, features, at_floor, s)
     span = s.additional_dim and (self.cfg.exact_span or (self.cfg.exact_span_at_generation and not train))
     if length is None:
       features = features[:, :s.max_length]
@@ -294,8 +330,8 @@ class DoppelGANger:
       meta = x[:, x.shape[1] - self.meta_dim:]
       additional = meta[:, self.schema.attribute_dim:]
       if self.schema.min_max_view:  # as generated: undo the critics' view of the block (flatten)
-        additional = additional @ jnp.asarray(np.linalg.inv(np.array(self.schema.min_max_view)), x.dtype)
-      half = decode_half(additional[:, 1::2], self.schema)[:, None, smooth]
+        additional = self.view_min_max(additional, np.linalg.inv(np.array(self.schema.min_max_view)))
+      half = decode_half(self.schema.half_codes(additional), self.schema)[:, None, smooth]
       views.append(steps * half / jnp.asarray([self.schema.unit_step_scale[i] for i in smooth], x.dtype))
       views.append(meta[:, None, :self.schema.attribute_dim])
     return jnp.concatenate([v.reshape(x.shape[0], -1) for v in views], axis=-1)
@@ -314,8 +350,13 @@ class DoppelGANger:
       parts.append(self.cfg.critic_difference_weight * steps.reshape(f.shape[0], -1))
     additional = sample["additional_attributes"]
     if self.schema.min_max_view:  # model.whiten_levels (encoding.VIEW_FLOOR says why)
-      additional = additional @ jnp.asarray(self.schema.min_max_view, additional.dtype)
+      additional = self.view_min_max(additional, np.array(self.schema.min_max_view))
     return jnp.concatenate(parts + [sample["attributes"], additional], axis=-1)
+
+  def view_min_max(self, additional: jax.Array, view: np.ndarray) -> jax.Array:
+    """The additional attributes with their min/max block (not the series' floor flags) mapped through `view`."""
+    m = self.schema.min_max_dim
+    return additional.at[:, :m].set(additional[:, :m] @ jnp.asarray(view, additional.dtype))
 
   def init(self, key: jax.Array, batch_size: int = 2) -> dict:
     batch_size = max(batch_size, self.cfg.pack)
