@@ -376,7 +376,6 @@ def test_floor_flags_known_answers_and_round_trip(normalization, auto_normalize)
     assert enc.additional_attributes.shape == (40, schema.additional_dim) == (40, 2 * 2 + 2)
     np.testing.assert_array_equal(enc.additional_attributes[:, 4:], np.eye(2)[throughout.astype(int)])
     np.testing.assert_array_equal(schema.half_codes(enc.additional_attributes), enc.additional_attributes[:, [1, 3]])
-  enc = encoding.encode(data, schema)
   assert enc.features.shape[-1] == schema.feature_dim == 1 + 3 + 1 + 2 + 2
   flags = enc.features[..., -4:-2]
   np.testing.assert_array_equal(flags[..., 1], (data.features[..., 2] == low) & data.valid_steps)
