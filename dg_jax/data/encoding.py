@@ -121,8 +121,17 @@ class Schema:
     `feature_heads`) says so exactly at the floor; numpy, or jnp with where=jnp.where."""
     if j not in self.floored:
       return y
-    flag = blocks[len(self.feature_vars) + self.floored.index(j)]
+    flag = blocks[self.floor_flag_head(j)]
     return where(flag[..., 1] > flag[..., 0], value_range(self.normalization)[0], y)
+
+  def floor_flag_head(self, j: int) -> int:
+    """The index in `feature_heads` of floored feature j's floor flag."""
+    return len(self.feature_vars) + self.floored.index(j)
+
+  @property
+  def head_starts(self) -> np.ndarray:
+    """The first column of each of `feature_heads` in a record."""
+    return np.cumsum([0] + [h.dim for h in self.feature_heads])[:-1]
 
   @property
   def continuous_features(self) -> tuple[int, ...]:
@@ -131,8 +140,7 @@ class Schema:
   @property
   def continuous_columns(self) -> np.ndarray:
     """The columns of a record (`feature_heads`) that hold the continuous features."""
-    starts = np.cumsum([0] + [h.dim for h in self.feature_heads])
-    return starts[list(self.continuous_features)]
+    return self.head_starts[list(self.continuous_features)]
 
   @property
   def attribute_dim(self) -> int:

@@ -92,14 +92,14 @@ def put_floor_series(additional: jax.Array, features: jax.Array | None, at: jax.
   and above) one smeared one, with a third of the upper mode's weight (docs/results.md)."""
   start, end = value_range(schema.normalization)
   eps_code = float(encode_half(np.float64(AUTO_NORM_EPS), schema))
-  heads = np.cumsum([0] + [h.dim for h in schema.feature_heads])
+  heads = schema.head_starts
   for k, j in enumerate(schema.series_floored):
     c = schema.continuous_features.index(j)
     on = at[:, k:k + 1]
     additional = additional.at[:, 2 * c:2 * c + 2].set(
         jnp.where(on, jnp.array([start, eps_code], additional.dtype), additional[:, 2 * c:2 * c + 2]))
     if features is not None:
-      flag = heads[len(schema.feature_vars) + schema.floored.index(j)]
+      flag = heads[schema.floor_flag_head(j)]
       on = on[:, :, None]
       features = features.at[..., heads[j]].set(jnp.where(on[..., 0], (start + end) / 2, features[..., heads[j]]))
       features = features.at[..., flag:flag + 2].set(
