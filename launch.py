@@ -24,6 +24,7 @@ problem); 3 diverged (replicas frozen, everything saved); 4 the workdir is held 
 128 + N stopped by signal N and checkpointed (143 for SIGTERM). With several processes, all exit
 with the status and line of the first that failed.
 """
+import atexit
 import json
 import logging as std_logging
 import os
@@ -131,6 +132,9 @@ def _start_processes() -> None:
   import jax
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  # The compiled programs, kept for reuse (train_step.program_config), hold the processes' collectives:
+  # free them at exit while JAX's distributed client still runs.
+  atexit.register(jax.clear_caches)
   if jax.process_index() != 0:  # one progress log per run: the others report only warnings and errors
     std_logging.getLogger("dg_jax").setLevel(std_logging.WARNING)
 

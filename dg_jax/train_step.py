@@ -25,6 +25,7 @@ state. The other replicas never notice.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -42,6 +43,18 @@ DP_NOISE_STREAM = 0x5eed  # fold_in tag of the DP noise keys, apart from the ste
 ROLLBACK_STREAM = 0x7e7a  # fold_in tag of the keys of a replica that was rolled back
 NOISE_SPECS = dict(attribute=P(DATA), additional=P(DATA), feature=P(None, DATA),
                    initial_h=P(DATA), initial_c=P(DATA))
+# TrainConfig fields that no compiled program reads (the step takes its decay's horizon as an argument),
+# set to these values in `program_config`.
+UNREAD_FIELDS = dict(seed=0, max_minutes=0.0, log_every=1, checkpoint_every=1, keep_checkpoints=1,
+                     steps_per_dispatch=1, data_placement="auto", eval_every=0, eval_samples=2, eval_holdout=0.0,
+                     profile_steps="", tensorboard=False, init_optimizer=False)
+
+
+def program_config(tc: TrainConfig) -> TrainConfig:
+  """`tc` as the compiled programs see it: runs in one process that differ only in UNREAD_FIELDS (a
+  resume to more steps, another seed or budget) trace and compile their init and step once, not once each.
+  num_steps counts only as the default horizon of a decay."""
+  return dataclasses.replace(tc, **UNREAD_FIELDS, **({"num_steps": 1} if tc.lr_decay_start >= 1 else {}))
 
 
 def optimizer(hp: dict) -> optax.GradientTransformation:
@@ -127,8 +140,12 @@ def guard(old: dict, new: dict, metrics: dict, max_rollbacks: int) -> dict:
 def init_replicas(model: DoppelGANger, tc: TrainConfig, seed: int, num_seeds: int = 1,
                   pc: PrivacyConfig | None = None) -> tuple[dict, jax.Array]:
   """The states and keys of replicas seed, seed+1, ..., stacked on a leading axis of num_seeds."""
-  seeds = jnp.arange(num_seeds, dtype=jnp.int32) + seed
-  return jax.jit(jax.vmap(lambda s: init_state(model, tc, s, pc)))(seeds)
+  return _init_program(model, program_config(tc), seed, num_seeds, pc)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 3, 4))
+def _init_program(model, tc, seed, num_seeds, pc):
+  return jax.vmap(lambda s: init_state(model, tc, s, pc))(jnp.arange(num_seeds, dtype=jnp.int32) + seed)
 
 
 def replica(tree, k: int):
@@ -212,7 +229,13 @@ def jit_train_step(model: DoppelGANger, tc: TrainConfig, mesh, pc: PrivacyConfig
   Both take a last argument `horizon` (make_train_step's multi_step).
   gather: None, the step takes (state, batches, keys); else (state, data, indices, keys) and gathers
   its batches on device (data/feed.py): "replicated", data[name][indices] from data on every device;
-  "sharded", each device from its own block of the data (P('data'); indices local to the block)."""
+  "sharded", each device from its own block of the data (P('data'); indices local to the block).
+  Built once per process for each (model, program_config(tc), mesh, pc, gather)."""
+  return _jit_train_step(model, program_config(tc), mesh, pc, gather)
+
+
+@functools.lru_cache(maxsize=8)
+def _jit_train_step(model, tc, mesh, pc, gather):
   step = make_train_step(model, tc, mesh, pc)
   rows = P(None, SEEDS, DATA)
   local_gather = jax.shard_map(lambda data, idx: jax.tree.map(lambda a: a[idx], data), mesh=mesh,

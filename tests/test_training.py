@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from dg_jax import sharding
+from dg_jax import sharding, train_step
 from dg_jax import train as train_module
 from dg_jax.checkpoints import Checkpointer
 from dg_jax.data import encoding
@@ -167,10 +167,13 @@ def test_resume_is_exact(tmp_path):
     c.data.path = str(tmp_path / "data.npz")
     c.model.step_critic_weight = 1.0
     return c
+  before = train_step._jit_train_step.cache_info()
   train_and_evaluate(config(20), straight)
   train_and_evaluate(config(10), split)
   assert Checkpointer(split).latest_step() == 10
   train_and_evaluate(config(20), split)
+  after = train_step._jit_train_step.cache_info()  # one step program for the three (train_step.program_config)
+  assert after.misses - before.misses <= 1 and after.hits - before.hits >= 2
   a, b = checkpoint_params(straight), checkpoint_params(split)
   assert int(a["step"]) == int(b["step"]) == 20 and {"critic", "aux_critic", "step_critic"} <= set(a["params"])
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), a, b)
