@@ -63,7 +63,8 @@ _CHECKPOINT = flags.DEFINE_string("checkpoint", "auto", "generate, export: lates
 _EXACT_SPAN = flags.DEFINE_enum(
     "exact_span_at_generation", "auto", ["auto", "true", "false"], "generate, export: rescale each generated "
     "normalised series to span exactly what its min/max imply (model.exact_span_at_generation; "
-    "docs/design.md); auto = as the run's config says. Works on any trained run: training never sees it.")
+    "docs/design.md); auto = as the run's config says (its default: unless features' levels move together). "
+    "Works on any trained run: training never sees it.")
 _RETRAIN_STEPS = flags.DEFINE_integer("retrain_steps", 2000, "retrain_attributes: training steps.")
 _REAL = flags.DEFINE_string("real", None, "evaluate: the real data (npz).")
 _SYNTHETIC = flags.DEFINE_multi_string("synthetic", [], "evaluate: synthetic data (npz); repeat to compare sets.")

@@ -118,8 +118,9 @@ def load_generator(workdir: str | None = None, bundle: str | None = None, seed_i
   """-> (model, generator params, config) from a workdir's checkpoint (choose_generator picks the replica
   and checkpoint: `checkpoint` is auto|latest|best or a step number; config.generated_from records the
   choice) or a generator bundle. exact_span_at_generation: True/False overrides the saved
-  model.exact_span_at_generation (it changes generation only, so any trained generator takes either;
-  the returned config records the choice, and an exported bundle keeps it); None keeps the saved one."""
+  model.exact_span_at_generation (auto, True or False; it changes generation only, so any trained generator
+  takes either; the returned config records the choice, and an exported bundle keeps it); None keeps the
+  saved one."""
   if not bundle:
     step = None if str(checkpoint) in CHECKPOINTS else _step_number(checkpoint)
     model, state, config = restore_run(workdir, step, generator_only=True)
@@ -136,8 +137,13 @@ def load_generator(workdir: str | None = None, bundle: str | None = None, seed_i
     if model.cfg.exact_span and not exact_span_at_generation:
       raise BadInput(f"{bundle or workdir}: trained with model.exact_span=True, its generator always rescales; "
                      "--exact_span_at_generation=false cannot turn that off")
-    config.model.exact_span_at_generation = bool(exact_span_at_generation)
+    section = config.model.to_dict()  # a saved "auto" is a str field, which takes no bool
+    section["exact_span_at_generation"] = bool(exact_span_at_generation)
+    config.model = ml_collections.ConfigDict(section)
     model = DoppelGANger(model.schema, model_config(config))
+  if model.cfg.exact_span_at_generation == "auto" and model.schema.additional_dim:
+    log.info("model.exact_span_at_generation=auto: %s", "features' levels move together; series as generated"
+             if model.schema.min_max_view else "each series rescaled to span what its min/max imply")
   return model, params, config
 
 

@@ -42,8 +42,9 @@ class ModelConfig:
                                         # configs/default.py turns it on; off here: configs saved before it)
   exact_span: bool = False              # each generated normalised series rescaled to span exactly what its
                                         # min/max imply, as every real one does (issue 21; off, as the paper)
-  exact_span_at_generation: bool = False  # the same rescale when generating only (and in the training-time
-                                        # score), not in training's forward pass (an option; off, as the paper)
+  exact_span_at_generation: bool | str = False  # the same rescale when generating only (and in the training-
+                                        # time score), not in training's forward pass: True, False (as the
+                                        # paper), or "auto" (`rescales_at_generation`; configs/default.py)
   floor_flags: bool = False             # an "at the floor" flag per record for continuous features at their
                                         # minimum in many records (encoding.FLOOR_SHARE; configs/default.py
                                         # turns it on; off here: configs saved before it)
@@ -56,6 +57,11 @@ class ModelConfig:
       raise ValueError(f"model.initial_state must be 'random' or 'zero', got {self.initial_state!r}")
     if self.feature_noise not in ("per_step", "per_series"):
       raise ValueError(f"model.feature_noise must be 'per_step' or 'per_series', got {self.feature_noise!r}")
+    span = {"auto": "auto", "true": True, "false": False}.get(str(self.exact_span_at_generation).lower())
+    if span is None:
+      raise ValueError(f"model.exact_span_at_generation must be auto, True or False, got "
+                       f"{self.exact_span_at_generation!r}")
+    object.__setattr__(self, "exact_span_at_generation", span)
     if self.pack < 1 or self.sample_len < 0 or self.critic_difference_weight < 0 or self.step_critic_weight < 0:
       raise ValueError("model.pack must be >= 1, model.sample_len, model.critic_difference_weight and "
                        "model.step_critic_weight >= 0")

@@ -85,13 +85,18 @@ FIXED_ON_RESUME = ("seed", "num_seeds", "eval_holdout", "eval_samples", "batch_s
                    "lr_decay_start", "beta1", "beta2", "gp_weight", "d_rounds", "g_rounds", "per_replica", "fixed_parts")
 
 
+# model fields that change only how a trained generator generates (sampling.load_generator overrides them
+# too): a resumed or initialised run may take another value
+GENERATION_ONLY = ("exact_span_at_generation",)
+
+
 def _differences(section: str, was: dict, now: dict) -> str:
   """'' or "field=saved, not now, ..." between two config sections (absent model fields: their defaults,
-  i.e. the model a config saved before the field existed describes)."""
+  i.e. the model a config saved before the field existed describes; GENERATION_ONLY fields left out)."""
   if section == "model":
     was, now = (dict(dataclasses.asdict(ModelConfig()), **d) for d in (was, now))
   return ", ".join(f"{k}={was.get(k)!r}, not {now.get(k)!r}" for k in sorted(set(was) | set(now))
-                   if was.get(k) != now.get(k))
+                   if was.get(k) != now.get(k) and not (section == "model" and k in GENERATION_ONLY))
 
 
 def _check_resumable(saved: dict, config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -190,25 +190,27 @@ def test_bundle_round_trip_and_interrupted_exports(trained, tmp_path, monkeypatc
 
 
 def test_exact_span_at_generation_chosen_when_generating(trained, tmp_path, cli):
-  """--exact_span_at_generation=true on a run trained without it: the generator's own series, each
-  continuous one rescaled to its exact span (doppelganger.exact_span, tests/test_model.py); an exported
-  bundle keeps the choice, and a load can override it back."""
-  plain, params, _ = load_generator(trained)
-  assert not plain.cfg.exact_span_at_generation
+  """The default (auto) on the demo, whose levels do not move together: the generator's own series, each
+  continuous one rescaled to its exact span (doppelganger.exact_span, tests/test_model.py).
+  --exact_span_at_generation=false exports the series as generated; the bundle keeps the choice, and a load
+  can override it back."""
+  auto, params, _ = load_generator(trained)
+  assert auto.cfg.exact_span_at_generation == "auto" and not auto.schema.min_max_view
+  plain = load_generator(trained, exact_span_at_generation=False)[0]
   a = generate_encoded(plain, params, 40, seed=1)
   features = jax.numpy.asarray(a.features)
   mask = keep_mask(features[..., -2:])
   expected = exact_span(features, a.additional_attributes, mask, plain.schema) * mask[..., None]
-  cli("--mode=export", f"--workdir={trained}", f"--bundle={tmp_path / 'b'}", "--exact_span_at_generation=true")
-  spanned = DoppelGANgerModel.load(str(tmp_path / "b"))
-  assert spanned.model.cfg.exact_span_at_generation and load_bundle(str(tmp_path / "b"))[2]["model"][
-      "exact_span_at_generation"]
-  b = generate_encoded(spanned.model, spanned.params, 40, seed=1)
-  np.testing.assert_array_equal(b.additional_attributes, a.additional_attributes)
-  np.testing.assert_allclose(b.features, expected, atol=1e-6)
-  assert np.abs(b.features - a.features).max() > 0.01
-  back = DoppelGANgerModel.load(str(tmp_path / "b"), exact_span_at_generation=False)
-  np.testing.assert_array_equal(generate_encoded(back.model, back.params, 40, seed=1).features, a.features)
+  spanned = generate_encoded(auto, params, 40, seed=1)
+  np.testing.assert_array_equal(spanned.additional_attributes, a.additional_attributes)
+  np.testing.assert_allclose(spanned.features, expected, atol=1e-6)
+  assert np.abs(spanned.features - a.features).max() > 0.01
+  cli("--mode=export", f"--workdir={trained}", f"--bundle={tmp_path / 'b'}", "--exact_span_at_generation=false")
+  bundle = DoppelGANgerModel.load(str(tmp_path / "b"))
+  assert load_bundle(str(tmp_path / "b"))[2]["model"]["exact_span_at_generation"] is False
+  np.testing.assert_array_equal(generate_encoded(bundle.model, bundle.params, 40, seed=1).features, a.features)
+  back = DoppelGANgerModel.load(str(tmp_path / "b"), exact_span_at_generation=True)
+  np.testing.assert_allclose(generate_encoded(back.model, back.params, 40, seed=1).features, expected, atol=1e-6)
   config = load_bundle(str(tmp_path / "b"))[2]
   config["model"]["exact_span"] = True  # trained with the rescale: it cannot be turned off when generating
   save_bundle(str(tmp_path / "always"), params, plain.schema, json.dumps(config))

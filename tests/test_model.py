@@ -296,6 +296,14 @@ def test_exact_span_puts_each_series_extremes_where_its_half_range_puts_a_real_o
   np.testing.assert_array_equal(at_generation.apply(params, noise)["features"], out["features"])
   trained, _ = at_generation.apply(params, noise, train=True, mutable=["batch_stats"])
   np.testing.assert_array_equal(trained["features"], plain["features"])
+  # auto (the default): rescaled unless features' levels move together (a whiten_levels view was fitted)
+  auto = dataclasses.replace(SMALL, exact_span_at_generation="auto")
+  np.testing.assert_array_equal(DoppelGANger(schema, auto).generator.apply(params, noise)["features"], out["features"])
+  levels = dataclasses.replace(schema, min_max_view=tuple(map(tuple, np.eye(2 * len(schema.continuous_features)))))
+  np.testing.assert_array_equal(DoppelGANger(levels, auto).generator.apply(params, noise)["features"], plain["features"])
+  assert dataclasses.replace(SMALL, exact_span_at_generation="True").exact_span_at_generation is True  # a CLI override
+  with pytest.raises(ValueError, match="exact_span_at_generation must be auto, True or False"):
+    dataclasses.replace(SMALL, exact_span_at_generation="sometimes")
 
 
 @pytest.mark.parametrize("normalization", encoding.NORMALIZATIONS)

@@ -76,6 +76,17 @@ def exact_span(features: jax.Array, additional: jax.Array, mask: jax.Array, sche
   return features.at[..., cols].set(target_low[:, None] + (x - low[:, None]) * scale[:, None])
 
 
+def rescales_at_generation(cfg: ModelConfig, schema: Schema) -> bool:
+  """Whether the generator applies `exact_span` when generating (model.exact_span_at_generation). "auto":
+  unless the data's levels move together (model.whiten_levels fitted a `min_max_view`). Generated series
+  fall short of their span (MBA's traffic: 0.78 of it in the median), which the rescale closes, but they
+  are also less peaked than real ones, so stretched to their span they can come out too wide: on the sets
+  measured, those whose levels move together (stock prices) lost 10x in the discriminative score, the
+  others gained or stayed even (docs/results.md, "The rescale by default where levels do not move together")."""
+  span = cfg.exact_span_at_generation
+  return bool(schema.additional_dim) and (span is True or (span == "auto" and not schema.min_max_view))
+
+
 def floor_throughout(additional: jax.Array, schema: Schema) -> jax.Array:
   """[B, additional_dim] -> [B, len(series_floored)] whether each series' "at the floor throughout" flag
   (argmax) says so (model.floor_series_flags); stop-gradient, as the generation flags' mask."""
@@ -218,7 +229,7 @@ class Generator(nn.Module):
     features = activate(records, s.feature_heads)
     if s.series_floored:
       _, features = put_floor_series(additional, features, at_floor, s)
-    span = s.additional_dim and (self.cfg.exact_span or (self.cfg.exact_span_at_generation and not train))
+    span = s.additional_dim and (self.cfg.exact_span or (not train and rescales_at_generation(self.cfg, s)))
     if length is None:
       features = features[:, :s.max_length]
       if s.min_length > 1:
