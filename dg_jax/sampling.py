@@ -15,7 +15,7 @@ from dg_jax.checkpoints import PRIVACY_ITEM, Checkpointer, load_bundle
 from dg_jax.data import encoding
 from dg_jax.data.schema import DataError, Dataset
 from dg_jax.failures import BadInput
-from dg_jax.models.doppelganger import DoppelGANger, sample_noise
+from dg_jax.models.doppelganger import DoppelGANger, rescales_at_generation, sample_noise
 from dg_jax.settings import model_config, privacy_config, train_config
 from dg_jax.sharding import DATA
 from dg_jax.train_step import NOISE_SPECS, init_replicas, replica
@@ -142,8 +142,8 @@ def load_generator(workdir: str | None = None, bundle: str | None = None, seed_i
     config.model = ml_collections.ConfigDict(section)
     model = DoppelGANger(model.schema, model_config(config))
   if model.cfg.exact_span_at_generation == "auto" and model.schema.additional_dim:
-    log.info("model.exact_span_at_generation=auto: %s", "features' levels move together; series as generated"
-             if model.schema.min_max_view else "each series rescaled to span what its min/max imply")
+    log.info("model.exact_span_at_generation=auto: %s", "each series rescaled to span what its min/max imply"
+             if rescales_at_generation(model.cfg, model.schema) else "features' levels move together; as generated")
   return model, params, config
 
 
