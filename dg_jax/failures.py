@@ -18,6 +18,7 @@ collective waiting for the failed one (a watcher thread ends it).
 """
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -146,9 +147,10 @@ def watch_peers(poll_seconds: float = 0.5) -> None:
   if client is None:
     return
   me = sharding.process_index()
+  stop = threading.Event()
 
   def watch():
-    while True:
+    while not stop.is_set():
       try:
         value = client.key_value_try_get(FAILURE_KEY)
       except Exception:  # noqa: BLE001  (not set yet, or the service is shutting down)
@@ -163,8 +165,14 @@ def watch_peers(poll_seconds: float = 0.5) -> None:
           finally:
             os._exit(failure["status"])
         return
-      time.sleep(poll_seconds)
-  threading.Thread(target=watch, daemon=True, name="dg_jax-peers").start()
+      stop.wait(poll_seconds)
+  thread = threading.Thread(target=watch, daemon=True, name="dg_jax-peers")
+  thread.start()
+
+  def stop_watching():  # at exit, before JAX's shutdown (registered earlier, so run later): a daemon thread
+    stop.set()          # caught inside the client's call as Python finalises aborted the process
+    thread.join(5.0)    # ("FATAL: exception not rethrown", status -6) after a run had finished
+  atexit.register(stop_watching)
 
 
 def announce(error: BaseException) -> bool:
