@@ -68,12 +68,12 @@ def test_samples_do_not_depend_on_the_device_count_or_the_shards(trained, tmp_pa
   expected = to_long_frame(eight)
   pd.testing.assert_frame_equal(one[["id", "step", "service", "region"]], expected[["id", "step", "service", "region"]])
   np.testing.assert_allclose(one[["traffic_bytes", "latency_ms"]], expected[["traffic_bytes", "latency_ms"]],
-                             rtol=1e-5, atol=1e-6)
+                             rtol=1e-4, atol=1e-6)  # as in tests/test_multiprocess.py
   pattern, what = str(tmp_path / "s-{shard}.npz"), dict(source=trained)
   assert generate_to_shards(model, params, 45, 5, pattern, what, shard_size=20) == 3
   parts = [load_npz(str(tmp_path / f"s-0000{i}.npz")) for i in range(3)]
   np.testing.assert_array_equal(np.concatenate([p.lengths for p in parts]), eight.lengths)
-  np.testing.assert_allclose(np.concatenate([p.features for p in parts]), eight.features, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.concatenate([p.features for p in parts]), eight.features, rtol=1e-4, atol=1e-6)
   (tmp_path / "s-00001.npz").unlink()  # as if killed before its write
   assert generate_to_shards(model, params, 45, 5, pattern, what, shard_size=20) == 1
   np.testing.assert_array_equal(load_npz(str(tmp_path / "s-00001.npz")).features, parts[1].features)

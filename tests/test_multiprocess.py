@@ -75,7 +75,9 @@ def test_two_processes_train_and_generate_as_one(tmp_path):
   a, b = load_npz(str(tmp_path / "mp.npz")), generate(model, params, 40, seed=3)
   np.testing.assert_array_equal(a.lengths, b.lengths)
   np.testing.assert_array_equal(a.attributes, b.attributes)
-  np.testing.assert_allclose(a.features, b.features, rtol=1e-5, atol=1e-6)
+  # the default rescale divides by each series' generated range and traffic is exp-decoded, so the reduction
+  # order of 4 vs 8 devices shows at 1.5e-5 relative (CI); other noise would differ by O(1)
+  np.testing.assert_allclose(a.features, b.features, rtol=1e-4, atol=1e-6)
 
 
 def test_two_processes_train_and_score_k_seeds_as_one(tmp_path):
