@@ -6,6 +6,8 @@ benchmarks/chaos.py start it as they would start launch.py; the package itself h
   write_error:P@N   process P's Nth metrics.jsonl row fails to write with ENOSPC (a full disk)
   flat:R            what replica R's generator generates is flat: each series repeats its first record
                     (a collapsed generator, as the sweep sees it)
+  busy_watch        the peer watcher (dg_jax/failures.py) polls without pause, so it is inside the
+                    coordination client's call whenever the process exits
 """
 import errno
 import os
@@ -61,6 +63,10 @@ def inject(fault: str) -> None:
         out = dataclasses.replace(out, features=np.where(valid, out.features[:, :1], 0).astype(out.features.dtype))
       return out
     sampling.load_generator, sampling.generate = load_and_note, generate_flat
+  elif kind == "busy_watch":
+    import functools
+    from dg_jax import failures
+    failures.watch_peers = functools.partial(failures.watch_peers, poll_seconds=0.0)
   elif kind:
     raise SystemExit(f"DG_JAX_FAULT={fault!r}: unknown fault")
 
