@@ -61,10 +61,10 @@ _CHECKPOINT = flags.DEFINE_string("checkpoint", "auto", "generate, export: lates
                                   "generator, train.eval_every) | a kept step number; auto = best when scored, "
                                   "else latest.")
 _EXACT_SPAN = flags.DEFINE_enum(
-    "exact_span_at_generation", "auto", ["auto", "true", "false"], "generate, export: rescale each generated "
+    "exact_span_at_generation", None, ["auto", "true", "false"], "generate, export: rescale each generated "
     "normalised series to span exactly what its min/max imply (model.exact_span_at_generation; "
-    "docs/design.md); auto = as the run's config says (its default: unless features' levels move together). "
-    "Works on any trained run: training never sees it.")
+    "docs/design.md); auto = unless features' levels move together (the default config's rule); unset = as "
+    "the run's config says. Works on any trained run: training never sees it.")
 _RETRAIN_STEPS = flags.DEFINE_integer("retrain_steps", 2000, "retrain_attributes: training steps.")
 _REAL = flags.DEFINE_string("real", None, "evaluate: the real data (npz).")
 _SYNTHETIC = flags.DEFINE_multi_string("synthetic", [], "evaluate: synthetic data (npz); repeat to compare sets.")
@@ -161,8 +161,7 @@ def _train():
 
 def _load_generator(workdir, bundle):
   from dg_jax import sampling
-  span = dict(auto=None, true=True, false=False)[_EXACT_SPAN.value]
-  return sampling.load_generator(workdir, bundle, _SEED_INDEX.value, _CHECKPOINT.value, span)
+  return sampling.load_generator(workdir, bundle, _SEED_INDEX.value, _CHECKPOINT.value, _EXACT_SPAN.value)
 
 
 def _generate():

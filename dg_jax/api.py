@@ -57,11 +57,11 @@ class DoppelGANgerModel:
 
   @classmethod
   def load(cls, path: str, seed_index: int | None = None, checkpoint: str = "auto",
-           exact_span_at_generation: bool | None = None) -> "DoppelGANgerModel":
+           exact_span_at_generation: bool | str | None = None) -> "DoppelGANgerModel":
     """From a generator bundle folder or a training workdir; of a workdir, replica `seed_index` and
     `checkpoint` (latest | best | a step; default: the best-scored replica's best when scored, else
-    replica 0's latest: sampling.choose_generator). exact_span_at_generation: True/False overrides the
-    saved model.exact_span_at_generation (None: as saved)."""
+    replica 0's latest: sampling.choose_generator). exact_span_at_generation: "auto", True or False
+    overrides the saved model.exact_span_at_generation (None: as saved)."""
     bundle = is_bundle(path)
     return cls(*sampling.load_generator(None if bundle else path, path if bundle else None, seed_index, checkpoint,
                                         exact_span_at_generation))

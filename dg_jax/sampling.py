@@ -1,6 +1,7 @@
 """Generation: trained generator -> samples in model space -> original units -> files."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -114,12 +115,12 @@ def choose_generator(state: dict, seed_index: int | None = None, checkpoint: str
 
 
 def load_generator(workdir: str | None = None, bundle: str | None = None, seed_index: int | None = None,
-                   checkpoint: str = "auto", exact_span_at_generation: bool | None = None):
+                   checkpoint: str = "auto", exact_span_at_generation: bool | str | None = None):
   """-> (model, generator params, config) from a workdir's checkpoint (choose_generator picks the replica
   and checkpoint: `checkpoint` is auto|latest|best or a step number; config.generated_from records the
-  choice) or a generator bundle. exact_span_at_generation: True/False overrides the saved
-  model.exact_span_at_generation (auto, True or False; it changes generation only, so any trained generator
-  takes either; the returned config records the choice, and an exported bundle keeps it); None keeps the
+  choice) or a generator bundle. exact_span_at_generation: "auto", True or False (or their strings)
+  overrides the saved model.exact_span_at_generation (it changes generation only, so any trained generator
+  takes any; the returned config records the choice, and an exported bundle keeps it); None keeps the
   saved one."""
   if not bundle:
     step = None if str(checkpoint) in CHECKPOINTS else _step_number(checkpoint)
@@ -134,13 +135,14 @@ def load_generator(workdir: str | None = None, bundle: str | None = None, seed_i
     config = ml_collections.ConfigDict(config)
     model = DoppelGANger(schema, model_config(config))
   if exact_span_at_generation is not None:
-    if model.cfg.exact_span and not exact_span_at_generation:
+    cfg = dataclasses.replace(model.cfg, exact_span_at_generation=exact_span_at_generation)  # parses "true", ...
+    if cfg.exact_span and cfg.exact_span_at_generation is False:
       raise BadInput(f"{bundle or workdir}: trained with model.exact_span=True, its generator always rescales; "
                      "--exact_span_at_generation=false cannot turn that off")
     section = config.model.to_dict()  # a saved "auto" is a str field, which takes no bool
-    section["exact_span_at_generation"] = bool(exact_span_at_generation)
+    section["exact_span_at_generation"] = cfg.exact_span_at_generation
     config.model = ml_collections.ConfigDict(section)
-    model = DoppelGANger(model.schema, model_config(config))
+    model = DoppelGANger(model.schema, cfg)
   if model.cfg.exact_span_at_generation == "auto" and model.schema.additional_dim:
     log.info("model.exact_span_at_generation=auto: %s", "each series rescaled to span what its min/max imply"
              if rescales_at_generation(model.cfg, model.schema) else "features' levels move together; as generated")

@@ -193,7 +193,7 @@ def test_exact_span_at_generation_chosen_when_generating(trained, tmp_path, cli)
   """The default (auto) on the demo, whose levels do not move together: the generator's own series, each
   continuous one rescaled to its exact span (doppelganger.exact_span, tests/test_model.py).
   --exact_span_at_generation=false exports the series as generated; the bundle keeps the choice, and a load
-  can override it back."""
+  can override it back, with True or with the default's rule (auto)."""
   auto, params, _ = load_generator(trained)
   assert auto.cfg.exact_span_at_generation == "auto" and not auto.schema.min_max_view
   plain = load_generator(trained, exact_span_at_generation=False)[0]
@@ -209,8 +209,9 @@ def test_exact_span_at_generation_chosen_when_generating(trained, tmp_path, cli)
   bundle = DoppelGANgerModel.load(str(tmp_path / "b"))
   assert load_bundle(str(tmp_path / "b"))[2]["model"]["exact_span_at_generation"] is False
   np.testing.assert_array_equal(generate_encoded(bundle.model, bundle.params, 40, seed=1).features, a.features)
-  back = DoppelGANgerModel.load(str(tmp_path / "b"), exact_span_at_generation=True)
-  np.testing.assert_allclose(generate_encoded(back.model, back.params, 40, seed=1).features, expected, atol=1e-6)
+  for span in (True, "auto"):
+    back = DoppelGANgerModel.load(str(tmp_path / "b"), exact_span_at_generation=span)
+    np.testing.assert_allclose(generate_encoded(back.model, back.params, 40, seed=1).features, expected, atol=1e-6)
   config = load_bundle(str(tmp_path / "b"))[2]
   config["model"]["exact_span"] = True  # trained with the rescale: it cannot be turned off when generating
   save_bundle(str(tmp_path / "always"), params, plain.schema, json.dumps(config))
