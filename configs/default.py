@@ -57,6 +57,9 @@ def get_config():
   c.model.aux_critic = True         # auxiliary critic on the metadata (§4.3)
   c.model.aux_critic_weight = 1.0   # alpha: weight of the auxiliary critic in the generator loss (each critic
                                     # trains on its own unweighted loss, as in the original)
+  c.model.aux_critic_levels = True  # the auxiliary critic also sees each series' mean of each continuous feature
+                                    # where, within a kind of series, the means are tied (a sensor's humidity
+                                    # and temperature): through a map that magnifies that tie (docs/design.md)
   c.model.pack = 1                  # PacGAN packing degree (1 = off)
   c.model.whiten_levels = True      # the critics see features' levels that move together (a stock's prices)
                                     # through a map fitted on the data that magnifies their small

@@ -38,6 +38,9 @@ class ModelConfig:
                                         # record differences, standardised; this weights it in the generator's
                                         # loss (0 = none, as the paper; configs/default.py: 0.3; issue 21:
                                         # jitter; docs/design.md)
+  aux_critic_levels: bool = False       # the auxiliary critic also sees the series' means where they are tied
+                                        # (encoding.level_view; configs/default.py turns it on; off here:
+                                        # configs saved before it)
   whiten_levels: bool = False           # critics see co-moving levels magnified (encoding.min_max_view;
                                         # configs/default.py turns it on; off here: configs saved before it)
   exact_span: bool = False              # each generated normalised series rescaled to span exactly what its

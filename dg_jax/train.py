@@ -509,6 +509,19 @@ def _train(config, tc: TrainConfig, mc, pc: PrivacyConfig, mesh, ckpt: Checkpoin
                  "them magnified, up to %.1fx", np.sum(gains > 1 + 1e-6), gains.max())
       else:
         log.info("model.whiten_levels: no features' levels move together; the critics see them as generated")
+  if mc.aux_critic_levels and mc.aux_critic and not (resumed or source) and schema.min_max_dim:
+    if pc.enabled:  # a map fitted on the private series would be outside the guarantee
+      log.info("model.aux_critic_levels: off with privacy on (it would be fitted on the private data)")
+    else:
+      means = encoding.series_means(encoded.features, encoded.additional_attributes, schema)
+      moments = encoding.level_moments(encoded.attributes, means)
+      view = encoding.level_view(share.sum(moments) if share else moments, means.shape[1])
+      schema = dataclasses.replace(schema, level_view=view)
+      if view:  # the view is similar to diag(gains): its eigenvalues are the gains
+        log.info("model.aux_critic_levels: the series' means of the features are tied within kinds of series; the "
+                 "auxiliary critic also sees them, magnified up to %.1fx", np.linalg.eigvals(np.array(view)).real.max())
+      else:
+        log.info("model.aux_critic_levels: no series' means are tied; the auxiliary critic sees the metadata only")
   if mc.step_critic_weight and not (resumed or source):
     if pc.enabled:  # a scale fitted on the private series would be outside the guarantee
       log.info("model.step_critic_weight: no step critic with privacy on (its scale would be fitted on the private data)")

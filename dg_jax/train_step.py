@@ -167,15 +167,14 @@ def per_replica(fn):
 
 def critic_fns(model: DoppelGANger, d_params: dict, aux_weight=None):
   """[(weight, view, score function on the view, metric prefix)] for the critic and, where on, the
-  auxiliary critic (weight aux_weight, default model.aux_critic_weight; the metadata columns) and the
+  auxiliary critic (weight aux_weight, default model.aux_critic_weight; model.aux_view) and the
   step critic (model.step_critic_weight; model.step_view). view maps flattened samples to a critic's
   input, in which its gradient penalty is taken."""
   critic = model.critic
   fns = [(1.0, lambda x: x, lambda v: critic.apply(d_params["critic"], v), "")]
   if model.has_aux_critic:
-    meta = model.meta_dim
     weight = model.cfg.aux_critic_weight if aux_weight is None else aux_weight
-    fns.append((weight, lambda x: x[:, x.shape[1] - meta:], lambda v: critic.apply(d_params["aux_critic"], v),
+    fns.append((weight, model.aux_view, lambda v: critic.apply(d_params["aux_critic"], v),
                 "aux_"))
   if model.has_step_critic:
     fns.append((model.cfg.step_critic_weight, model.step_view, lambda v: critic.apply(d_params["step_critic"], v),

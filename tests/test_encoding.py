@@ -88,6 +88,51 @@ def test_generated_ranges_stay_within_the_data_range(normalization):
   np.testing.assert_allclose(encoding.decode(wide, schema).features[0, :, 0], [2.0, 4.0])
 
 
+
+@pytest.mark.parametrize("normalization", encoding.NORMALIZATIONS)
+@pytest.mark.parametrize("log_half_range", [False, True])
+def test_series_means_are_the_levels_in_the_model_scale(normalization, log_half_range):
+  """`series_means` of encoded series (normalised records, min/max) is each series' mean over its own records
+  of the data scaled as a whole (what the min/max block's values are in): the level, not the shape's."""
+  rng = np.random.default_rng(0)
+  lengths = np.array([6, 2, 4, 1])
+  f = rng.normal(size=(4, 6, 2)).astype(np.float32) * [1, 10] + [0, 50]
+  f[np.arange(6)[None] >= lengths[:, None]] = 0
+  data = Dataset(f, lengths, np.zeros((4, 0)), (continuous("x"), continuous("y")), ()).validate()
+  schema = encoding.fit_schema(data, normalization, log_half_range=log_half_range)
+  enc = encoding.encode(data, schema)
+  scaled = np.stack([encoding._scale(v, f[..., j], normalization) for j, v in enumerate(schema.feature_vars)], -1)
+  kept = (np.arange(6)[None] < lengths[:, None])[..., None]
+  want = (scaled * kept).sum(1) / lengths[:, None]
+  np.testing.assert_allclose(encoding.series_means(enc.features, enc.additional_attributes, schema), want,
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_level_view_magnifies_means_tied_within_kinds():
+  """Two features whose series' means are tied within each kind of series (b = -2a + the kind's offset, to
+  0.1%), while the kinds lie far apart: the auxiliary critic's view multiplies the tie by MAX_VIEW_GAIN, in the
+  means' own units, and leaves the loose direction; shares add up to the same view. Means tied only through
+  the kinds (independent within each), unrelated ones and a single feature get none."""
+  rng = np.random.default_rng(0)
+  n = 30_000
+  kind = rng.integers(0, 3, n)
+  attributes = np.eye(3)[kind]
+  a = rng.uniform(size=n) + 3 * kind
+  tied = np.stack([a, -2 * a + 5 * kind + 1e-3 * rng.normal(size=n)], 1)
+  view = np.array(encoding.level_view(encoding.level_moments(attributes, tied), 2))
+  shares = sum(encoding.level_moments(attributes[i], tied[i]) for i in np.array_split(np.arange(n), 3))
+  np.testing.assert_allclose(encoding.level_view(shares, 2), view, rtol=1e-8, atol=1e-8)
+  std = np.array([1, 2]) / 12 ** 0.5  # within a kind: a uniform, b = -2a
+  together, apart = std * [1, 1], std * [1, -1]  # standardised, the tie is a + b ~ 0
+  np.testing.assert_allclose(together @ view, encoding.MAX_VIEW_GAIN * together, rtol=0.02)
+  np.testing.assert_allclose(apart @ view, apart, rtol=0.02)
+  through_kinds = np.stack([a, rng.uniform(size=n) + 5 * kind], 1)
+  assert encoding.level_view(encoding.level_moments(attributes, through_kinds), 2) == ()
+  unrelated = rng.normal(size=(n, 2)) * [1, 100]
+  assert encoding.level_view(encoding.level_moments(np.zeros((n, 0)), unrelated), 2) == ()
+  assert encoding.level_view(encoding.level_moments(attributes, tied[:, :1]), 1) == ()
+  assert encoding.level_view(encoding.level_moments(attributes, np.ones((n, 2))), 2) == ()  # nothing varies
+
 @pytest.mark.parametrize("normalization", encoding.NORMALIZATIONS)
 @pytest.mark.parametrize("log_half_range", [False, True])
 def test_degenerate_series_round_trip(normalization, log_half_range):
@@ -117,6 +162,10 @@ def test_schema_json_round_trip():
   viewed = dataclasses.replace(schema, min_max_view=((1.0, 0.5), (0.5, 2.0)))
   assert encoding.Schema.from_json(viewed.to_json()) == viewed and hash(encoding.Schema.from_json(viewed.to_json()))
   assert encoding.Schema.from_json(json.dumps(old)).min_max_view == ()  # saved before it: the paper's view
+  tied = dataclasses.replace(schema, level_view=((1.0, 0.5), (0.5, 2.0)))
+  assert encoding.Schema.from_json(tied.to_json()) == tied and hash(encoding.Schema.from_json(tied.to_json()))
+  del old["level_view"]
+  assert encoding.Schema.from_json(json.dumps(old)).level_view == ()  # saved before it: the metadata only
 
 
 def test_min_max_view_magnifies_levels_that_move_together():

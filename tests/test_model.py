@@ -112,6 +112,30 @@ def test_critic_sees_weighted_record_differences(schema):
     ModelConfig(critic_difference_weight=-1.0)
 
 
+
+def test_aux_critic_sees_the_series_means_through_the_level_view(schema):
+  """model.aux_critic_levels: with a fitted `level_view` the auxiliary critic sees the metadata, then each
+  series' mean of each continuous feature (`series_means` of the min/max as generated, through any view the
+  critics have of them) mapped by it, and its gradient reaches the records; without one, the metadata only."""
+  model = DoppelGANger(schema, SMALL)
+  noise = sample_noise(jax.random.key(1), 4, schema, SMALL)
+  out = model.generator.apply(model.init(jax.random.key(0))["generator"], noise)
+  x = model.flatten(out)
+  np.testing.assert_array_equal(model.aux_view(x), x[:, -model.meta_dim:])
+  means = encoding.series_means(np.asarray(out["features"]), np.asarray(out["additional_attributes"]), schema)
+  level = np.array([[2.0, 1.0], [0.0, 3.0]])
+  for min_max_view in ((), tuple(map(tuple, 2 * np.eye(4)))):
+    views = dict(level_view=tuple(map(tuple, level)), min_max_view=min_max_view)
+    tied = DoppelGANger(dataclasses.replace(schema, **views), SMALL)
+    seen = np.asarray(tied.aux_view(tied.flatten(out)))
+    np.testing.assert_array_equal(seen[:, :-2], np.asarray(tied.flatten(out))[:, -model.meta_dim:])
+    np.testing.assert_allclose(seen[:, -2:], means @ level, rtol=1e-5, atol=1e-6)
+  kernel = tied.init(jax.random.key(0))["aux_critic"]["params"]["MLP_0"]["Dense_0"]["kernel"]
+  assert kernel.shape[0] == model.meta_dim + 2
+  grad = jax.grad(lambda f: tied.aux_view(tied.flatten(dict(out, features=f)))[:, -2:].sum())(out["features"])
+  kept = np.asarray(out["features"][..., -2:].sum(-1)) > 0
+  assert (np.abs(np.asarray(grad)[..., :2]).sum(-1)[kept] > 0).all()
+
 def test_step_critic_sees_standardised_differences_with_its_own_penalty(schema):
   """model.step_critic_weight: the scale is the root mean square of the differences between neighbouring
   kept records of the training data, for the smooth features only (second differences smaller than

@@ -133,7 +133,8 @@ def test_each_process_reads_only_its_share_of_sharded_data(tmp_path):
   """data.path=PATH-{shard}.npz: 4 shard files dealt to the 2 devices along 'data'; two processes of one
   device each read 2 files each and, building their device's batches on the host (sharded_host), train
   what one process reading all 4 on 2 devices, its blocks on device (sharded), trains. What is fitted on
-  the data before training (the critics' min/max view, the log code's span, the step critic's scales)
+  the data before training (the critics' min/max view, the auxiliary critic's level view, the log code's span,
+  the step critic's scales)
   is fitted on all shares."""
   from dg_jax.data.loaders import load_dataset
   from dg_jax.data.npz_format import save_npz
@@ -161,6 +162,9 @@ def test_each_process_reads_only_its_share_of_sharded_data(tmp_path):
   views = [np.array(s["min_max_view"]) for s in schemas]
   assert views[0].shape == (6, 6) and np.abs(views[0] - np.eye(6)).max() > 1
   np.testing.assert_allclose(*views, rtol=1e-9, atol=1e-9)
+  levels = [np.array(s["level_view"]) for s in schemas]  # the two traffic series' means are tied
+  assert levels[0].shape == (3, 3) and np.abs(levels[0] - np.eye(3)).max() > 1
+  np.testing.assert_allclose(*levels, rtol=1e-8, atol=1e-8)
   assert len(schemas[0]["log_half_bounds"]) == 2 and schemas[0]["log_half_bounds"] == schemas[1]["log_half_bounds"]
   for key in ("step_scale", "unit_step_scale"):  # the wave alone is smooth
     scales = [s[key] for s in schemas]

@@ -382,9 +382,9 @@ def test_secret_seed_is_drawn_kept_on_resume_and_left_out_of_bundles(tmp_path, c
   with caplog.at_level(logging.INFO, logger="dg_jax.train"):
     again = train_and_evaluate(log_coded_config(10), str(tmp_path / "a"))  # resumed
   assert "DP-SGD critics" in caplog.text and "-differentially private after 10 steps" in caplog.text
-  # the critics' min/max view (model.whiten_levels), the log code's span, the step critic's scale and the
-  # floor flags' features would be fitted on the private series: none is
-  assert "whiten_levels: off with privacy on" in caplog.text
+  # the critics' min/max and level views (model.whiten_levels, aux_critic_levels), the log code's span, the
+  # step critic's scale and the floor flags' features would be fitted on the private series: none is
+  assert "whiten_levels: off with privacy on" in caplog.text and "aux_critic_levels: off with privacy on" in caplog.text
   assert "log code spans its fixed bounds with privacy on" in caplog.text
   assert "no step critic with privacy on" in caplog.text and "no floor flags with privacy on" in caplog.text
   schema = json.load(open(tmp_path / "a" / "schema.json"))

@@ -53,6 +53,9 @@ class Schema:
   # on the training data when model.whiten_levels is on); () = as generated, as in the paper and in
   # schemas saved before it existed.
   min_max_view: tuple[tuple[float, ...], ...] = ()
+  # model.aux_critic_levels: the [Kc, Kc] map through which the auxiliary critic also sees each series' mean
+  # of each continuous feature (`level_view`); () = it sees none (off, no tied means, old schemas).
+  level_view: tuple[tuple[float, ...], ...] = ()
   # The log code's span (`half_range_bounds`): the smallest and largest per-series half-range of the
   # training data, so that no generated series is narrower than the narrowest real one (issue 21); ()
   # = from AUTO_NORM_EPS to half the value range, as in schemas saved before it and in private runs.
@@ -164,6 +167,7 @@ class Schema:
     d["attribute_vars"] = tuple(Variable.from_dict(v) for v in d["attribute_vars"])
     d["feature_vars"] = tuple(Variable.from_dict(v) for v in d["feature_vars"])
     d["min_max_view"] = tuple(map(tuple, d.get("min_max_view", ())))  # hashable: the model is a jit static
+    d["level_view"] = tuple(map(tuple, d.get("level_view", ())))
     d["log_half_bounds"] = tuple(d.get("log_half_bounds", ()))
     d["step_scale"] = tuple(d.get("step_scale", ()))
     d["unit_step_scale"] = tuple(d.get("unit_step_scale", ()))
@@ -464,6 +468,48 @@ def min_max_view(moments: np.ndarray) -> tuple[tuple[float, ...], ...]:
     return ()  # the paper's view
   view = np.eye(len(cov))
   view[np.ix_(mids, mids)] = (u * gain) @ u.T
+  return tuple(map(tuple, view.tolist()))
+
+
+def series_means(features, additional, schema: Schema):
+  """[n, T, F] encoded records and [n, additional_dim] additional attributes (as generated, numpy or jnp) ->
+  [n, Kc] each series' mean of each continuous feature over its kept records, in the model's scale of the
+  data (what its midrange and half-range imply: the level of the series, not of its normalised shape)."""
+  start, end = value_range(schema.normalization)
+  kept = features[..., -2:].sum(-1)  # the generation flags: 0 past the end
+  u = (features[..., schema.continuous_columns] * kept[..., None]).sum(1) / kept.sum(1).clip(1)[:, None]
+  mid, half = additional[:, 0:schema.min_max_dim:2], decode_half(schema.half_codes(additional), schema)
+  return mid + half * (2 * (u - start) / (end - start) - 1)
+
+
+def level_moments(attributes: np.ndarray, means: np.ndarray) -> np.ndarray:
+  """[n, A] encoded attributes and [n, Kc] `series_means` -> the sums of the outer products of
+  (1, attributes, means), so that shares of the data can add theirs (data/shares.py)."""
+  x = np.concatenate([np.ones((len(means), 1)), np.asarray(attributes, np.float64),
+                      np.asarray(means, np.float64)], axis=1)
+  return x.T @ x
+
+
+def level_view(moments: np.ndarray, num_means: int) -> tuple[tuple[float, ...], ...]:
+  """`level_moments` (summed over shares) -> Schema.level_view, the [Kc, Kc] map through which the auxiliary
+  critic sees the series' means (model.aux_critic_levels); () where none is tied to another. The means'
+  covariance left after a least-squares fit on the attributes (what is narrow within each kind of series:
+  the critic sees the attributes), as correlations: a direction of them with eigenvalue lambda is
+  magnified by sqrt(VIEW_FLOOR * mean(lambda) / lambda) clipped to [1, MAX_VIEW_GAIN], in the means' own
+  units, so that means that do not move together are seen as generated, whatever their spreads."""
+  n, k = moments[0, 0], num_means
+  if k < 2 or n < 2:
+    return ()
+  xx, xm, mm = moments[:-k, :-k], moments[:-k, -k:], moments[-k:, -k:]
+  cov = (mm - xm.T @ np.linalg.pinv(xx) @ xm) / (n - 1)
+  std = np.sqrt(np.maximum(np.diag(cov), 0))
+  if (std <= 0).any():
+    return ()  # a mean fixed by the attributes: nothing to standardise by
+  lam, u = np.linalg.eigh(cov / np.outer(std, std))
+  gain = np.clip(np.sqrt(VIEW_FLOOR * lam.mean() / np.maximum(lam, 1e-12)), 1, MAX_VIEW_GAIN)
+  if (gain == 1).all():
+    return ()
+  view = (np.diag(1 / std) @ (u * gain) @ u.T) @ np.diag(std)  # rows: means as generated -> seen
   return tuple(map(tuple, view.tolist()))
 
 

@@ -2,7 +2,8 @@
 
 Generator: attribute MLP -> additional-attribute (min/max) MLP -> LSTM emitting S records per step.
 Critics: MLP on [flattened features incl. flags ++ attributes ++ additional attributes], and an
-auxiliary MLP on the metadata part [attributes ++ additional attributes].
+auxiliary MLP on the metadata part [attributes ++ additional attributes] (++ the series' means, where
+tied: `DoppelGANger.aux_view`).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dg_jax.data.encoding import AUTO_NORM_EPS, Head, Schema, decode_half, encode_half, value_range
+from dg_jax.data.encoding import AUTO_NORM_EPS, Head, Schema, decode_half, encode_half, series_means, value_range
 from dg_jax.settings import ModelConfig, resolve_sample_len
 
 
@@ -321,6 +322,27 @@ class DoppelGANger:
     (train.py; none with privacy)."""
     return bool(self.cfg.step_critic_weight and self.step_columns)
 
+  def aux_view(self, x: jax.Array) -> jax.Array:
+    """Flattened samples -> what the auxiliary critic sees: the metadata (the last `meta_dim` columns), and with
+    the schema's `level_view` (model.aux_critic_levels) each series' mean of each continuous feature through
+    it. A real series' level is tied to its shape and min/max; with auto-normalisation the critics see only the
+    product, and `sensors`' per-series humidity and temperature means, tied within a site (interquartile range
+    0.07), came out 15x looser (docs/results.md)."""
+    meta = x[:, x.shape[1] - self.meta_dim:]
+    if not self.schema.level_view:
+      return meta
+    t, fd = self.schema.max_length, self.schema.feature_dim
+    means = series_means(x[:, :t * fd].reshape(x.shape[0], t, fd), self.as_generated(meta), self.schema)
+    return jnp.concatenate([meta, means @ jnp.asarray(self.schema.level_view, x.dtype)], axis=-1)
+
+  def as_generated(self, meta: jax.Array) -> jax.Array:
+    """The additional attributes of the metadata columns of flattened samples, with the critics' view of the
+    min/max block (flatten) undone."""
+    additional = meta[:, self.schema.attribute_dim:]
+    if self.schema.min_max_view:
+      additional = self.view_min_max(additional, np.linalg.inv(np.array(self.schema.min_max_view)))
+    return additional
+
   def step_view(self, x: jax.Array) -> jax.Array:
     """Flattened samples -> [B, (T-1)*k] (with `unit_step_scale`: [B, 2*(T-1)*k + A]) what the step
     critic sees: each smooth continuous feature's differences between neighbouring kept records over the
@@ -339,10 +361,7 @@ class DoppelGANger:
     views = [steps / jnp.asarray([self.schema.step_scale[i] for i in smooth], x.dtype)]
     if self.schema.unit_step_scale:
       meta = x[:, x.shape[1] - self.meta_dim:]
-      additional = meta[:, self.schema.attribute_dim:]
-      if self.schema.min_max_view:  # as generated: undo the critics' view of the block (flatten)
-        additional = self.view_min_max(additional, np.linalg.inv(np.array(self.schema.min_max_view)))
-      half = decode_half(self.schema.half_codes(additional), self.schema)[:, None, smooth]
+      half = decode_half(self.schema.half_codes(self.as_generated(meta)), self.schema)[:, None, smooth]
       views.append(steps * half / jnp.asarray([self.schema.unit_step_scale[i] for i in smooth], x.dtype))
       views.append(meta[:, None, :self.schema.attribute_dim])
     return jnp.concatenate([v.reshape(x.shape[0], -1) for v in views], axis=-1)
@@ -377,7 +396,7 @@ class DoppelGANger:
     x = self.flatten(self.generator.apply(g_params, noise))
     params = dict(generator=g_params, critic=self.critic.init(kc, x))
     if self.has_aux_critic:
-      params["aux_critic"] = self.critic.init(ka, x[:, x.shape[1] - self.meta_dim:])
+      params["aux_critic"] = self.critic.init(ka, self.aux_view(x))
     if self.has_step_critic:  # a key of its own without changing the others' (runs without it stay as they were)
       params["step_critic"] = self.critic.init(jax.random.fold_in(ka, 1), self.step_view(x))
     return params
