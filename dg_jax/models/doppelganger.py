@@ -327,7 +327,7 @@ class DoppelGANger:
     the schema's `level_view` (model.aux_critic_levels) each series' mean of each continuous feature through
     it. A real series' level is tied to its shape and min/max; with auto-normalisation the critics see only the
     product, and `sensors`' per-series humidity and temperature means, tied within a site (interquartile range
-    0.07), came out 15x looser (docs/results.md)."""
+    0.07), came out 16x looser (docs/results.md)."""
     meta = x[:, x.shape[1] - self.meta_dim:]
     if not self.schema.level_view:
       return meta
