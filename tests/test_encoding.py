@@ -88,7 +88,6 @@ def test_generated_ranges_stay_within_the_data_range(normalization):
   np.testing.assert_allclose(encoding.decode(wide, schema).features[0, :, 0], [2.0, 4.0])
 
 
-
 @pytest.mark.parametrize("normalization", encoding.NORMALIZATIONS)
 @pytest.mark.parametrize("log_half_range", [False, True])
 def test_series_means_are_the_levels_in_the_model_scale(normalization, log_half_range):
@@ -132,6 +131,7 @@ def test_level_view_magnifies_means_tied_within_kinds():
   assert encoding.level_view(encoding.level_moments(np.zeros((n, 0)), unrelated), 2) == ()
   assert encoding.level_view(encoding.level_moments(attributes, tied[:, :1]), 1) == ()
   assert encoding.level_view(encoding.level_moments(attributes, np.ones((n, 2))), 2) == ()  # nothing varies
+
 
 @pytest.mark.parametrize("normalization", encoding.NORMALIZATIONS)
 @pytest.mark.parametrize("log_half_range", [False, True])

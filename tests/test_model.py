@@ -112,7 +112,6 @@ def test_critic_sees_weighted_record_differences(schema):
     ModelConfig(critic_difference_weight=-1.0)
 
 
-
 def test_aux_critic_sees_the_series_means_through_the_level_view(schema):
   """model.aux_critic_levels: with a fitted `level_view` the auxiliary critic sees the metadata, then each
   series' mean of each continuous feature (`series_means` of the min/max as generated, through any view the
@@ -135,6 +134,7 @@ def test_aux_critic_sees_the_series_means_through_the_level_view(schema):
   grad = jax.grad(lambda f: tied.aux_view(tied.flatten(dict(out, features=f)))[:, -2:].sum())(out["features"])
   kept = np.asarray(out["features"][..., -2:].sum(-1)) > 0
   assert (np.abs(np.asarray(grad)[..., :2]).sum(-1)[kept] > 0).all()
+
 
 def test_step_critic_sees_standardised_differences_with_its_own_penalty(schema):
   """model.step_critic_weight: the scale is the root mean square of the differences between neighbouring

@@ -450,6 +450,18 @@ def min_max_moments(additional: np.ndarray) -> np.ndarray:
   return x.T @ x
 
 
+def _narrow_directions(cov: np.ndarray):
+  """A covariance -> (eigenvectors, their gains): a direction with eigenvalue lambda is magnified by
+  sqrt(VIEW_FLOOR * mean(lambda) / lambda) clipped to [1, MAX_VIEW_GAIN]; None where none is narrow."""
+  lam, u = np.linalg.eigh(cov)
+  lam = np.maximum(lam, 0)  # rounding can leave a constant direction slightly negative
+  if lam.mean() <= 0:
+    return None
+  with np.errstate(divide="ignore"):
+    gain = np.clip(np.sqrt(VIEW_FLOOR * lam.mean() / lam), 1, MAX_VIEW_GAIN)
+  return None if (gain == 1).all() else (u, gain)
+
+
 def min_max_view(moments: np.ndarray) -> tuple[tuple[float, ...], ...]:
   """`min_max_moments` (summed over shares) -> Schema.min_max_view; () where no direction is narrow."""
   n = moments[0, 0]
@@ -458,14 +470,10 @@ def min_max_view(moments: np.ndarray) -> tuple[tuple[float, ...], ...]:
   mean = moments[0, 1:] / n
   cov = (moments[1:, 1:] - n * np.outer(mean, mean)) / (n - 1)
   mids = np.arange(0, len(cov), 2)  # the block is (midrange, half-range) per feature: the levels only
-  lam, u = np.linalg.eigh(cov[np.ix_(mids, mids)])
-  lam = np.maximum(lam, 0)  # rounding can leave a constant direction slightly negative
-  if lam.mean() <= 0:
-    return ()
-  with np.errstate(divide="ignore"):
-    gain = np.clip(np.sqrt(VIEW_FLOOR * lam.mean() / lam), 1, MAX_VIEW_GAIN)
-  if (gain == 1).all():
+  narrow = _narrow_directions(cov[np.ix_(mids, mids)])
+  if narrow is None:
     return ()  # the paper's view
+  u, gain = narrow
   view = np.eye(len(cov))
   view[np.ix_(mids, mids)] = (u * gain) @ u.T
   return tuple(map(tuple, view.tolist()))
@@ -494,9 +502,9 @@ def level_view(moments: np.ndarray, num_means: int) -> tuple[tuple[float, ...], 
   """`level_moments` (summed over shares) -> Schema.level_view, the [Kc, Kc] map through which the auxiliary
   critic sees the series' means (model.aux_critic_levels); () where none is tied to another. The means'
   covariance left after a least-squares fit on the attributes (what is narrow within each kind of series:
-  the critic sees the attributes), as correlations: a direction of them with eigenvalue lambda is
-  magnified by sqrt(VIEW_FLOOR * mean(lambda) / lambda) clipped to [1, MAX_VIEW_GAIN], in the means' own
-  units, so that means that do not move together are seen as generated, whatever their spreads."""
+  the critic sees the attributes), as correlations, its narrow directions magnified as `min_max_view`'s, in
+  the means' own units, so that means that do not move together are seen as generated, whatever their
+  spreads."""
   n, k = moments[0, 0], num_means
   if k < 2 or n < 2:
     return ()
@@ -505,10 +513,10 @@ def level_view(moments: np.ndarray, num_means: int) -> tuple[tuple[float, ...], 
   std = np.sqrt(np.maximum(np.diag(cov), 0))
   if (std <= 0).any():
     return ()  # a mean fixed by the attributes: nothing to standardise by
-  lam, u = np.linalg.eigh(cov / np.outer(std, std))
-  gain = np.clip(np.sqrt(VIEW_FLOOR * lam.mean() / np.maximum(lam, 1e-12)), 1, MAX_VIEW_GAIN)
-  if (gain == 1).all():
+  narrow = _narrow_directions(cov / np.outer(std, std))
+  if narrow is None:
     return ()
+  u, gain = narrow
   view = (np.diag(1 / std) @ (u * gain) @ u.T) @ np.diag(std)  # rows: means as generated -> seen
   return tuple(map(tuple, view.tolist()))
 
