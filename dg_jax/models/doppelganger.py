@@ -328,12 +328,16 @@ class DoppelGANger:
     it. A real series' level is tied to its shape and min/max; with auto-normalisation the critics see only the
     product, and `sensors`' per-series humidity and temperature means, tied within a site (interquartile range
     0.07), came out 16x looser (docs/results.md)."""
-    meta = x[:, x.shape[1] - self.meta_dim:]
+    records, meta = self.records_and_metadata(x)
     if not self.schema.level_view:
       return meta
-    t, fd = self.schema.max_length, self.schema.feature_dim
-    means = series_means(x[:, :t * fd].reshape(x.shape[0], t, fd), self.as_generated(meta), self.schema)
+    means = series_means(records, self.as_generated(meta), self.schema)
     return jnp.concatenate([meta, means @ jnp.asarray(self.schema.level_view, x.dtype)], axis=-1)
+
+  def records_and_metadata(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Flattened samples -> ([B, T, F] records, [B, meta_dim] metadata: the last columns, as `flatten` put them)."""
+    t, fd = self.schema.max_length, self.schema.feature_dim
+    return x[:, :t * fd].reshape(x.shape[0], t, fd), x[:, x.shape[1] - self.meta_dim:]
 
   def as_generated(self, meta: jax.Array) -> jax.Array:
     """The additional attributes of the metadata columns of flattened samples, with the critics' view of the
@@ -353,14 +357,12 @@ class DoppelGANger:
     differences times the series' generated half-range, over the data's root mean square of that, with
     the attributes, so that a series' amplitude is judged with its shape and its kind (generated sines
     kept good shapes at the wrong amplitude: docs/results.md)."""
-    t, fd = self.schema.max_length, self.schema.feature_dim
-    records = x[:, :t * fd].reshape(x.shape[0], t, fd)
+    records, meta = self.records_and_metadata(x)
     kept = records[:, 1:, -2:].sum(-1, keepdims=True)  # the generation flags: 0 past the end
     steps = jnp.diff(records[..., self.step_columns], axis=1) * kept
     smooth = [i for i, s in enumerate(self.schema.step_scale) if s > 0]
     views = [steps / jnp.asarray([self.schema.step_scale[i] for i in smooth], x.dtype)]
     if self.schema.unit_step_scale:
-      meta = x[:, x.shape[1] - self.meta_dim:]
       half = decode_half(self.schema.half_codes(self.as_generated(meta)), self.schema)[:, None, smooth]
       views.append(steps * half / jnp.asarray([self.schema.unit_step_scale[i] for i in smooth], x.dtype))
       views.append(meta[:, None, :self.schema.attribute_dim])
